@@ -1,0 +1,218 @@
+"""Attention-with-log-sum-exp kernels, one per backend, behind one interface.
+
+Dilated attention needs, for every (segment, offset) group, plain softmax attention that also
+returns the log-sum-exp of the scores, and a backward that accepts an *external* output and
+log-sum-exp (the merged ones; see ``attention.py``). Every backend here provides exactly that:
+
+    forward(q, k, v, causal, scale)                 -> out, lse
+    backward(dout, q, k, v, out, lse, causal, scale) -> dq, dk, dv
+
+Shapes (legend: B batch, L length, H heads, D head dim):
+    q, k, v, out, dout: (B, L, H, D), any strides;  lse: (B, L, H) float32.
+Causal masking is top-left aligned (query i sees keys j <= i; q and k have the same length).
+
+Backends:
+    "torch"      torch's fused attention: the flash kernel on CPU, memory-efficient kernel on CUDA;
+    "flash-attn" the flash-attn package (CUDA, fp16/bf16), when installed;
+    "math"       blockwise matmuls in plain torch: any device and dtype, the portable reference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("auto", "torch", "flash-attn", "math")
+
+ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, float], tuple]
+BackwardFn = Callable[..., tuple]
+
+
+@dataclass(frozen=True)
+class AttentionKernel:
+    """A named pair of forward/backward functions following the module's contract."""
+
+    name: str
+    forward: ForwardFn
+    backward: BackwardFn
+
+
+# --------------------------------------------------------------------------- torch, CPU
+
+
+def _cpu_forward(q, k, v, causal, scale):
+    # (B, L, H, D) -> (B, H, L, D) views; the kernel returns out laid out as (B, L, H, D)
+    # and lse laid out as (B, L, H), so both transposes back are free.
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, causal, scale=scale
+    )
+    return out.transpose(1, 2), lse.transpose(1, 2)
+
+
+def _cpu_backward(dout, q, k, v, out, lse, causal, scale):
+    t = lambda x: x.transpose(1, 2)  # noqa: E731  (B, L, H, D) <-> (B, H, L, D)
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        t(dout), t(q), t(k), t(v), t(out), lse.transpose(1, 2), 0.0, causal, scale=scale
+    )
+    return t(dq), t(dk), t(dv)
+
+
+# --------------------------------------------------------------------------- torch, CUDA
+
+_LSE_ALIGN = 32  # the memory-efficient kernel pads lse along L to a multiple of 32
+
+
+def _cuda_forward(q, k, v, causal, scale):
+    # _efficient_attention_forward takes (B, L, H, D) directly; lse comes back (B, H, L_pad).
+    out, lse, *_ = torch.ops.aten._efficient_attention_forward(
+        q, k, v, None, None, None, None, None, 0.0, 1 if causal else 0, True, scale=scale
+    )
+    return out, lse[:, :, : q.shape[1]].transpose(1, 2)
+
+
+def _cuda_backward(dout, q, k, v, out, lse, causal, scale):
+    b, n, h, _ = q.shape
+    lse_pad = lse.new_zeros(b, h, -(-n // _LSE_ALIGN) * _LSE_ALIGN)
+    lse_pad[:, :, :n] = lse.transpose(1, 2)
+    seed = torch.zeros((), dtype=torch.int64, device=q.device)
+    dq, dk, dv, _ = torch.ops.aten._efficient_attention_backward(
+        dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), None,
+        out.contiguous(), None, None, n, n, lse_pad, 0.0, seed, seed,
+        1 if causal else 0, False, scale=scale,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------- flash-attn
+
+
+def _flash_attn_forward(q, k, v, causal, scale):
+    from flash_attn import flash_attn_func
+
+    out, lse, _ = flash_attn_func(
+        q, k, v, softmax_scale=scale, causal=causal, return_attn_probs=True
+    )  # lse: (B, H, L)
+    return out, lse.transpose(1, 2)
+
+
+def _flash_attn_backward(dout, q, k, v, out, lse, causal, scale):
+    from flash_attn import flash_attn_interface
+
+    fn = flash_attn_interface._flash_attn_backward
+    q, k, v, out, dout = (x.contiguous() for x in (q, k, v, out, dout))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # The private signature changed across flash-attn releases; pass what this one takes.
+    offered = {
+        "dout": dout, "q": q, "k": k, "v": v, "out": out,
+        "softmax_lse": lse.transpose(1, 2).contiguous(), "dq": dq, "dk": dk, "dv": dv,
+        "dropout_p": 0.0, "softmax_scale": scale, "causal": causal, "window_size": (-1, -1),
+        "window_size_left": -1, "window_size_right": -1, "softcap": 0.0,
+        "alibi_slopes": None, "deterministic": False, "rng_state": None,
+    }  # fmt: skip
+    params = inspect.signature(fn).parameters
+    fn(**{name: offered[name] for name in params if name in offered})
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------- math
+
+_MATH_BLOCK = 1024  # queries per block: bounds the (block x L) score matrix
+
+
+def _math_scores(q_blk, k, start, causal, scale):
+    """Scores of a query block against all keys, (B, H, bq, Lk), causal-masked in float32."""
+    s = torch.matmul(q_blk.float(), k.float().transpose(-1, -2)) * scale
+    if causal:
+        rows = torch.arange(start, start + q_blk.shape[2], device=q_blk.device)[:, None]
+        cols = torch.arange(k.shape[2], device=q_blk.device)[None, :]
+        s = s.masked_fill(cols > rows, float("-inf"))
+    return s
+
+
+def _math_forward(q, k, v, causal, scale):
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
+    out = torch.empty(qh.shape, dtype=torch.float32, device=q.device)
+    lse = torch.empty(qh.shape[:3], dtype=torch.float32, device=q.device)
+    for i in range(0, qh.shape[2], _MATH_BLOCK):
+        s = _math_scores(qh[:, :, i : i + _MATH_BLOCK], kh, i, causal, scale)
+        lse_blk = torch.logsumexp(s, dim=-1)
+        lse[:, :, i : i + _MATH_BLOCK] = lse_blk
+        out[:, :, i : i + _MATH_BLOCK] = torch.matmul(torch.exp(s - lse_blk[..., None]), vh.float())
+    return out.to(q.dtype).transpose(1, 2), lse.transpose(1, 2)
+
+
+def _math_backward(dout, q, k, v, out, lse, causal, scale):
+    qh, kh, vh, oh, doh = (x.transpose(1, 2).float() for x in (q, k, v, out, dout))
+    lseh = lse.transpose(1, 2)
+    dq, dk, dv = torch.zeros_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
+    for i in range(0, qh.shape[2], _MATH_BLOCK):
+        blk = slice(i, i + _MATH_BLOCK)
+        p = torch.exp(_math_scores(qh[:, :, blk], kh, i, causal, scale) - lseh[:, :, blk, None])
+        dv += torch.matmul(p.transpose(-1, -2), doh[:, :, blk])
+        dp = torch.matmul(doh[:, :, blk], vh.transpose(-1, -2))
+        delta = (doh[:, :, blk] * oh[:, :, blk]).sum(-1, keepdim=True)
+        ds = p * (dp - delta) * scale
+        dq[:, :, blk] = torch.matmul(ds, kh)
+        dk += torch.matmul(ds.transpose(-1, -2), qh[:, :, blk])
+    return tuple(x.to(q.dtype).transpose(1, 2) for x in (dq, dk, dv))
+
+
+# --------------------------------------------------------------------------- selection
+
+_KERNELS = {
+    ("torch", "cpu"): AttentionKernel("torch-cpu", _cpu_forward, _cpu_backward),
+    ("torch", "cuda"): AttentionKernel("torch-cuda", _cuda_forward, _cuda_backward),
+    ("flash-attn", "cuda"): AttentionKernel(
+        "flash-attn", _flash_attn_forward, _flash_attn_backward
+    ),
+}
+_MATH = AttentionKernel("math", _math_forward, _math_backward)
+
+
+def flash_attn_available() -> bool:
+    """True when the optional flash-attn package is importable."""
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """Backends that can run on ``device`` in this environment (for tests and ``bench``)."""
+    kind = torch.device(device).type
+    names = [name for (name, dev) in _KERNELS if dev == kind]
+    if "flash-attn" in names and not flash_attn_available():
+        names.remove("flash-attn")
+    return [*names, "math"]
+
+
+def select_kernel(backend: str, q: torch.Tensor) -> AttentionKernel:
+    """Resolve a backend name ("auto" or explicit) for tensors like ``q`` (B, L, H, D)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    kind = q.device.type
+    if backend == "auto":
+        flash_ok = q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+        if kind == "cuda" and flash_ok and flash_attn_available():
+            backend = "flash-attn"
+        elif ("torch", kind) in _KERNELS:
+            backend = "torch"
+        else:
+            backend = "math"
+    if backend == "math":
+        return _MATH
+    if backend == "flash-attn" and not flash_attn_available():
+        raise ValueError(
+            "attention backend 'flash-attn' needs the gpu extra: pip install 'longnet-cli[gpu]'"
+        )
+    kernel = _KERNELS.get((backend, kind))
+    if kernel is None:
+        raise ValueError(f"attention backend {backend!r} does not run on device {kind!r}")
+    return kernel
+
+
+def default_scale(head_dim: int) -> float:
+    """The softmax scale used when none is given: 1/sqrt(head_dim)."""
+    return 1.0 / math.sqrt(head_dim)

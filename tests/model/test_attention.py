@@ -1,0 +1,190 @@
+"""dilated_attention against the dense float64 reference: forward and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import dense_dilated_attention, multiplicity
+
+from longnet_cli.model.attention import dilated_attention, plan_calls
+from longnet_cli.model.kernels import available_backends
+
+CPU_BACKENDS = available_backends("cpu")
+CUDA_BACKENDS = available_backends("cuda") if torch.cuda.is_available() else []
+BACKEND_PARAMS = [pytest.param("cpu", b, id=f"cpu-{b}") for b in CPU_BACKENDS] + [
+    pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.gpu) for b in ["torch", "flash-attn"]
+]
+
+# (batch, seq, heads, head_dim, segment_lengths, dilation_rates)
+SHAPES = {
+    "seq-not-multiple": (1, 37, 3, 8, [8, 16], [1, 2]),
+    "segment-longer-than-seq": (1, 20, 4, 8, [8, 64], [1, 4]),
+    "heads-fewer-than-rate": (1, 40, 2, 8, [8, 32], [1, 4]),
+    "batch-2": (2, 48, 4, 8, [16, 48], [1, 2]),
+    "no-rate-1-branch": (1, 45, 3, 8, [9, 20], [2, 3]),
+    "rate-not-dividing-segment": (2, 50, 5, 4, [6, 10, 50], [4, 3, 7]),
+    "paper-like-geometric": (1, 96, 6, 8, [8, 16, 32, 64], [1, 2, 4, 6]),
+    "same-branch-twice": (1, 24, 2, 4, [8, 8], [2, 2]),
+}
+
+
+def _inputs(shape, device="cpu", dtype=torch.float32):
+    b, n, h, d = shape
+    return [torch.randn(b, n, h, d, device=device, dtype=dtype, requires_grad=True) for _ in "qkv"]
+
+
+def _check_against_reference(shape, segments, rates, causal, device, backend, dtype, tol):
+    q, k, v = _inputs(shape, device, dtype)
+    out = dilated_attention(q, k, v, segments, rates, causal=causal, backend=backend)
+    ref = dense_dilated_attention(q.cpu(), k.cpu(), v.cpu(), segments, rates, causal)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out.double().cpu(), ref, atol=tol, rtol=tol)
+    grad = torch.randn(shape, dtype=torch.float64)
+    got = torch.autograd.grad(out, (q, k, v), grad.to(device=device, dtype=dtype))
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for name, g, w in zip("qkv", got, want):
+        torch.testing.assert_close(
+            g.double().cpu(),
+            w.double(),
+            atol=tol,
+            rtol=tol,
+            msg=lambda m, name=name: f"d{name}: {m}",
+        )
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("case", list(SHAPES))
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_matches_dense_reference_float32(case, causal, device, backend):
+    b, n, h, d, segments, rates = SHAPES[case]
+    _check_against_reference((b, n, h, d), segments, rates, causal, device, backend,
+                             torch.float32, 1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_matches_dense_reference_bfloat16(causal, device, backend):
+    b, n, h, d, segments, rates = SHAPES["rate-not-dividing-segment"]
+    _check_against_reference((b, n, h, d), segments, rates, causal, device, backend,
+                             torch.bfloat16, 5e-2)  # fmt: skip
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_single_full_branch_equals_sdpa(causal, device, backend):
+    q, k, v = _inputs((2, 33, 4, 16), device)
+    out = dilated_attention(q, k, v, [64], [1], causal=causal, backend=backend)
+    sdpa = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal
+    ).transpose(1, 2)
+    torch.testing.assert_close(out, sdpa, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    sdpa_grads = torch.autograd.grad(sdpa.square().sum(), (q, k, v))
+    for g, w in zip(grads, sdpa_grads):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def test_uncovered_positions_are_zero_and_get_no_gradient():
+    # rates 2 and 4 from offset h mod r: head 0 never sees odd positions.
+    q, k, v = _inputs((1, 32, 1, 8))
+    out = dilated_attention(q, k, v, [8, 16], [2, 4], causal=True)
+    uncovered = multiplicity(32, 0, [8, 16], [2, 4], causal=True).sum(-1) == 0
+    assert uncovered.sum() == 16
+    assert torch.all(out[0, uncovered] == 0) and torch.all(out[0, ~uncovered] != 0)
+    (dq,) = torch.autograd.grad(out.sum(), (q,))
+    assert torch.all(dq[0, uncovered] == 0)
+
+
+def test_merge_weight_gradient_matters():
+    """The reference check is strong enough to catch detached merge weights (a known bug)."""
+    segments, rates = [8, 32], [1, 2]
+    q, k, v = _inputs((1, 32, 2, 8))
+    out = dilated_attention(q, k, v, segments, rates, causal=True)
+    # Merge with the weights exp(lse_i - lse) treated as constants, as some public code does.
+    branch_outs, branch_lses = [], []
+    for w, r in zip(segments, rates):
+        o = dilated_attention(q, k, v, [w], [r], causal=True)
+        lse = torch.stack([_branch_lse(q, k, w, r, h) for h in range(2)], dim=-1)
+        branch_outs.append(o)
+        branch_lses.append(lse)
+    lse_all = torch.logsumexp(torch.stack(branch_lses), dim=0)
+    detached = sum(
+        o * torch.exp(lse - lse_all).detach().unsqueeze(-1)
+        for o, lse in zip(branch_outs, branch_lses)
+    )
+    torch.testing.assert_close(detached, out, atol=1e-5, rtol=1e-5)  # same forward ...
+    (good,) = torch.autograd.grad(out.square().sum(), (q,))
+    (bad,) = torch.autograd.grad(detached.square().sum(), (q,))
+    assert (good - bad).abs().max() > 1e-3  # ... different gradients
+
+
+def _branch_lse(q, k, w, r, head):
+    """Log-sum-exp of one branch for one head, (1, N), -inf where the branch selects nothing."""
+    n, d = q.shape[1], q.shape[-1]
+    m = multiplicity(n, head, [w], [r], causal=True)
+    s = (q[0, :, head] @ k[0, :, head].T) * d**-0.5
+    return torch.logsumexp(s.masked_fill(m == 0, float("-inf")), dim=-1)[None]
+
+
+def test_explicit_scale():
+    q, k, v = _inputs((1, 20, 2, 4))
+    out = dilated_attention(q, k, v, [8, 20], [1, 2], scale=0.3)
+    ref = dense_dilated_attention(q, k, v, [8, 20], [1, 2], scale=0.3)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_mode_and_no_grad():
+    q, k, v = (x.detach() for x in _inputs((1, 40, 2, 8)))
+    ref = dense_dilated_attention(q, k, v, [16, 32], [1, 2], causal=True)
+    with torch.inference_mode():
+        out = dilated_attention(q, k, v, [16, 32], [1, 2], causal=True)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_calls_match_one_call(monkeypatch):
+    """Splitting segments over many kernel calls (as at long N) changes nothing."""
+    q, k, v = _inputs((2, 64, 3, 8))
+    whole = dilated_attention(q, k, v, [8, 16], [1, 2], causal=True)
+    monkeypatch.setattr("longnet_cli.model.attention.ROWS_PER_CALL", 1)
+    assert len(plan_calls(64, 3, [8, 16], [1, 2], batch=2, rows_per_call=1)) > 8
+    chunked = dilated_attention(q, k, v, [8, 16], [1, 2], causal=True)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_plan_covers_each_selected_position_once():
+    n, h, segments, rates = 50, 5, [6, 10, 50], [4, 3, 7]
+    seen = torch.zeros(len(segments), n, h, dtype=torch.long)
+    for call in plan_calls(n, h, segments, rates, rows_per_call=7):
+        for g in call:
+            for s in range(g.segments):
+                for t in range(g.length):
+                    pos = g.start + s * g.segment_stride + t * g.step
+                    assert pos < n
+                    seen[g.branch, pos, g.head_start :: g.head_step] += 1
+    for i, (w, r) in enumerate(zip(segments, rates)):
+        want = torch.tensor([[(p % w) % r == head % r for head in range(h)] for p in range(n)])
+        assert torch.equal(seen[i], want.long())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"segment_lengths": [8, 16], "dilation_rates": [1]}, "same length"),
+        ({"segment_lengths": [], "dilation_rates": []}, "at least one"),
+        ({"segment_lengths": [0], "dilation_rates": [1]}, "positive"),
+        ({"segment_lengths": [8], "dilation_rates": [1.5]}, "positive integers"),
+    ],
+)
+def test_bad_branches_raise(kwargs, message):
+    q, k, v = _inputs((1, 8, 1, 4))
+    with pytest.raises(ValueError, match=message):
+        dilated_attention(q, k, v, **kwargs)
+
+
+def test_bad_shapes_and_backend_raise():
+    q, k, v = _inputs((1, 8, 2, 4))
+    with pytest.raises(ValueError, match="same shape"):
+        dilated_attention(q, k[:, :4], v, [4], [1])
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        dilated_attention(q, k, v, [4], [1], backend="cudnn")

@@ -1,0 +1,279 @@
+"""LongNetTransformer: a causal decoder language model on dilated attention, with a chunked loss.
+
+Read top to bottom: ``LongNetConfig``, ``Block``, ``LongNetTransformer``. The model is
+single-device code; sequence parallelism swaps the attention from outside.
+
+The loss never materialises (N x V) logits for a whole long sequence: the head and the
+cross-entropy run over chunks of positions, each under activation checkpointing, so forward and
+backward hold one chunk of logits at a time.
+
+Legend: B batch, N sequence length, C model dim (``dim``), V vocabulary (``num_tokens``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from longnet_cli.model.attention import validate_branches
+from longnet_cli.model.kernels import BACKENDS
+from longnet_cli.model.layers import DilatedAttention, RMSNorm, SwiGLU
+from longnet_cli.model.positions import POSITION_KINDS, PositionTables, build_position_encoding
+
+INIT_STD = 0.02
+DEFAULT_LOSS_CHUNK = 1024  # positions per head + cross-entropy chunk
+
+
+@dataclass
+class LongNetConfig:
+    """Hyper-parameters of a LongNetTransformer; validated on creation."""
+
+    num_tokens: int
+    dim: int
+    depth: int
+    dim_head: int = 64
+    heads: int = 8
+    ff_mult: float = 4
+    segment_lengths: tuple[int, ...] = (2048, 4096, 8192, 16384)
+    dilation_rates: tuple[int, ...] = (1, 2, 4, 8)
+    positions: str = "rotary"  # "rotary" | "xpos" | "none"
+    parallel_blocks: bool = False
+    tie_embeddings: bool = True
+    qk_norm: bool = False
+    dropout: float = 0.0
+    activation_checkpointing: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.segment_lengths = tuple(self.segment_lengths)
+        self.dilation_rates = tuple(self.dilation_rates)
+        for name in ("num_tokens", "dim", "depth", "dim_head", "heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.ff_mult <= 0 or int(self.ff_mult * self.dim) < 1:
+            raise ValueError(f"ff_mult must be positive, got {self.ff_mult!r}")
+        validate_branches(self.segment_lengths, self.dilation_rates)
+        if self.positions not in POSITION_KINDS:
+            raise ValueError(f"positions must be one of {POSITION_KINDS}, got {self.positions!r}")
+        if self.positions != "none" and self.dim_head % 2:
+            raise ValueError(f"positions={self.positions!r} needs an even dim_head")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    @property
+    def ff_hidden(self) -> int:
+        """Hidden width of the SwiGLU feed-forward."""
+        return int(self.ff_mult * self.dim)
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + ff(norm(x)); parallel: x + attn(h) + ff(h)."""
+
+    def __init__(self, config: LongNetConfig) -> None:
+        super().__init__()
+        self.parallel = config.parallel_blocks
+        self.attn_norm = RMSNorm(config.dim)
+        self.attn = DilatedAttention(
+            config.dim,
+            config.heads,
+            dropout=config.dropout,
+            causal=True,
+            use_xpos=config.positions == "xpos",
+            qk_norm=config.qk_norm,
+            segment_lengths=config.segment_lengths,
+            dilation_rates=config.dilation_rates,
+            dim_head=config.dim_head,
+            rotary=config.positions == "rotary",
+            backend=config.backend,
+        )
+        # GPT-J / PaLM parallel blocks share one norm between attention and feed-forward.
+        self.ff_norm = None if self.parallel else RMSNorm(config.dim)
+        self.ff = SwiGLU(config.dim, config.ff_hidden, config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, offset: int = 0, position_tables: PositionTables | None = None
+    ) -> torch.Tensor:
+        if self.parallel:
+            h = self.attn_norm(x)
+            return x + self.attn(h, offset, position_tables) + self.ff(h)
+        x = x + self.attn(self.attn_norm(x), offset, position_tables)
+        return x + self.ff(self.ff_norm(x))
+
+
+class LongNetTransformer(nn.Module):
+    """Causal decoder LM: embedding, ``depth`` dilated-attention blocks, final norm, output head.
+
+    ``model(tokens)`` gives logits (B, N, V); ``model.loss(tokens)`` the next-token cross-entropy
+    computed chunk by chunk; ``model.token_nll(tokens)`` per-position losses for evaluation.
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        depth: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        ff_mult: float = 4,
+        segment_lengths: Sequence[int] = (2048, 4096, 8192, 16384),
+        dilation_rates: Sequence[int] = (1, 2, 4, 8),
+        *,
+        positions: str = "rotary",
+        parallel_blocks: bool = False,
+        tie_embeddings: bool = True,
+        qk_norm: bool = False,
+        dropout: float = 0.0,
+        activation_checkpointing: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.config = config = LongNetConfig(
+            num_tokens, dim, depth, dim_head, heads, ff_mult, tuple(segment_lengths),
+            tuple(dilation_rates), positions, parallel_blocks, tie_embeddings, qk_norm, dropout,
+            activation_checkpointing, backend,
+        )  # fmt: skip
+        self.token_embedding = nn.Embedding(num_tokens, dim)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(depth))
+        self.norm = RMSNorm(dim)
+        self.head = nn.Linear(dim, num_tokens, bias=False)
+        if tie_embeddings:
+            self.head.weight = self.token_embedding.weight
+        # One set of position tables per forward, shared by all blocks.
+        self.position_encoding = build_position_encoding(positions, dim_head, segment_lengths)
+        self.init_weights()
+
+    @classmethod
+    def from_config(cls, config: LongNetConfig) -> LongNetTransformer:
+        """Build from a LongNetConfig (e.g. one stored beside a checkpoint)."""
+        return cls(**asdict(config))
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, 0.02) weights, residual out projections / sqrt(2 * depth), unit norm gains.
+
+        Call again after ``to_empty`` when the model was built on the meta device.
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        residual_std = INIT_STD / math.sqrt(2 * self.config.depth)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.ff.down_proj.weight, mean=0.0, std=residual_std)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (tied weights once); optionally without the token embedding."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.token_embedding.weight.numel() if exclude_embeddings else total
+
+    def hidden_states(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Final normed hidden states (B, N, C) of tokens (B, N) starting at global ``offset``."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (batch, seq), got {tuple(tokens.shape)}")
+        x = self.token_embedding(tokens)  # (B, N) -> (B, N, C)
+        tables = None
+        if self.position_encoding is not None:
+            tables = self.position_encoding.tables(tokens.shape[1], offset, tokens.device)
+        recompute = (
+            self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        )
+        for block in self.blocks:
+            if recompute:
+                x = checkpoint(block, x, offset, tables, use_reentrant=False)
+            else:
+                x = block(x, offset, tables)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Logits (B, N, V) for tokens (B, N). For long sequences prefer ``loss``."""
+        return self.head(self.hidden_states(tokens, offset))  # (B, N, C) -> (B, N, V)
+
+    def _chunk_nll(
+        self, hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int
+    ) -> torch.Tensor:
+        """Per-token NLL (B, c) float32 of one chunk of hidden states (B, c, C)."""
+        logits = self.head(hidden).float()  # (B, c, C) -> (B, c, V)
+        nll = F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="none"
+        )  # (B*c, V) -> (B*c,)
+        return nll.view(targets.shape)  # (B*c,) -> (B, c)
+
+    def token_nll(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        chunk_size: int = DEFAULT_LOSS_CHUNK,
+        offset: int = 0,
+        ignore_index: int = -100,
+    ) -> torch.Tensor:
+        """Per-position next-token NLL, float32: (B, N-1) without targets, else (B, N).
+
+        Without targets, tokens[:, :-1] predict tokens[:, 1:]. Ignored targets get 0. Head and
+        cross-entropy run ``chunk_size`` positions at a time; with gradients each chunk is
+        checkpointed, so one chunk of logits is alive at a time in forward and backward.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if targets is None:
+            tokens, targets = tokens[:, :-1], tokens[:, 1:]
+        elif targets.shape != tokens.shape:
+            raise ValueError(
+                f"targets {tuple(targets.shape)} must have the shape of tokens "
+                f"{tuple(tokens.shape)}"
+            )
+        hidden = self.hidden_states(tokens, offset)  # (B, N, C)
+        recompute = torch.is_grad_enabled() and hidden.requires_grad
+        chunks = zip(hidden.split(chunk_size, dim=1), targets.split(chunk_size, dim=1))
+        parts = [
+            checkpoint(self._chunk_nll, h, t, ignore_index, use_reentrant=False)
+            if recompute
+            else self._chunk_nll(h, t, ignore_index)
+            for h, t in chunks
+        ]
+        return torch.cat(parts, dim=1)  # n x (B, c) -> (B, N)
+
+    def nll_sum(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        chunk_size: int = DEFAULT_LOSS_CHUNK,
+        offset: int = 0,
+        ignore_index: int = -100,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of next-token NLL, number of predicted targets): for exact means across batches."""
+        nll = self.token_nll(
+            tokens, targets, chunk_size=chunk_size, offset=offset, ignore_index=ignore_index
+        )
+        used = targets if targets is not None else tokens[:, 1:]
+        return nll.sum(), (used != ignore_index).sum()
+
+    def loss(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        chunk_size: int = DEFAULT_LOSS_CHUNK,
+        reduction: str = "mean",
+        offset: int = 0,
+        ignore_index: int = -100,
+    ) -> torch.Tensor:
+        """Next-token cross-entropy, "mean" over predicted positions or "sum"; chunked."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        total, count = self.nll_sum(
+            tokens, targets, chunk_size=chunk_size, offset=offset, ignore_index=ignore_index
+        )
+        return total if reduction == "sum" else total / count

@@ -64,9 +64,7 @@ def pair_count(length: int, causal: bool) -> int:
 def dilated_flops(n: int, cfg: AttentionBenchConfig) -> float:
     """Forward FLOPs of dilated attention at length n (the kernel calls it really makes)."""
     calls = plan_calls(n, cfg.heads, cfg.segment_lengths, cfg.dilation_rates)
-    pairs = sum(
-        pair_count(g.length, cfg.causal) * g.heads * g.segments for call in calls for g in call
-    )
+    pairs = sum(pair_count(g.length, cfg.causal) * g.heads * g.offsets * g.segments for g in calls)
     return 4.0 * cfg.dim_head * pairs
 
 

@@ -1,20 +1,22 @@
 """Exact dilated attention (LongNet): segment, sparsify, attend, merge by log-sum-exp.
 
 Legend: B batch, N sequence length, H heads, D head dim; for one branch (w, r): S segments,
-L = selected tokens per segment (about w/r), Hg heads sharing an offset o = h mod r.
+L = selected tokens per segment (about w/r), J heads per offset, R consecutive offsets o = h mod r.
 
-For every branch and offset the selected positions ``s*w + o + t*r`` of all segments form one
-*strided view* of q, k and v, so selecting costs no index arithmetic and, for r = 1, no copy:
+Head h = o + j*r reads positions ``s*w + o + t*r``. For a run of offsets whose selections have
+the same length and head count, the address of (segment s, token t, head j, offset o) is linear
+in all four indices, so every kernel call's selection is ONE strided view of q, k and v:
 
-    q (B, N, H, D) --as_strided--> (B, S, L, Hg, D) --reshape--> (B*S, L, Hg, D)
+    q (B, N, H, D) --as_strided--> (B, S, L, J, R, D) --reshape--> (B*S, L, J*R, D)
 
-Each group is attended by a kernel that also returns the log-sum-exp, and merged at once into a
-running (output, lse) pair, so extra memory stays O(N*H*D) whatever the number of branches.
-Segments are processed in chunks of bounded size, which keeps temporaries small and reused.
+Selecting needs no index tensors and, for r = 1, no copy. Each call is attended by a kernel that
+also returns the log-sum-exp and is merged at once into a running (output, lse) pair, so extra
+memory stays O(N*H*D) whatever the number of branches. Segments are processed in chunks of
+bounded size, which keeps temporaries small and reused.
 
-Gradients are exact: the backward hands each group's kernel backward the *merged* output and
+Gradients are exact: the backward hands each call's kernel backward the *merged* output and
 lse, so the softmax normaliser of the union of all branches, and with it the gradient through
-the merge weights, is what every group differentiates against.
+the merge weights, is what every call differentiates against.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ ROWS_PER_CALL = 1 << 16
 
 @dataclass(frozen=True)
 class Group:
-    """Selected positions of one branch and offset over consecutive segments: one kernel call.
+    """The selection of one kernel call: a run of offsets of one branch over some segments.
 
-    Token t (0 <= t < length) of segment s (0 <= s < segments) sits at sequence position
-    ``start + s*segment_stride + t*step``; it is attended by heads
-    ``head_start, head_start + head_step, ...`` (``heads`` of them).
+    Token t (< length) of segment s (< segments) for offset ``offset + i`` (i < offsets) sits at
+    position ``start + i + s*segment_stride + t*step``; it is attended by heads
+    ``offset + i + j*step`` (j < heads).
     """
 
     branch: int
@@ -46,9 +48,31 @@ class Group:
     segment_stride: int
     length: int
     step: int
-    head_start: int
-    head_step: int
+    offset: int
+    offsets: int
     heads: int
+
+    @property
+    def rows(self) -> int:
+        """(token, head) rows per batch element: the kernel's work unit count."""
+        return self.segments * self.length * self.heads * self.offsets
+
+
+def _offset_runs(span: int, rate: int, num_heads: int) -> list[tuple[int, int, int, int]]:
+    """Maximal runs of consecutive offsets with equal (length, head count) in a span of tokens.
+
+    Returns (first offset, number of offsets, length, heads); offsets selecting nothing are left
+    out (a span shorter than the rate, or fewer heads than the rate).
+    """
+    runs: list[tuple[int, int, int, int]] = []
+    for o in range(min(rate, num_heads, span)):
+        shape = (-(-(span - o) // rate), len(range(o, num_heads, rate)))  # ceil, heads
+        if runs and runs[-1][2:] == shape:
+            first, count, _, _ = runs[-1]
+            runs[-1] = (first, count + 1, *shape)
+        else:
+            runs.append((o, 1, *shape))
+    return runs
 
 
 def plan_calls(
@@ -58,69 +82,60 @@ def plan_calls(
     dilation_rates: Sequence[int],
     batch: int = 1,
     rows_per_call: int = ROWS_PER_CALL,
-) -> list[tuple[Group, ...]]:
-    """The kernel calls to make: each a tuple of groups of one branch with equal shapes.
-
-    Offsets of a branch whose selections have the same length are attended in one call with
-    their heads side by side (fewer, larger calls run faster). Within a branch groups never
-    overlap, which lets the forward write branch 0 without merging.
-    """
+) -> list[Group]:
+    """The kernel calls to make, branch by branch. Within a branch calls never overlap, which
+    lets the forward write branch 0 without merging."""
     calls = []
     for branch, (w, r) in enumerate(zip(segment_lengths, dilation_rates)):
         w = min(w, seq_len)  # a segment longer than the sequence is the whole sequence
         full, tail = divmod(seq_len, w)
-        offsets = range(min(r, num_heads))
-        heads = {o: len(range(o, num_heads, r)) for o in offsets}
-        for first_segment, segments, span in ((0, full, w), (full, 1 if tail else 0, tail)):
-            by_length: dict[int, list[int]] = {}
-            for o in offsets:
-                length = -(-(span - o) // r)  # ceil: selected tokens of a segment
-                if segments and length > 0:
-                    by_length.setdefault(length, []).append(o)
-            for length, same in by_length.items():
-                rows = batch * length * sum(heads[o] for o in same)
-                per_call = max(1, rows_per_call // rows)
+        for first_segment, segments, span in ((0, full, w), (full, 1, tail)):
+            if not segments or not span:
+                continue
+            for offset, offsets, length, heads in _offset_runs(span, r, num_heads):
+                per_call = max(1, rows_per_call // (batch * length * heads * offsets))
                 for first in range(0, segments, per_call):
                     count = min(per_call, segments - first)
-                    start = (first_segment + first) * w
-                    calls.append(tuple(
-                        Group(branch, start + o, count, w, length, r, o, r, heads[o])
-                        for o in same
-                    ))  # fmt: skip
+                    start = (first_segment + first) * w + offset
+                    calls.append(Group(branch, start, count, w, length, r, offset, offsets, heads))
     return calls
 
 
 def _view(x: torch.Tensor, g: Group) -> torch.Tensor:
-    """Strided view of x's selected positions: (B, N, H, *rest) -> (B, S, L, Hg, *rest)."""
+    """Strided view of x's selected positions: (B, N, H, *rest) -> (B, S, L, J, R, *rest)."""
     stride_b, stride_n, stride_h, *rest = x.stride()
-    size = (x.shape[0], g.segments, g.length, g.heads, *x.shape[3:])
-    stride = (stride_b, g.segment_stride * stride_n, g.step * stride_n, g.head_step * stride_h)
-    offset = x.storage_offset() + g.start * stride_n + g.head_start * stride_h
+    size = (x.shape[0], g.segments, g.length, g.heads, g.offsets, *x.shape[3:])
+    stride = (
+        stride_b,
+        g.segment_stride * stride_n,  # next segment
+        g.step * stride_n,  # next selected token
+        g.step * stride_h,  # next head with the same offset
+        stride_n + stride_h,  # next offset: one position and one head further
+    )
+    offset = x.storage_offset() + g.start * stride_n + g.offset * stride_h
     return x.as_strided(size, (*stride, *rest), offset)
 
 
-def _gather(x: torch.Tensor, call: tuple[Group, ...]) -> torch.Tensor:
-    """A call's selected positions as kernel input: (B, N, H, *rest) -> (B*S, L, sum Hg, *rest).
+def _gather(x: torch.Tensor, g: Group) -> torch.Tensor:
+    """A call's selected positions as kernel input: (B, N, H, *rest) -> (B*S, L, J*R, *rest).
 
-    A view when the strides allow (r = 1 over whole segments), else a bounded copy.
+    A view when the strides allow (r = 1 over whole segments), else one bounded copy.
     """
-    views = [_view(x, g) for g in call]
-    view = views[0] if len(views) == 1 else torch.cat(views, dim=3)
-    return view.reshape(-1, *view.shape[2:])
+    view = _view(x, g)
+    return view.reshape(view.shape[0] * g.segments, g.length, g.heads * g.offsets, *view.shape[5:])
 
 
-def _scatter(result: torch.Tensor, call: tuple[Group, ...], target: torch.Tensor):
-    """Pair each group's view of ``target`` with its part of a call's ``result``."""
-    parts = result.reshape(target.shape[0], call[0].segments, call[0].length, -1, *target.shape[3:])
-    parts = parts.split([g.heads for g in call], dim=3)
-    return [(_view(target, g), part) for g, part in zip(call, parts)]
+def _scatter_view(result: torch.Tensor, g: Group, target: torch.Tensor):
+    """(target's view of the call, the call's result shaped like it)."""
+    view = _view(target, g)
+    return view, result.reshape(view.shape)
 
 
 def _forward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    calls: list[tuple[Group, ...]],
+    calls: list[Group],
     causal: bool,
     scale: float,
     kernel: AttentionKernel,
@@ -129,18 +144,18 @@ def _forward(
     b, n, h, d = q.shape
     out = q.new_zeros(b, n, h, d, dtype=torch.float32)
     lse = q.new_full((b, n, h), float("-inf"), dtype=torch.float32)
-    for call in calls:
-        out_c, lse_c = kernel.forward(*(_gather(x, call) for x in (q, k, v)), causal, scale)
-        pairs = zip(_scatter(out_c, call, out), _scatter(lse_c, call, lse))
-        for (out_acc, out_g), (lse_acc, lse_g) in pairs:  # (B, S, L, Hg, D), (B, S, L, Hg)
-            if call[0].branch == 0:  # the first branch writes where nothing was merged yet
-                out_acc.copy_(out_g)
-                lse_acc.copy_(lse_g)
-                continue
-            lse_new = torch.logaddexp(lse_acc, lse_g)
-            out_acc.mul_(torch.exp(lse_acc - lse_new).unsqueeze(-1))
-            out_acc.add_(out_g * torch.exp(lse_g - lse_new).unsqueeze(-1))
-            lse_acc.copy_(lse_new)
+    for g in calls:
+        out_g, lse_g = kernel.forward(_gather(q, g), _gather(k, g), _gather(v, g), causal, scale)
+        out_acc, out_g = _scatter_view(out_g, g, out)  # (B, S, L, J, R, D)
+        lse_acc, lse_g = _scatter_view(lse_g, g, lse)  # (B, S, L, J, R)
+        if g.branch == 0:  # the first branch writes where nothing was merged yet
+            out_acc.copy_(out_g)
+            lse_acc.copy_(lse_g)
+            continue
+        lse_new = torch.logaddexp(lse_acc, lse_g)
+        out_acc.mul_(torch.exp(lse_acc - lse_new).unsqueeze(-1))
+        out_acc.add_(out_g * torch.exp(lse_g - lse_new).unsqueeze(-1))
+        lse_acc.copy_(lse_new)
     return out.to(q.dtype), lse
 
 
@@ -151,7 +166,7 @@ def _backward(
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    calls: list[tuple[Group, ...]],
+    calls: list[Group],
     causal: bool,
     scale: float,
     kernel: AttentionKernel,
@@ -160,12 +175,12 @@ def _backward(
     acc_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     dq, dk, dv = (torch.zeros(x.shape, dtype=acc_dtype, device=x.device) for x in (q, k, v))
     dout = dout.to(q.dtype)
-    for call in calls:
-        inputs = (_gather(x, call) for x in (dout, q, k, v, out, lse))
+    for g in calls:
+        inputs = (_gather(x, g) for x in (dout, q, k, v, out, lse))
         grads = kernel.backward(*inputs, causal, scale)
         for total, grad in zip((dq, dk, dv), grads):
-            for acc, part in _scatter(grad, call, total):
-                acc.add_(part)
+            acc, part = _scatter_view(grad, g, total)
+            acc.add_(part)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 

@@ -26,6 +26,8 @@ SHAPES = {
     "rate-not-dividing-segment": (2, 50, 5, 4, [6, 10, 50], [4, 3, 7]),
     "paper-like-geometric": (1, 96, 6, 8, [8, 16, 32, 64], [1, 2, 4, 6]),
     "same-branch-twice": (1, 24, 2, 4, [8, 8], [2, 2]),
+    "heads-not-multiple-of-rate": (1, 64, 6, 4, [16, 64], [1, 4]),
+    "tail-shorter-than-rate": (2, 37, 8, 4, [16, 32], [1, 8]),
 }
 
 
@@ -155,13 +157,15 @@ def test_chunked_calls_match_one_call(monkeypatch):
 def test_plan_covers_each_selected_position_once():
     n, h, segments, rates = 50, 5, [6, 10, 50], [4, 3, 7]
     seen = torch.zeros(len(segments), n, h, dtype=torch.long)
-    for call in plan_calls(n, h, segments, rates, rows_per_call=7):
-        for g in call:
+    for g in plan_calls(n, h, segments, rates, rows_per_call=7):
+        for i in range(g.offsets):
+            heads = [g.offset + i + j * g.step for j in range(g.heads)]
+            assert max(heads) < h
             for s in range(g.segments):
                 for t in range(g.length):
-                    pos = g.start + s * g.segment_stride + t * g.step
+                    pos = g.start + i + s * g.segment_stride + t * g.step
                     assert pos < n
-                    seen[g.branch, pos, g.head_start :: g.head_step] += 1
+                    seen[g.branch, pos, heads] += 1
     for i, (w, r) in enumerate(zip(segments, rates)):
         want = torch.tensor([[(p % w) % r == head % r for head in range(h)] for p in range(n)])
         assert torch.equal(seen[i], want.long())

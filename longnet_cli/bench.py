@@ -39,6 +39,7 @@ class AttentionBenchConfig:
     dense_max: int = 32768
     repeats: int = 3
     min_seconds: float = 1.0
+    warmup_seconds: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -95,21 +96,29 @@ def estimated_bytes(n: int, cfg: AttentionBenchConfig) -> int:
 
 
 def _timed(fn: Callable[[], None], cfg: AttentionBenchConfig, sync: Callable[[], None]) -> float:
-    """Best wall time of ``fn`` over up to ``repeats`` runs after a warm-up run.
+    """Best wall time of ``fn`` over up to ``repeats`` runs, after warming up.
 
-    Stops repeating once ``min_seconds`` were spent; a run over 20 s is measured once.
+    Warm-up runs go on for at least ``warmup_seconds`` (caches, allocator pools and clocks
+    settle; a single warm-up left the first measurement of a process 20% slow). A run over
+    20 s is measured once, without warm-up.
     """
-    times = []
-    for attempt in range(cfg.repeats + 1):
+
+    def once() -> float:
         start = time.perf_counter()
         fn()
         sync()
-        times.append(time.perf_counter() - start)
-        if attempt == 0 and times[0] > 20:
-            return times[0]
-        if attempt > 0 and sum(times) >= cfg.min_seconds:
-            break
-    return min(times[1:])
+        return time.perf_counter() - start
+
+    first = once()
+    if first > 20:
+        return first
+    warm = first
+    while warm < cfg.warmup_seconds:
+        warm += once()
+    times: list[float] = []
+    while len(times) < cfg.repeats and (not times or sum(times) < cfg.min_seconds):
+        times.append(once())
+    return min(times)
 
 
 def _attention_fn(impl: str, mode: str, q, k, v, cfg: AttentionBenchConfig) -> Callable[[], None]:

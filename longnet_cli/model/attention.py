@@ -31,6 +31,8 @@ from longnet_cli.model.kernels import AttentionKernel, default_scale, select_ker
 
 # Upper bound on (batch x token x head) rows handed to one kernel call: bounds temporaries.
 ROWS_PER_CALL = 1 << 16
+# CUDA kernels put the batch on grid dimension z, which holds at most 65,535 blocks.
+MAX_CALL_BATCH = (1 << 16) - 1
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,10 @@ def plan_calls(
             if not segments or not span:
                 continue
             for offset, offsets, length, heads in _offset_runs(span, r, num_heads):
-                per_call = max(1, rows_per_call // (batch * length * heads * offsets))
+                per_call = min(
+                    max(1, rows_per_call // (batch * length * heads * offsets)),
+                    max(1, MAX_CALL_BATCH // batch),
+                )
                 for first in range(0, segments, per_call):
                     count = min(per_call, segments - first)
                     start = (first_segment + first) * w + offset

@@ -77,12 +77,16 @@ def _cuda_forward(q, k, v, causal, scale):
 
 def _cuda_backward(dout, q, k, v, out, lse, causal, scale):
     b, n, h, _ = q.shape
-    lse_pad = lse.new_zeros(b, h, -(-n // _LSE_ALIGN) * _LSE_ALIGN)
+    # The kernel reads lse through its strides, 32 rows at a time past the end: pad it the way
+    # the forward kernel does (with +inf) to a multiple of 32. out must be contiguous (its row
+    # stride is implied); q, k, v, dout need only a contiguous last dimension.
+    lse_pad = torch.full(
+        (b, h, -(-n // _LSE_ALIGN) * _LSE_ALIGN), float("inf"), dtype=torch.float32, device=q.device
+    )
     lse_pad[:, :, :n] = lse.transpose(1, 2)
-    seed = torch.zeros((), dtype=torch.int64, device=q.device)
+    seed = torch.zeros((), dtype=torch.int64, device=q.device)  # unused without dropout
     dq, dk, dv, _ = torch.ops.aten._efficient_attention_backward(
-        dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), None,
-        out.contiguous(), None, None, n, n, lse_pad, 0.0, seed, seed,
+        dout, q, k, v, None, out.contiguous(), None, None, n, n, lse_pad, 0.0, seed, seed,
         1 if causal else 0, False, scale=scale,
     )  # fmt: skip
     return dq, dk, dv
@@ -114,7 +118,19 @@ def _flash_attn_backward(dout, q, k, v, out, lse, causal, scale):
         "window_size_left": -1, "window_size_right": -1, "softcap": 0.0,
         "alibi_slopes": None, "deterministic": False, "rng_state": None,
     }  # fmt: skip
-    params = inspect.signature(fn).parameters
+    # flash-attn >= 2.7 wraps it in a torch custom op whose own signature is (*args, **kwargs).
+    params = inspect.signature(getattr(fn, "_init_fn", fn)).parameters
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    missing = [
+        name
+        for name, p in params.items()
+        if p.kind in variadic or (p.default is p.empty and name not in offered)
+    ]
+    if missing:
+        raise RuntimeError(
+            f"this flash-attn version's backward takes arguments longnet does not know ({missing});"
+            " use backend='torch' or a flash-attn 2.5-2.8 release"
+        )
     fn(**{name: offered[name] for name in params if name in offered})
     return dq, dk, dv
 
@@ -193,10 +209,13 @@ def select_kernel(backend: str, q: torch.Tensor) -> AttentionKernel:
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     kind = q.device.type
+    head_dim = q.shape[-1]
+    flash_ok = q.dtype in (torch.float16, torch.bfloat16) and head_dim <= 256 and head_dim % 8 == 0
     if backend == "auto":
-        flash_ok = q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
         if kind == "cuda" and flash_ok and flash_attn_available():
             backend = "flash-attn"
+        elif kind == "cuda" and q.dtype == torch.bfloat16 and head_dim % 8:
+            backend = "math"  # the memory-efficient kernel has bf16 kernels for aligned dims only
         elif ("torch", kind) in _KERNELS:
             backend = "torch"
         else:
@@ -206,6 +225,11 @@ def select_kernel(backend: str, q: torch.Tensor) -> AttentionKernel:
     if backend == "flash-attn" and not flash_attn_available():
         raise ValueError(
             "attention backend 'flash-attn' needs the gpu extra: pip install 'longnet-cli[gpu]'"
+        )
+    if backend == "flash-attn" and kind == "cuda" and not flash_ok:
+        raise ValueError(
+            "attention backend 'flash-attn' needs float16/bfloat16 and a head_dim that is a "
+            f"multiple of 8 up to 256 (got {q.dtype}, head_dim {head_dim})"
         )
     kernel = _KERNELS.get((backend, kind))
     if kernel is None:

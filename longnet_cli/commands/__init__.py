@@ -1,0 +1,1 @@
+"""One module per ``longnet`` subcommand; ``cli.py`` registers them."""

@@ -1,0 +1,135 @@
+"""``longnet bench``: measure speed on this machine (numbers, not tests)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from longnet_cli.commands.common import CONTEXT, int_list
+from longnet_cli.errors import InputError
+from longnet_cli.lengths import format_length, parse_lengths
+
+
+@click.group(context_settings=CONTEXT)
+def bench() -> None:
+    """Measure speed on this machine (prints numbers; tests live elsewhere)."""
+
+
+@bench.command("attention", context_settings=CONTEXT)
+@click.option(
+    "--lengths",
+    default="4K..1M",
+    show_default=True,
+    help="Sequence lengths: a doubling range LOW..HIGH or a comma list (4K,64K,1M).",
+)
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--dim-head", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--segments",
+    default="2048,4096,8192,16384",
+    show_default=True,
+    help="Segment lengths w_i, comma-separated.",
+)
+@click.option(
+    "--rates",
+    default="1,2,4,8",
+    show_default=True,
+    help="Dilation rates r_i, comma-separated (one per segment length).",
+)
+@click.option("--causal/--no-causal", default=True, show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "flash-attn", "math"]),
+    default="auto",
+    show_default=True,
+    help="Attention kernel for dilated attention.",
+)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(["fwd", "fwd+bwd", "both"]),
+    default="both",
+    show_default=True,
+    help="Forward only, forward+backward, or both.",
+)
+@click.option(
+    "--dense-max",
+    default="32K",
+    show_default=True,
+    help="Longest length at which dense SDPA also runs (its time grows as N^2).",
+)
+@click.option(
+    "--repeats",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Timed runs per measurement (best is kept), after one warm-up.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+def bench_attention_command(lengths, heads, dim_head, segments, rates, causal, dtype, backend,
+                            device, modes, dense_max, repeats, as_json) -> None:  # fmt: skip
+    """Tokens/s and attained GFLOP/s of dilated attention beside dense SDPA.
+
+    Stops before a length whose memory would not fit. The summary gives dilated/dense GFLOP/s
+    where both ran, and time per token relative to the first length >= the longest segment
+    (1.0 means perfectly linear cost).
+    """
+    import torch
+
+    from longnet_cli.bench import AttentionBenchConfig, bench_attention, summarize
+    from longnet_cli.runtime import keep_freed_memory
+
+    try:
+        lengths_list = parse_lengths(lengths)
+        dense_limit = parse_lengths(dense_max)[0]
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    segment_list, rate_list = int_list(segments, "--segments"), int_list(rates, "--rates")
+    if len(segment_list) != len(rate_list):
+        raise click.BadParameter("--segments and --rates need the same number of values")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    keep_freed_memory()
+    cfg = AttentionBenchConfig(
+        lengths=lengths_list, heads=heads, dim_head=dim_head, segment_lengths=segment_list,
+        dilation_rates=rate_list, causal=causal, dtype=dtype, backend=backend, device=device,
+        modes=["fwd", "fwd+bwd"] if modes == "both" else [modes], dense_max=dense_limit,
+        repeats=repeats,
+    )  # fmt: skip
+    header = f"{'N':>6} {'impl':>8} {'mode':>8} {'ms':>10} {'tokens/s':>12} {'GFLOP/s':>9}"
+    click.echo(
+        f"# {device} {dtype} H={heads} D={dim_head} w={segment_list} r={rate_list} "
+        f"causal={causal} threads={torch.get_num_threads()}",
+        err=as_json,
+    )
+    click.echo(header, err=as_json)
+
+    def show(row):
+        click.echo(
+            f"{format_length(row.n):>6} {row.impl:>8} {row.mode:>8} {row.seconds * 1e3:>10.1f} "
+            f"{row.tokens_per_s:>12.0f} {row.gflops:>9.1f}",
+            err=as_json,
+        )
+
+    try:
+        rows = bench_attention(cfg, on_row=show)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    summary = summarize(rows, cfg)
+    if as_json:
+        config = {k: list(v) if isinstance(v, list | tuple) else v for k, v in vars(cfg).items()}
+        click.echo(json.dumps({"config": config, "rows": [r.to_dict() for r in rows],
+                               "summary": summary}, indent=2))  # fmt: skip
+        return
+    for key, value in summary["dilated_over_dense_gflops"].items():
+        click.echo(f"dilated/dense GFLOP/s {key}: {value:.2f}")
+    reference = summary["reference_length"]
+    for key, value in summary["time_per_token_vs_reference"].items():
+        click.echo(f"time/token {key} vs {format_length(reference)}: {value:.2f}x")

@@ -29,7 +29,11 @@ def cli(debug: bool) -> None:
 def _register_commands() -> None:
     """Attach the subcommands (one module each; their heavy imports stay inside the bodies)."""
     from longnet_cli.commands.bench import bench
+    from longnet_cli.commands.inspect import inspect
+    from longnet_cli.commands.tokenize import tokenize
 
+    cli.add_command(tokenize)
+    cli.add_command(inspect)
     cli.add_command(bench)
 
 

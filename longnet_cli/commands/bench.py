@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -84,7 +85,7 @@ def bench_attention_command(lengths, heads, dim_head, segments, rates, causal, d
     """
     import torch
 
-    from longnet_cli.bench import AttentionBenchConfig, bench_attention, summarize
+    from longnet_cli.bench.attention import AttentionBenchConfig, bench_attention, summarize
     from longnet_cli.runtime import keep_freed_memory
 
     try:
@@ -133,3 +134,49 @@ def bench_attention_command(lengths, heads, dim_head, segments, rates, causal, d
     reference = summary["reference_length"]
     for key, value in summary["time_per_token_vs_reference"].items():
         click.echo(f"time/token {key} vs {format_length(reference)}: {value:.2f}x")
+
+
+@bench.command("tokenize", context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Existing SentencePiece model (default: train one first, not timed).",
+)
+@click.option("--workers", "-j", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    default=["site-packages"],
+    show_default=True,
+    help="Passed to longnet tokenize.",
+)
+@click.option("--repeats", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+def bench_tokenize_command(paths, tokenizer, workers, exclude, repeats, as_json) -> None:
+    """Wall time of `longnet tokenize` beside a plain single-threaded encode loop.
+
+    PATHS default to this interpreter's standard library source tree (about 30 MB of code).
+    Target: ratio <= 1.0 (parallel encoding pays for reading, hashing and writing).
+    """
+    from longnet_cli.bench.tokenize import bench_tokenize
+    from longnet_cli.data.sources import stdlib_path
+
+    corpus = list(paths) or [stdlib_path()]
+    result = bench_tokenize(corpus, tokenizer=tokenizer, workers=workers, exclude=list(exclude),
+                            repeats=repeats)  # fmt: skip
+    report = result.to_dict()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"corpus: {', '.join(report['paths'])}: {result.documents:,} documents, "
+               f"{result.bytes / 1e6:.1f} MB; workers {workers}")  # fmt: skip
+    click.echo(f"longnet tokenize: {result.command_seconds:6.2f} s  "
+               f"{report['command_mb_per_s']:6.2f} MB/s  "
+               f"{report['command_tokens_per_s']:>12,.0f} tokens/s  "
+               f"peak RSS {result.command_peak_rss_bytes / 2**20:,.0f} MiB")  # fmt: skip
+    click.echo(f"plain encode loop: {result.baseline_seconds:5.2f} s  "
+               f"{report['baseline_mb_per_s']:6.2f} MB/s  "
+               f"{report['baseline_tokens_per_s']:>12,.0f} tokens/s")  # fmt: skip
+    click.echo(f"ratio (command / loop): {result.ratio:.2f}x")

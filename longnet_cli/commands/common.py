@@ -17,3 +17,22 @@ def int_list(text: str, name: str) -> list[int]:
     if not values or min(values) < 1:
         raise click.BadParameter(f"expected positive integers, got {text!r}", param_hint=name)
     return values
+
+
+class LengthParam(click.ParamType):
+    """A count with K/M/G suffixes (1024-based): 32K, 256M."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        from longnet_cli.lengths import parse_length
+
+        try:
+            return parse_length(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+def length_option(name: str, default: str, help: str):
+    """An option taking a length such as 32K or 1M."""
+    return click.option(name, type=LengthParam(), default=default, show_default=True, help=help)

@@ -1,4 +1,4 @@
-"""``longnet bench``: speed of dilated attention on this machine, beside dense SDPA.
+"""``longnet bench attention``: speed of dilated attention on this machine, beside dense SDPA.
 
 FLOPs are counted the same way for both: 4*D FLOPs per (query, key) pair that the attention
 actually scores (causal: pairs with key <= query), forward; forward+backward counts 3x the

@@ -1,0 +1,1 @@
+"""``longnet bench``: measurements that print numbers (attention, tokenize); tests live apart."""

@@ -1,0 +1,122 @@
+"""``longnet tokenize``: a corpus into memory-mapped token shards with a manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from longnet_cli.commands.common import CONTEXT, length_option
+
+
+@click.command("tokenize", context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))  # fmt: skip
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output directory (created; rebuilt only when the corpus or options change).",
+)
+@click.option(
+    "--group",
+    type=click.Choice(["file", "repo"]),
+    default="file",
+    show_default=True,
+    help="repo: each immediate subdirectory of an input is ONE document, its files "
+    "concatenated in sorted order after '==> path <==' headers.",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Only files matching (relative path, or file name for patterns without '/').",
+)
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files and folders.")
+@click.option("--hidden", is_flag=True, help="Also walk hidden directories (VCS folders never).")
+@click.option(
+    "--text-field",
+    default="text",
+    show_default=True,
+    help="Field of jsonl records / column of parquet files holding the text.",
+)
+@click.option(
+    "--errors",
+    type=click.Choice(["strict", "replace"]),
+    default="strict",
+    show_default=True,
+    help="Invalid UTF-8: skip the document, or keep it with U+FFFD.",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Reuse this SentencePiece model instead of training one.",
+)
+@click.option(
+    "--vocab-size",
+    default=32000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Vocabulary of the trained tokenizer.",
+)
+@length_option(
+    "--sample-bytes",
+    default="32M",
+    help="Text sampled from the corpus to train the tokenizer (K/M/G suffixes).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the tokenizer sample.")
+@length_option("--shard-tokens", default="256M", help="Tokens per shard file at most.")
+@click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=1),
+    default=os.cpu_count() or 1,
+    show_default="CPU count",
+    help="Encoding threads; output is the same for any.",
+)
+@click.option("--force", is_flag=True, help="Rebuild even when the output is up to date.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def tokenize(paths, out, group, include, exclude, hidden, text_field, errors, tokenizer,
+             vocab_size, sample_bytes, seed, shard_tokens, workers, force, quiet,
+             as_json) -> None:  # fmt: skip
+    """Tokenize corpus PATHS (directories walked recursively, or files) into --out.
+
+    Reads text, markdown and source files (one document each), .jsonl and .parquet (one per
+    record), and .zst-compressed versions of these. Binary files, invalid UTF-8, empty files,
+    corrupt zstd streams and malformed jsonl lines are skipped and counted, never fatal.
+    Writes shard-NNNNN.bin, documents.parquet, tokenizer.model, and manifest.json last;
+    re-running on an unchanged corpus writes nothing.
+    """
+    from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
+
+    options = TokenizeOptions(
+        paths=tuple(paths), out=out, group=group, include=tuple(include),
+        exclude=tuple(exclude), hidden=hidden, text_field=text_field, errors=errors,
+        tokenizer=tokenizer, vocab_size=vocab_size, sample_bytes=sample_bytes, seed=seed,
+        shard_tokens=shard_tokens, workers=workers, force=force, progress=not quiet,
+    )  # fmt: skip
+    result = tokenize_corpus(options)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    seconds = max(result.seconds, 1e-9)
+    per_token = result.bytes / result.tokens if result.tokens else 0.0
+    if result.up_to_date:
+        click.echo(f"{out} is up to date: {result.documents:,} documents, {result.tokens:,} "
+                   "tokens; nothing written (--force rebuilds)")  # fmt: skip
+    else:
+        click.echo(
+            f"tokenized {result.documents:,} documents, {result.bytes / 1e6:,.1f} MB into "
+            f"{result.tokens:,} tokens ({per_token:.2f} bytes/token) in {result.shards} "
+            f"shard(s) at {out}\n"
+            f"{seconds:.1f} s: {result.bytes / 1e6 / seconds:.2f} MB/s, "
+            f"{result.tokens / seconds:,.0f} tokens/s; vocabulary {result.vocab_size:,}"
+            + (" (trained)" if result.trained_tokenizer else "")
+        )
+    if result.skipped:
+        listed = ", ".join(f"{reason} {count}" for reason, count in result.skipped.items())
+        click.echo(f"skipped: {listed} (details in {out / 'manifest.json'})")

@@ -1,0 +1,775 @@
+"""The tokenized corpus on disk: token shards, a documents table and a manifest.
+
+A corpus is one directory (DESIGN.md, "Data on disk"):
+
+    manifest.json       written last and atomically; FORMAT_VERSION, tokenizer hash, totals, shards
+    tokenizer.model     the SentencePiece model that produced the ids
+    shard-NNNNN.bin     raw little-endian token ids (uint16 or uint32), documents concatenated,
+                        each followed by EOS; every shard holds exactly ``shard_tokens`` tokens
+                        except the last, so a document may continue in the next shard
+    documents.parquet   one row per document: where it starts, its length, its source
+
+The stream of all shards concatenated is what training reads: ``TokenizedCorpus.tokens`` gives
+any window of it, zero-copy while the window stays inside one shard. numpy, pyarrow, stdlib only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from longnet_cli.errors import InputError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.model"
+DOCUMENTS_FILE = "documents.parquet"
+TEMP_SUFFIX = ".tmp"
+
+REQUIRED_MANIFEST_KEYS = (
+    "format",
+    "tokenizer_sha256",
+    "vocab_size",
+    "dtype",
+    "eos_id",
+    "bos_id",
+    "documents",
+    "tokens",
+    "bytes",
+    "shards",
+    "skipped",
+)
+SHARD_ENTRY_KEYS = ("file", "tokens", "bytes", "sha256")
+
+DOCUMENTS_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.int64()),
+        ("source", pa.string()),
+        ("shard", pa.int32()),
+        ("offset", pa.int64()),
+        ("tokens", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+
+_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+_HASH_CHUNK_BYTES = 8 << 20  # bounded memory for full verification
+_WRITE_BUFFER_BYTES = 1 << 20
+_SHARD_NAME = re.compile(r"shard-\d{5}\.bin")
+
+
+class CorpusError(InputError):
+    """A corpus directory that is missing, incomplete or corrupt; the message names the file."""
+
+
+class DocumentPlacement(NamedTuple):
+    """Where a document starts: shard index, token offset within it, token count without EOS."""
+
+    shard: int
+    offset: int
+    tokens: int
+
+
+def token_dtype(vocab_size: int) -> str:
+    """The shard dtype for a vocabulary: "uint16" up to 65,536 ids, else "uint32"."""
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    if vocab_size <= 1 << 16:
+        return "uint16"
+    if vocab_size <= 1 << 32:
+        return "uint32"
+    raise ValueError(f"vocab_size {vocab_size} does not fit in uint32 token ids")
+
+
+def shard_name(index: int) -> str:
+    """``shard-00000.bin`` for index 0."""
+    return f"shard-{index:05d}.bin"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in bounded chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make renames inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through a temporary file in the same directory, then rename it into place."""
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    try:
+        with open(temp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+class ShardWriter:
+    """Append documents to ``shard-NNNNN.bin`` files of exactly ``shard_tokens`` tokens each.
+
+    Usage::
+
+        with ShardWriter(directory, token_dtype(vocab_size), shard_tokens, eos_id) as writer:
+            for ids in documents:
+                writer.begin_document()
+                writer.write(ids)           # any number of calls, any lengths
+                placement = writer.end_document()
+            shards = writer.close()         # the manifest's "shards" entries
+
+    Shards are written as ``shard-NNNNN.bin.tmp`` and renamed by ``close()``; an exception inside
+    the ``with`` block (or ``abort()``) deletes them, so a final name always means a whole shard.
+    """
+
+    def __init__(self, directory: Path, dtype: str, shard_tokens: int, eos_id: int) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if shard_tokens < 1:
+            raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+        self.directory = Path(directory)
+        self.dtype = _DTYPES[dtype]
+        self.shard_tokens = int(shard_tokens)
+        self._max_id = int(np.iinfo(self.dtype).max)
+        if not 0 <= eos_id <= self._max_id:
+            raise ValueError(f"eos_id {eos_id} does not fit in {dtype}")
+        self._eos = np.array([eos_id], dtype=self.dtype)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._finished: list[dict] = []  # manifest entries of full (closed) shards
+        self._temp_paths: list[Path] = []
+        self._file: IO[bytes] | None = None
+        self._digest = hashlib.sha256()
+        self._in_shard = 0  # tokens in the open shard
+        self._document: DocumentPlacement | None = None  # start of the open document
+        self._document_tokens = 0
+        self._closed = False
+        self._result: list[dict] | None = None
+
+    # -- documents --------------------------------------------------------------------------
+
+    def begin_document(self) -> None:
+        """Start a document; its first token goes to the next stream position."""
+        self._check_open()
+        if self._document is not None:
+            raise RuntimeError("begin_document() called twice without end_document()")
+        shard, offset = self._next_position()
+        self._document = DocumentPlacement(shard, offset, 0)
+        self._document_tokens = 0
+
+    def write(self, tokens: np.ndarray) -> None:
+        """Append token ids to the open document (cast to the shard dtype; range-checked)."""
+        self._check_open()
+        if self._document is None:
+            raise RuntimeError("write() outside a document: call begin_document() first")
+        ids = np.asarray(tokens)
+        if ids.ndim != 1:
+            ids = ids.reshape(-1)
+        if ids.size == 0:
+            return
+        if ids.dtype != self.dtype:
+            if ids.dtype.kind not in "iu":
+                raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high > self._max_id:
+                bad = low if low < 0 else high
+                raise ValueError(f"token id {bad} does not fit in {self.dtype.name}")
+            ids = ids.astype(self.dtype)
+        self._append(np.ascontiguousarray(ids))
+        self._document_tokens += int(ids.size)
+
+    def end_document(self) -> DocumentPlacement:
+        """Append EOS and return where the document starts (its EOS position if it is empty)."""
+        self._check_open()
+        if self._document is None:
+            raise RuntimeError("end_document() without begin_document()")
+        self._append(self._eos)
+        placement = self._document._replace(tokens=self._document_tokens)
+        self._document = None
+        return placement
+
+    # -- finishing --------------------------------------------------------------------------
+
+    def close(self) -> list[dict]:
+        """Flush and fsync the last shard, rename every shard to its final name.
+
+        Returns the manifest's ``shards`` entries: ``{"file", "tokens", "bytes", "sha256"}``.
+        Calling it again returns the same entries.
+        """
+        if self._result is not None:
+            return self._result
+        self._check_open()
+        if self._document is not None:
+            raise RuntimeError("close() inside a document: call end_document() first")
+        if self._file is not None:
+            self._finish_shard()
+        for entry, temp in zip(self._finished, self._temp_paths):
+            os.replace(temp, self.directory / entry["file"])
+        _fsync_directory(self.directory)
+        self._closed = True
+        self._result = [dict(entry) for entry in self._finished]
+        return self._result
+
+    def abort(self) -> None:
+        """Stop writing and delete the temporary shard files (nothing after a finished close)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._result is None:
+            for temp in self._temp_paths:
+                temp.unlink(missing_ok=True)
+        self._closed = True
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._result is None and not self._closed:
+            self.close()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the shard writer is closed")
+
+    def _next_position(self) -> tuple[int, int]:
+        """(shard, offset) of the next token written; full shards are closed eagerly."""
+        if self._file is None:
+            return len(self._finished), 0
+        return len(self._finished), self._in_shard
+
+    def _append(self, ids: np.ndarray) -> None:
+        """Write ``ids`` (already in the shard dtype), opening and finishing shards as they fill."""
+        start = 0
+        while start < ids.size:
+            if self._file is None:
+                self._open_shard()
+            take = min(self.shard_tokens - self._in_shard, ids.size - start)
+            chunk = memoryview(ids[start : start + take]).cast("B")
+            self._file.write(chunk)
+            self._digest.update(chunk)
+            self._in_shard += take
+            start += take
+            if self._in_shard == self.shard_tokens:
+                self._finish_shard()
+
+    def _open_shard(self) -> None:
+        temp = self.directory / (shard_name(len(self._finished)) + TEMP_SUFFIX)
+        self._temp_paths.append(temp)
+        # stays open across write() calls until the shard fills; closed by _finish_shard/abort
+        self._file = open(temp, "wb", buffering=_WRITE_BUFFER_BYTES)  # noqa: SIM115
+        self._digest = hashlib.sha256()
+        self._in_shard = 0
+
+    def _finish_shard(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        self._finished.append(
+            {
+                "file": shard_name(len(self._finished)),
+                "tokens": self._in_shard,
+                "bytes": self._in_shard * self.dtype.itemsize,
+                "sha256": self._digest.hexdigest(),
+            }
+        )
+        self._in_shard = 0
+
+
+# -- documents table and manifest ---------------------------------------------------------------
+
+
+def write_documents_table(directory: Path, rows: dict[str, list] | pa.Table) -> None:
+    """Write ``documents.parquet`` atomically; ``rows`` maps each DOCUMENTS_SCHEMA column to values.
+
+    Columns are cast to the schema (int64 ids, offsets, counts; int32 shard; string source, sha256).
+    """
+    names = DOCUMENTS_SCHEMA.names
+    given = rows.column_names if isinstance(rows, pa.Table) else list(rows)
+    if sorted(given) != sorted(names):
+        missing = sorted(set(names) - set(given))
+        extra = sorted(set(given) - set(names))
+        raise ValueError(f"documents table columns: missing {missing}, unexpected {extra}")
+    if isinstance(rows, pa.Table):
+        table = rows.select(names).cast(DOCUMENTS_SCHEMA)
+    else:
+        table = pa.table({name: rows[name] for name in names}, schema=DOCUMENTS_SCHEMA)
+    _atomic_write(Path(directory) / DOCUMENTS_FILE, lambda file: pq.write_table(table, file))
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` atomically (sorted keys, indent 2); write it after everything else.
+
+    ``format`` defaults to FORMAT_VERSION; the other required keys must be present. Extra keys
+    (``fingerprint``, ``options``, ...) are kept as given.
+    """
+    content = {"format": FORMAT_VERSION, **manifest}
+    missing = [key for key in REQUIRED_MANIFEST_KEYS if key not in content]
+    if missing:
+        raise ValueError(f"manifest is missing required keys {missing}")
+    text = json.dumps(content, sort_keys=True, indent=2) + "\n"
+    _atomic_write(Path(directory) / MANIFEST_FILE, lambda file: file.write(text.encode()))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read and check ``manifest.json``: required keys, their types, and the format version."""
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if not directory.is_dir():
+        raise CorpusError(f"{directory}: no such corpus directory")
+    if not path.is_file():
+        raise CorpusError(f"{directory}: not a tokenized corpus (no {MANIFEST_FILE})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise CorpusError(f"{path}: cannot read: {err}") from None
+    except json.JSONDecodeError as err:
+        raise CorpusError(f"{path}: invalid JSON: {err}") from None
+    if not isinstance(manifest, dict):
+        raise CorpusError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    for key in REQUIRED_MANIFEST_KEYS:
+        if key not in manifest:
+            raise CorpusError(f"{path}: missing key {key!r}")
+    version = manifest["format"]
+    if version != FORMAT_VERSION or not _is_int(version):
+        raise CorpusError(
+            f"{path}: unknown format version {version!r} (this longnet reads {FORMAT_VERSION}); "
+            "re-run longnet tokenize"
+        )
+
+    def bad(key: str, expected: str) -> CorpusError:
+        return CorpusError(f"{path}: key {key!r} must be {expected}, got {manifest[key]!r}")
+
+    for key in ("vocab_size", "documents", "tokens", "bytes"):
+        if not _is_int(manifest[key]) or manifest[key] < (1 if key == "vocab_size" else 0):
+            raise bad(key, "a positive integer" if key == "vocab_size" else "an integer >= 0")
+    vocab_size = manifest["vocab_size"]
+    if manifest["dtype"] not in _DTYPES:
+        raise bad("dtype", f"one of {sorted(_DTYPES)}")
+    if np.iinfo(_DTYPES[manifest["dtype"]]).max < vocab_size - 1:
+        raise bad("dtype", f"wide enough for vocab_size {vocab_size}")
+    if not _is_int(manifest["eos_id"]) or not 0 <= manifest["eos_id"] < vocab_size:
+        raise bad("eos_id", f"an id in [0, {vocab_size})")
+    if not _is_int(manifest["bos_id"]) or not -1 <= manifest["bos_id"] < vocab_size:
+        raise bad("bos_id", f"-1 or an id in [0, {vocab_size})")
+    if not isinstance(manifest["tokenizer_sha256"], str):
+        raise bad("tokenizer_sha256", "a hex string")
+    if not isinstance(manifest["skipped"], dict):
+        raise bad("skipped", "an object")
+    if not isinstance(manifest["shards"], list):
+        raise bad("shards", "a list")
+    for index, entry in enumerate(manifest["shards"]):
+        where = f"{path}: shards[{index}]"
+        if not isinstance(entry, dict):
+            raise CorpusError(f"{where} must be an object, got {entry!r}")
+        for key in SHARD_ENTRY_KEYS:
+            if key not in entry:
+                raise CorpusError(f"{where}: missing key {key!r}")
+        if not isinstance(entry["file"], str) or not _SHARD_NAME.fullmatch(entry["file"]):
+            raise CorpusError(
+                f"{where}: key 'file' must be a shard-NNNNN.bin name, got {entry['file']!r}"
+            )
+        for key in ("tokens", "bytes"):
+            if not _is_int(entry[key]) or entry[key] < 0:
+                raise CorpusError(
+                    f"{where}: key {key!r} must be an integer >= 0, got {entry[key]!r}"
+                )
+        if not isinstance(entry["sha256"], str):
+            raise CorpusError(f"{where}: key 'sha256' must be a hex string")
+    return manifest
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+class TokenizedCorpus:
+    """A tokenized corpus directory opened for reading: token windows, documents, verification.
+
+    Shards are opened lazily as read-only memory maps and never read whole. Pickling drops the
+    memory maps and the cached documents table, so a DataLoader worker or another rank receives
+    a cheap copy that re-opens what it touches.
+    """
+
+    VERIFY_LEVELS = ("none", "sizes", "full")
+
+    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+        """Prefer ``TokenizedCorpus.open``, which reads and checks the manifest."""
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.dtype = _DTYPES[manifest["dtype"]]
+        self.vocab_size = int(manifest["vocab_size"])
+        self.eos_id = int(manifest["eos_id"])
+        self.bos_id = int(manifest["bos_id"])
+        self.num_documents = int(manifest["documents"])
+        shard_tokens = np.array([entry["tokens"] for entry in manifest["shards"]], dtype=np.int64)
+        self.shard_tokens = shard_tokens
+        self.shard_starts = np.concatenate([[0], np.cumsum(shard_tokens)[:-1]]).astype(np.int64)
+        self.num_tokens = int(shard_tokens.sum())
+        self._memmaps: dict[int, np.ndarray] = {}
+        self._documents: pa.Table | None = None
+        self._starts: np.ndarray | None = None
+        self._lengths: np.ndarray | None = None
+
+    @classmethod
+    def open(cls, directory: Path, verify: str = "sizes") -> TokenizedCorpus:
+        """Open ``directory``; ``verify``: "none", "sizes" (cheap, default) or "full" (reads all).
+
+        Raises CorpusError on the first problem found.
+        """
+        if verify not in cls.VERIFY_LEVELS:
+            raise ValueError(f"verify must be one of {cls.VERIFY_LEVELS}, got {verify!r}")
+        corpus = cls(Path(directory), read_manifest(Path(directory)))
+        if verify != "none":
+            problems = corpus.verify(full=verify == "full")
+            if problems:
+                more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+                raise CorpusError(problems[0] + more)
+        return corpus
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.directory / TOKENIZER_FILE
+
+    @property
+    def documents_path(self) -> Path:
+        return self.directory / DOCUMENTS_FILE
+
+    def shard_path(self, index: int) -> Path:
+        return self.directory / self.manifest["shards"][index]["file"]
+
+    # -- pickling ---------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_memmaps={}, _documents=None, _starts=None, _lengths=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def close(self) -> None:
+        """Drop the memory maps and cached tables (they re-open on next use)."""
+        self._memmaps.clear()
+        self._documents = self._starts = self._lengths = None
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def shard(self, index: int) -> np.ndarray:
+        """Shard ``index`` as a read-only memory map (opened on first use)."""
+        mapped = self._memmaps.get(index)
+        if mapped is None:
+            count = int(self.shard_tokens[index])
+            path = self.shard_path(index)
+            if count == 0:
+                mapped = np.empty(0, dtype=self.dtype)
+            else:
+                try:
+                    mapped = np.memmap(path, dtype=self.dtype, mode="r", shape=(count,))
+                except (OSError, ValueError) as err:
+                    raise CorpusError(f"{path}: cannot map {count} tokens: {err}") from None
+            self._memmaps[index] = mapped
+        return mapped
+
+    def tokens(self, start: int, length: int) -> np.ndarray:
+        """Tokens ``[start, start + length)`` of the stream of all shards concatenated.
+
+        A zero-copy read-only view when the window lies inside one shard, a copy otherwise.
+        """
+        start, length = operator.index(start), operator.index(length)
+        if start < 0 or length < 0 or start + length > self.num_tokens:
+            raise IndexError(
+                f"token window [{start}, {start + length}) is outside the corpus stream "
+                f"[0, {self.num_tokens}) of {self.directory}"
+            )
+        if length == 0:
+            return np.empty(0, dtype=self.dtype)
+        first = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
+        offset = start - int(self.shard_starts[first])
+        if offset + length <= self.shard_tokens[first]:
+            return self.shard(first)[offset : offset + length]
+        pieces, index = [], first
+        while length > 0:
+            take = min(length, int(self.shard_tokens[index]) - offset)
+            pieces.append(self.shard(index)[offset : offset + take])
+            length -= take
+            index, offset = index + 1, 0
+        return np.concatenate(pieces)
+
+    # -- documents --------------------------------------------------------------------------
+
+    def documents(self) -> pa.Table:
+        """The documents table (read once, then cached)."""
+        if self._documents is None:
+            path = self.documents_path
+            try:
+                table = pq.read_table(path)
+            except (OSError, pa.ArrowException) as err:
+                raise CorpusError(f"{path}: cannot read: {err}") from None
+            if table.schema.names != DOCUMENTS_SCHEMA.names:
+                raise CorpusError(
+                    f"{path}: columns {table.schema.names}, expected {DOCUMENTS_SCHEMA.names}"
+                )
+            try:
+                self._documents = table.cast(DOCUMENTS_SCHEMA)
+            except (pa.ArrowException, ValueError) as err:
+                raise CorpusError(f"{path}: column types do not match: {err}") from None
+        return self._documents
+
+    def document_starts(self) -> np.ndarray:
+        """int64 stream position of each document's first token (its EOS when empty)."""
+        if self._starts is None:
+            table = self.documents()
+            shard = table.column("shard").to_numpy().astype(np.int64)
+            offset = table.column("offset").to_numpy()
+            if shard.size and (shard.min() < 0 or shard.max() >= len(self.shard_starts)):
+                raise CorpusError(
+                    f"{self.documents_path}: shard index outside [0, {len(self.shard_starts)})"
+                )
+            self._starts = self.shard_starts[shard] + offset
+        return self._starts
+
+    def document_lengths(self) -> np.ndarray:
+        """int64 token count of each document, EOS not counted."""
+        if self._lengths is None:
+            self._lengths = self.documents().column("tokens").to_numpy().astype(np.int64)
+        return self._lengths
+
+    def document(self, doc_id: int) -> np.ndarray:
+        """The tokens of document ``doc_id`` without its EOS."""
+        doc_id = operator.index(doc_id)
+        if not 0 <= doc_id < self.num_documents:
+            raise IndexError(
+                f"document {doc_id} is outside [0, {self.num_documents}) in {self.directory}"
+            )
+        return self.tokens(
+            int(self.document_starts()[doc_id]), int(self.document_lengths()[doc_id])
+        )
+
+    # -- verification -----------------------------------------------------------------------
+
+    def verify(self, full: bool = False) -> list[str]:
+        """Every problem found, each naming its file; an empty list means the corpus is sound.
+
+        Always (cheap): totals agree with the shard entries, every shard exists with its size,
+        tokenizer.model exists, documents.parquet has the right columns and row count.
+        With ``full``: sha256 of every shard and of tokenizer.model, every token id below
+        vocab_size (in bounded chunks), and the documents table against the token stream.
+        """
+        problems: list[str] = []
+        manifest_path = self.directory / MANIFEST_FILE
+        itemsize = self.dtype.itemsize
+        if self.num_tokens != self.manifest["tokens"]:
+            problems.append(
+                f"{manifest_path}: 'tokens' is {self.manifest['tokens']} but the shards hold "
+                f"{self.num_tokens}"
+            )
+        sizes_ok = []
+        for index, entry in enumerate(self.manifest["shards"]):
+            path = self.directory / entry["file"]
+            ok = True
+            if entry["file"] != shard_name(index):
+                problems.append(
+                    f"{manifest_path}: shards[{index}] is {entry['file']}, "
+                    f"expected {shard_name(index)}"
+                )
+            if entry["tokens"] * itemsize != entry["bytes"]:
+                problems.append(
+                    f"{manifest_path}: {entry['file']} has {entry['tokens']} tokens of "
+                    f"{itemsize} bytes but 'bytes' is {entry['bytes']}"
+                )
+                ok = False
+            if not path.is_file():
+                problems.append(f"{path}: missing shard")
+                sizes_ok.append(False)
+                continue
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                problems.append(
+                    f"{path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced)"
+                )
+                ok = False
+            sizes_ok.append(ok)
+        if not self.tokenizer_path.is_file():
+            problems.append(f"{self.tokenizer_path}: missing tokenizer model")
+        table_ok = self._check_documents_file(problems)
+
+        if full:
+            for index, entry in enumerate(self.manifest["shards"]):
+                path = self.directory / entry["file"]
+                if path.is_file():
+                    problems.extend(self._check_shard_contents(path, entry, sizes_ok[index]))
+            if self.tokenizer_path.is_file():
+                digest = sha256_file(self.tokenizer_path)
+                if digest != self.manifest["tokenizer_sha256"]:
+                    problems.append(
+                        f"{self.tokenizer_path}: sha256 {digest} does not match the manifest's "
+                        f"tokenizer_sha256 {self.manifest['tokenizer_sha256']}"
+                    )
+            if table_ok and all(sizes_ok) and self.num_tokens == self.manifest["tokens"]:
+                problems.extend(self._check_documents_table())
+        return problems
+
+    def _check_documents_file(self, problems: list[str]) -> bool:
+        """Cheap checks of documents.parquet from its footer; False when it cannot be used."""
+        path = self.documents_path
+        if not path.is_file():
+            problems.append(f"{path}: missing documents table")
+            return False
+        try:
+            metadata = pq.ParquetFile(path)
+            names, rows = metadata.schema_arrow.names, metadata.metadata.num_rows
+        except (OSError, pa.ArrowException) as err:
+            problems.append(f"{path}: cannot read: {err}")
+            return False
+        if names != DOCUMENTS_SCHEMA.names:
+            problems.append(f"{path}: columns {names}, expected {DOCUMENTS_SCHEMA.names}")
+            return False
+        if rows != self.num_documents:
+            problems.append(f"{path}: {rows} rows, manifest says {self.num_documents} documents")
+            return False
+        return True
+
+    def _check_shard_contents(self, path: Path, entry: dict, size_ok: bool) -> list[str]:
+        """sha256 of one shard and (when its size is right) its largest token id, in one pass."""
+        problems = []
+        digest = hashlib.sha256()
+        itemsize = self.dtype.itemsize
+        chunk_bytes = _HASH_CHUNK_BYTES - _HASH_CHUNK_BYTES % itemsize
+        position = 0  # tokens read so far
+        reported_range = False
+        with open(path, "rb") as file:
+            while chunk := file.read(chunk_bytes):
+                digest.update(chunk)
+                if size_ok and not reported_range:
+                    ids = np.frombuffer(chunk, dtype=self.dtype)
+                    if ids.size and int(ids.max()) >= self.vocab_size:
+                        where = int(np.argmax(ids >= self.vocab_size))
+                        problems.append(
+                            f"{path}: token id {int(ids[where])} at offset {position + where} is "
+                            f">= vocab_size {self.vocab_size}"
+                        )
+                        reported_range = True
+                    position += ids.size
+        if digest.hexdigest() != entry["sha256"]:
+            problems.append(
+                f"{path}: sha256 {digest.hexdigest()} does not match the manifest's "
+                f"{entry['sha256']} (corrupted)"
+            )
+        return problems
+
+    def _check_documents_table(self) -> list[str]:
+        """The documents table describes the stream: in order, back to back, each ended by EOS."""
+        path = self.documents_path
+        try:
+            table = self.documents()
+        except CorpusError as err:
+            return [str(err)]
+        n = table.num_rows
+        doc_id = table.column("doc_id").to_numpy()
+        shard = table.column("shard").to_numpy().astype(np.int64)
+        offset = table.column("offset").to_numpy()
+        lengths = table.column("tokens").to_numpy()
+        text_bytes = table.column("bytes").to_numpy()
+
+        def first(mask: np.ndarray) -> int:
+            return int(np.argmax(mask))
+
+        if not np.array_equal(doc_id, np.arange(n)):
+            return [
+                f"{path}: doc_id is not 0..{n - 1} in order (row {first(doc_id != np.arange(n))})"
+            ]
+        if n and (shard.min() < 0 or shard.max() >= len(self.shard_tokens)):
+            bad = (shard < 0) | (shard >= len(self.shard_tokens))
+            return [
+                f"{path}: document {first(bad)} names shard {int(shard[first(bad)])}, "
+                f"the corpus has {len(self.shard_tokens)}"
+            ]
+        outside = (offset < 0) | (offset >= self.shard_tokens[shard])
+        if outside.any():
+            doc = first(outside)
+            return [
+                f"{path}: document {doc} offset {int(offset[doc])} is outside "
+                f"{shard_name(int(shard[doc]))}"
+            ]
+        negative = (lengths < 0) | (text_bytes < 0)
+        if negative.any():
+            return [f"{path}: document {first(negative)} has a negative 'tokens' or 'bytes'"]
+        problems = []
+        starts = self.shard_starts[shard] + offset
+        expected = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]) if n else starts
+        if not np.array_equal(starts, expected):
+            doc = first(starts != expected)
+            problems.append(
+                f"{path}: document {doc} starts at stream position {int(starts[doc])}, "
+                f"expected {int(expected[doc])} (documents must be back to back)"
+            )
+        elif int((lengths + 1).sum()) != self.num_tokens:
+            problems.append(
+                f"{path}: documents and their EOS cover {int((lengths + 1).sum())} "
+                f"tokens, the shards hold {self.num_tokens}"
+            )
+        else:
+            eos_positions = starts + lengths
+            found = self._gather(eos_positions)
+            missing = found != self.eos_id
+            if missing.any():
+                doc = first(missing)
+                problems.append(
+                    f"{path}: {int(missing.sum())} documents are not followed by EOS "
+                    f"{self.eos_id} (first: document {doc}, token {int(found[doc])} at stream "
+                    f"position {int(eos_positions[doc])})"
+                )
+        if int(text_bytes.sum()) != self.manifest["bytes"]:
+            problems.append(
+                f"{path}: documents total {int(text_bytes.sum())} bytes, manifest "
+                f"says {self.manifest['bytes']}"
+            )
+        return problems
+
+    def _gather(self, positions: np.ndarray) -> np.ndarray:
+        """Tokens at ascending stream ``positions`` (reads only the pages they fall on)."""
+        out = np.empty(positions.size, dtype=self.dtype)
+        bounds = np.searchsorted(positions, np.append(self.shard_starts, self.num_tokens))
+        for index in range(len(self.shard_starts)):
+            low, high = int(bounds[index]), int(bounds[index + 1])
+            if high > low:
+                local = positions[low:high] - self.shard_starts[index]
+                out[low:high] = self.shard(index)[local]
+        return out

@@ -1,0 +1,473 @@
+"""Walk a corpus and read it as documents: text and code files, jsonl, parquet, zstd streams.
+
+Two layers:
+- ``walk_corpus`` lists the files of the input paths in a deterministic order (directories
+  recursively, sorted by name), applying include/exclude globs, skipping hidden and VCS
+  directories and symlink loops. It reads no file contents.
+- ``read_documents`` turns those files into ``Document`` objects: a text file is one document,
+  every record of a jsonl or parquet file is one, and with ``group="repo"`` all files under one
+  immediate subdirectory of an input path are one, each preceded by a ``==> path <==`` header.
+
+Bad input never stops a run: it is reported through ``on_skip`` with a reason from
+``SKIP_REASONS`` and skipped. Every document is checked completely before it is yielded, so a
+consumer never sees part of a document that later turns out to be binary or invalid. Documents
+larger than ``MAX_INLINE_BYTES`` are not held in memory: they are streamed twice, once to check
+and hash them, once to hand out their text piece by piece.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import fnmatch
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SKIP_REASONS = (
+    "binary",
+    "invalid-utf8",
+    "empty",
+    "corrupt-zstd",
+    "malformed-jsonl",
+    "bad-parquet",
+    "unreadable",
+    "symlink-loop",
+)
+VCS_DIRS = frozenset({".git", ".hg", ".svn", ".bzr", "_darcs", "CVS"})
+READ_BLOCK = 1 << 20  # bytes read at a time
+MAX_INLINE_BYTES = 16 << 20  # larger documents are streamed, never held as one string
+PIECE_CHARS = 1 << 16  # a document's text is handed out in pieces of about this many characters
+MAX_PIECE_CHARS = 1 << 18  # hard cut for text without newlines
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Something in the corpus that was not used, and why."""
+
+    source: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of the corpus: where it is, its path relative to its input, what it holds."""
+
+    path: Path
+    rel: str  # posix path relative to its input path (the file name for a file input)
+    kind: str  # "text", "jsonl" or "parquet"
+    compressed: bool  # zstandard-compressed (.zst)
+    size: int
+    mtime_ns: int
+    group: str | None = None  # with group="repo": the immediate subdirectory it belongs to
+
+
+@dataclass
+class Document:
+    """One document: its source and text (inline, or a re-iterable stream of text blocks)."""
+
+    source: str
+    nbytes: int  # UTF-8 bytes of the text
+    sha256: str  # of the UTF-8 text
+    text: str | None = None
+    stream: Callable[[], Iterator[str]] | None = field(default=None, repr=False)
+
+    def pieces(self) -> Iterator[str]:
+        """The text in pieces that end after a newline where possible (see ``split_pieces``)."""
+        blocks = [self.text] if self.text is not None else self.stream()
+        return split_pieces(blocks)
+
+
+class SourceError(Exception):
+    """A file that cannot be used; ``reason`` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- walking
+
+
+def stdlib_path() -> Path:
+    """This interpreter's standard library source tree: a real code corpus on every machine."""
+    import sysconfig
+
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _kind(name: str) -> tuple[str, bool]:
+    """(kind, compressed) from a file name: x.jsonl, x.parquet, x.jsonl.zst, x.txt.zst, ..."""
+    lower = name.lower()
+    compressed = lower.endswith(".zst")
+    if compressed:
+        lower = lower[: -len(".zst")]
+    if lower.endswith(".jsonl"):
+        return "jsonl", compressed
+    if lower.endswith(".parquet"):
+        return "parquet", compressed
+    return "text", compressed
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    """Glob match on the relative path, or on the file name for patterns without a slash."""
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(rel, p) or ("/" not in p and fnmatch.fnmatchcase(name, p))
+               for p in patterns)  # fmt: skip
+
+
+def walk_corpus(
+    paths: Sequence[Path],
+    *,
+    group: str = "file",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    hidden: bool = False,
+    on_skip: Callable[[Skip], None] = lambda skip: None,
+) -> Iterator[Entry]:
+    """The corpus files in deterministic order. Paths must exist (checked by the caller).
+
+    ``group="repo"``: files inside an immediate subdirectory of a directory input carry that
+    subdirectory's name as ``group``; files directly under the input have none.
+    """
+    for root in paths:
+        root = Path(root)
+        visited: set[tuple[int, int]] = set()
+        if root.is_file():
+            entry = _entry(root, root.name, None, on_skip)
+            if entry is not None:
+                yield entry
+            continue
+        for path, rel in _walk_dir(root, "", visited, hidden, exclude, on_skip):
+            if include and not _matches(rel, include):
+                continue
+            top = rel.split("/", 1)[0] if group == "repo" and "/" in rel else None
+            entry = _entry(path, rel, top, on_skip)
+            if entry is not None:
+                yield entry
+
+
+def _walk_dir(directory, prefix, visited, hidden, exclude, on_skip) -> Iterator[tuple[Path, str]]:
+    """(path, relative path) of files under ``directory``, sorted, following symlinks once."""
+    try:
+        stat = directory.stat()
+    except OSError as err:
+        on_skip(Skip(prefix or str(directory), "unreadable", err.strerror or str(err)))
+        return
+    key = (stat.st_dev, stat.st_ino)
+    if key in visited:
+        on_skip(Skip(prefix, "symlink-loop", f"{directory} was already walked"))
+        return
+    visited.add(key)
+    try:
+        children = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as err:
+        on_skip(Skip(prefix or str(directory), "unreadable", err.strerror or str(err)))
+        return
+    for child in children:
+        rel = f"{prefix}{child.name}"
+        if exclude and _matches(rel, exclude):
+            continue
+        try:
+            is_dir = child.is_dir()  # follows symlinks
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if child.name in VCS_DIRS or (child.name.startswith(".") and not hidden):
+                continue
+            yield from _walk_dir(Path(child.path), rel + "/", visited, hidden, exclude, on_skip)
+        else:
+            yield Path(child.path), rel
+
+
+def _entry(path: Path, rel: str, group: str | None, on_skip) -> Entry | None:
+    try:
+        stat = path.stat()
+    except OSError as err:  # a broken symlink, a file removed meanwhile, a symlink loop
+        reason = "symlink-loop" if err.errno == errno.ELOOP else "unreadable"
+        on_skip(Skip(rel, reason, err.strerror or str(err)))
+        return None
+    kind, compressed = _kind(path.name)
+    return Entry(path, rel, kind, compressed, stat.st_size, stat.st_mtime_ns, group)
+
+
+# --------------------------------------------------------------------------- reading bytes
+
+
+def _file_blocks(entry: Entry) -> Iterator[bytes]:
+    """Raw bytes of a file, decompressed when it is a .zst; errors become SourceError."""
+    try:
+        with open(entry.path, "rb") as handle:
+            if entry.compressed:
+                yield from _zstd_blocks(handle)
+                return
+            while block := handle.read(READ_BLOCK):
+                yield block
+    except OSError as err:
+        raise SourceError("unreadable", err.strerror or str(err)) from None
+
+
+def _zstd_blocks(handle) -> Iterator[bytes]:
+    """Decompress every frame of a zstandard stream; a truncated or corrupt one raises."""
+    import zstandard
+
+    decompressor = zstandard.ZstdDecompressor()
+    frame = decompressor.decompressobj()
+    seen_frame = False
+    try:
+        while block := handle.read(READ_BLOCK):
+            while block:
+                out = frame.decompress(block)
+                seen_frame = True
+                if out:
+                    yield out
+                if not frame.eof:
+                    break
+                block = frame.unused_data  # the next frame starts here
+                frame = decompressor.decompressobj()
+                seen_frame = False
+    except zstandard.ZstdError as err:
+        raise SourceError("corrupt-zstd", str(err)) from None
+    if seen_frame and not frame.eof:
+        raise SourceError("corrupt-zstd", "stream ends inside a frame (truncated)")
+
+
+def _decoded(blocks: Iterable[bytes], errors: str) -> Iterator[str]:
+    """UTF-8 text of byte blocks; NUL bytes mean binary content."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    offset = 0
+    for block in blocks:
+        nul = block.find(b"\x00")
+        if nul >= 0:
+            raise SourceError("binary", f"NUL byte at offset {offset + nul}")
+        try:
+            text = decoder.decode(block)
+        except UnicodeDecodeError as err:
+            raise SourceError(
+                "invalid-utf8", f"at byte {offset + err.start}: {err.reason}"
+            ) from None
+        offset += len(block)
+        if text:
+            yield text
+    try:
+        tail = decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:
+        raise SourceError("invalid-utf8", f"truncated character at end: {err.reason}") from None
+    if tail:
+        yield tail
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def read_documents(
+    entries: Iterable[Entry],
+    *,
+    text_field: str = "text",
+    errors: str = "strict",
+    on_skip: Callable[[Skip], None] = lambda skip: None,
+) -> Iterator[Document]:
+    """Documents of the entries, in order. ``errors``: "strict" skips invalid UTF-8,
+    "replace" keeps it with U+FFFD."""
+    pending: list[Entry] = []
+    for entry in entries:
+        if pending and entry.group != pending[0].group:
+            yield from _repo_document(pending, errors, on_skip)
+            pending = []
+        if entry.group is not None:
+            pending.append(entry)
+        elif entry.kind == "jsonl":
+            yield from _jsonl_documents(entry, text_field, errors, on_skip)
+        elif entry.kind == "parquet":
+            yield from _parquet_documents(entry, text_field, on_skip)
+        else:
+            document = _text_document(entry.rel, [(entry, "")], errors, on_skip)
+            if document is not None:
+                yield document
+    if pending:
+        yield from _repo_document(pending, errors, on_skip)
+
+
+def _repo_document(entries: list[Entry], errors: str, on_skip) -> Iterator[Document]:
+    """One document of all usable files of a repository, each after a header line."""
+    parts = []
+    for entry in entries:
+        if entry.size == 0:
+            on_skip(Skip(entry.rel, "empty"))
+        else:
+            parts.append((entry, f"==> {entry.rel.split('/', 1)[1]} <==\n"))
+    document = _text_document(entries[0].group, parts, errors, on_skip, drop_bad_parts=True)
+    if document is not None:
+        yield document
+
+
+def _part_text(entry: Entry, header: str, errors: str) -> Iterator[str]:
+    """A file's text, after its header (if any), ending with a newline when it has a header."""
+    if header:
+        yield header
+    last = ""
+    for last in _decoded(_file_blocks(entry), errors):
+        yield last
+    if header and not last.endswith("\n"):
+        yield "\n"  # the next header starts on its own line
+
+
+def _text_document(source, parts, errors, on_skip, drop_bad_parts=False) -> Document | None:
+    """A document made of files (each after a header, possibly empty), checked end to end.
+
+    A bad file skips the whole document, or with ``drop_bad_parts`` (repositories) only itself.
+    """
+    digest, nbytes, inline, usable = hashlib.sha256(), 0, [], []
+    for entry, header in parts:
+        saved = (digest.copy(), nbytes, None if inline is None else len(inline))
+        try:
+            for block in _part_text(entry, header, errors):
+                data = block.encode("utf-8")
+                digest.update(data)
+                nbytes += len(data)
+                if inline is not None:
+                    inline.append(block)
+                    if nbytes > MAX_INLINE_BYTES:
+                        inline = None  # too large to hold: streamed again when tokenized
+        except SourceError as err:
+            skipped = entry.rel if drop_bad_parts else source
+            on_skip(Skip(skipped, err.reason, err.detail))
+            if not drop_bad_parts:
+                return None
+            digest, nbytes, kept = saved
+            if inline is not None and kept is not None:
+                del inline[kept:]
+            continue
+        usable.append((entry, header))
+    if nbytes == 0:
+        if usable or not drop_bad_parts:
+            on_skip(Skip(source, "empty"))
+        return None
+    if inline is not None:
+        return Document(source, nbytes, digest.hexdigest(), "".join(inline))
+
+    def stream() -> Iterator[str]:
+        for entry, header in usable:
+            yield from _part_text(entry, header, errors)
+
+    return Document(source, nbytes, digest.hexdigest(), stream=stream)
+
+
+def _inline_document(source: str, text: str, on_skip) -> Document | None:
+    if not text:
+        on_skip(Skip(source, "empty"))
+        return None
+    data = text.encode("utf-8", "surrogatepass")
+    return Document(source, len(data), hashlib.sha256(data).hexdigest(), text)
+
+
+def _lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (without the newline) of a byte stream."""
+    rest = b""
+    for block in blocks:
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _jsonl_documents(entry: Entry, text_field: str, errors: str, on_skip) -> Iterator[Document]:
+    """One document per jsonl record; a malformed line skips that line only."""
+    try:
+        for number, line in enumerate(_lines(_file_blocks(entry)), start=1):
+            source = f"{entry.rel}:{number}"
+            if not line.strip():
+                continue
+            if b"\x00" in line:
+                on_skip(Skip(source, "binary", "NUL byte in line"))
+                continue
+            try:
+                record = json.loads(line.decode("utf-8", errors))
+            except UnicodeDecodeError as err:
+                on_skip(Skip(source, "invalid-utf8", f"at byte {err.start}: {err.reason}"))
+                continue
+            except ValueError as err:
+                on_skip(Skip(source, "malformed-jsonl", str(err)))
+                continue
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                on_skip(Skip(source, "malformed-jsonl", f"no string field {text_field!r}"))
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates from \\ud800-style escapes
+                if errors != "replace":
+                    on_skip(Skip(source, "invalid-utf8", "lone surrogate in JSON string"))
+                    continue
+                text = text.encode("utf-8", "replace").decode("utf-8")
+            document = _inline_document(source, text, on_skip)
+            if document is not None:
+                yield document
+    except SourceError as err:
+        on_skip(Skip(entry.rel, err.reason, err.detail))
+
+
+def _parquet_documents(entry: Entry, text_field: str, on_skip) -> Iterator[Document]:
+    """One document per row of the text column, read in record batches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        source = entry.path
+        if entry.compressed:  # parquet needs random access: decompress into memory first
+            source = pa.BufferReader(b"".join(_file_blocks(entry)))
+        parquet = pq.ParquetFile(source)
+        if text_field not in parquet.schema_arrow.names:
+            on_skip(Skip(entry.rel, "bad-parquet", f"no column {text_field!r}"))
+            return
+        row = 0
+        for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
+            for text in batch.column(0).to_pylist():
+                if text is None or isinstance(text, str):
+                    document = _inline_document(f"{entry.rel}#{row}", text or "", on_skip)
+                    if document is not None:
+                        yield document
+                else:
+                    on_skip(Skip(f"{entry.rel}#{row}", "bad-parquet", "text is not a string"))
+                row += 1
+    except SourceError as err:
+        on_skip(Skip(entry.rel, err.reason, err.detail))
+    except (OSError, pa.ArrowException) as err:
+        on_skip(Skip(entry.rel, "bad-parquet", str(err).splitlines()[0] if str(err) else ""))
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def split_pieces(
+    blocks: Iterable[str], target: int = PIECE_CHARS, limit: int = MAX_PIECE_CHARS
+) -> Iterator[str]:
+    """Re-cut text blocks into pieces that depend on the text only, not on the blocks.
+
+    A piece ends at the first newline at or after ``target`` characters, or after ``limit``
+    characters when there is none. Tokenizing pieces independently keeps decoding lossless and
+    the output the same whatever the read sizes or the number of workers.
+    """
+    buffer = ""
+    for block in blocks:
+        buffer = buffer + block if buffer else block
+        start = 0
+        while len(buffer) - start >= target:
+            newline = buffer.find("\n", start + target - 1, start + limit)
+            if newline >= 0:
+                cut = newline + 1
+            elif len(buffer) - start >= limit:
+                cut = start + limit
+            else:
+                break
+            yield buffer[start:cut]
+            start = cut
+        buffer = buffer[start:]
+    if buffer:
+        yield buffer

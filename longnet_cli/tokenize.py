@@ -1,0 +1,393 @@
+"""Stage: corpus paths -> a tokenized corpus directory (shards, documents table, manifest).
+
+The run: walk the corpus; if the output's manifest carries the same fingerprint (inputs'
+paths, sizes and modification times, options, tokenizer) it is up to date and nothing is
+written. Otherwise train or load the tokenizer, encode every document in pieces with
+SentencePiece's own threads, and write shards into a staging directory. Committing moves the
+old manifest out of the way first, then the new files in, and writes the manifest last: an
+interrupted run never leaves a manifest that describes incomplete data.
+
+Output is byte-identical for any number of workers: documents are cut into pieces by their
+text alone, pieces are encoded independently, and the tokenizer is trained with a fixed
+thread count.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from longnet_cli.data.sources import (
+    Document,
+    Entry,
+    Skip,
+    read_documents,
+    walk_corpus,
+)
+from longnet_cli.errors import InputError, LongnetError
+
+DEFAULT_VOCAB_SIZE = 32000
+DEFAULT_SAMPLE_BYTES = 32 << 20
+DEFAULT_SHARD_TOKENS = 1 << 28
+MIN_VOCAB_SIZE = 320  # 256 byte-fallback pieces, specials, and some room to learn
+BATCH_CHARS = 4 << 20  # characters handed to one multi-threaded encode call
+SKIP_EXAMPLES = 100  # skipped items listed by name in the manifest (all are counted)
+STAGING = ".staging"
+LOCK = ".lock"
+
+
+@dataclass(frozen=True)
+class TokenizeOptions:
+    """What ``tokenize_corpus`` reads, how, and where it writes."""
+
+    paths: tuple[Path, ...]
+    out: Path
+    group: str = "file"  # "file" or "repo"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hidden: bool = False
+    text_field: str = "text"
+    errors: str = "strict"  # "strict" (skip invalid UTF-8) or "replace"
+    tokenizer: Path | None = None  # an existing SentencePiece model, else train one
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    sample_bytes: int = DEFAULT_SAMPLE_BYTES
+    seed: int = 0
+    shard_tokens: int = DEFAULT_SHARD_TOKENS
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TokenizeResult:
+    """What a run did (or found already done)."""
+
+    out: str
+    up_to_date: bool
+    documents: int
+    tokens: int
+    bytes: int
+    shards: int
+    vocab_size: int
+    tokenizer_sha256: str
+    skipped: dict[str, int]
+    seconds: float
+    trained_tokenizer: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate_options(options: TokenizeOptions) -> None:
+    """Raise InputError naming the option or path that cannot work."""
+    if not options.paths:
+        raise InputError("give at least one corpus path")
+    for path in options.paths:
+        if not path.exists():
+            raise InputError(f"corpus path does not exist: {path}")
+    if options.tokenizer is not None and not options.tokenizer.is_file():
+        raise InputError(f"--tokenizer: no such file: {options.tokenizer}")
+    if options.group not in ("file", "repo"):
+        raise InputError(f"--group must be 'file' or 'repo', got {options.group!r}")
+    if options.errors not in ("strict", "replace"):
+        raise InputError(f"--errors must be 'strict' or 'replace', got {options.errors!r}")
+    if options.vocab_size < MIN_VOCAB_SIZE:
+        raise InputError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}")
+    if options.shard_tokens < 1 or options.sample_bytes < 1 or options.workers < 1:
+        raise InputError("--shard-tokens, --sample-bytes and --workers must be positive")
+    if options.out.exists() and not options.out.is_dir():
+        raise InputError(f"--out exists and is not a directory: {options.out}")
+
+
+def tokenize_corpus(options: TokenizeOptions) -> TokenizeResult:
+    """Run the stage; see the module docstring. Raises InputError for bad usage."""
+    validate_options(options)
+    started = time.perf_counter()
+    options.out.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(options.out):
+        skips: list[Skip] = []
+        entries = list(walk_corpus(
+            options.paths, group=options.group, include=options.include,
+            exclude=options.exclude, hidden=options.hidden, on_skip=skips.append,
+        ))  # fmt: skip
+        tokenizer_bytes = options.tokenizer.read_bytes() if options.tokenizer else None
+        fingerprint = _fingerprint(options, entries, tokenizer_bytes)
+        current = _current_result(options.out, fingerprint, started)
+        if current is not None and not options.force:
+            return current
+        return _build(options, entries, skips, tokenizer_bytes, fingerprint, started)
+
+
+def _build(options, entries, skips, tokenizer_bytes, fingerprint, started) -> TokenizeResult:
+    """Tokenize into the staging directory, then commit it into ``out``."""
+    from longnet_cli.data.shards import ShardWriter, token_dtype, write_manifest
+    from longnet_cli.data.tokenizer import sha256_bytes, tokenizer_from_bytes, train_tokenizer
+
+    staging = options.out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    trained = tokenizer_bytes is None
+    if trained:
+        sample = _sample_texts(entries, options)
+        tokenizer_bytes = train_tokenizer(sample, options.vocab_size, options.seed)
+    (staging / "tokenizer.model").write_bytes(tokenizer_bytes)
+    processor = tokenizer_from_bytes(tokenizer_bytes)
+    if processor.eos_id() < 0:
+        raise InputError(f"--tokenizer {options.tokenizer} defines no EOS id; longnet needs one")
+    dtype = token_dtype(processor.vocab_size())
+
+    documents = read_documents(
+        entries, text_field=options.text_field, errors=options.errors, on_skip=skips.append
+    )
+    table = _DocumentTable(staging / "documents.parquet")
+    total_bytes = 0
+    with ShardWriter(staging, dtype, options.shard_tokens, processor.eos_id()) as writer:
+        bar = _progress(entries, options.progress)
+        for document, ids, first, last in _encoded_pieces(documents, processor, options.workers):
+            if first:
+                writer.begin_document()
+            writer.write(ids)
+            if last:
+                placement = writer.end_document()
+                table.add(document, placement)
+                total_bytes += document.nbytes
+                bar.update(document.nbytes)
+                bar.set_postfix(docs=table.rows, refresh=False)
+        bar.close()
+        shards = writer.close()
+    table.close()
+    counts = dict(sorted(Counter(s.reason for s in skips).items()))
+    manifest = {
+        "format": 1,
+        "tokenizer_sha256": sha256_bytes(tokenizer_bytes),
+        "vocab_size": processor.vocab_size(),
+        "dtype": dtype,
+        "eos_id": processor.eos_id(),
+        "bos_id": processor.bos_id(),
+        "documents": table.rows,
+        "tokens": sum(s["tokens"] for s in shards),
+        "bytes": total_bytes,
+        "shards": shards,
+        "skipped": {
+            "counts": counts,
+            "examples": [asdict(s) for s in skips[:SKIP_EXAMPLES]],
+        },
+        "fingerprint": fingerprint,
+        "options": _fingerprint_options(options),
+    }
+    _commit(staging, options.out, [s["file"] for s in shards])
+    write_manifest(options.out, manifest)
+    return _result(options.out, manifest, False, started, trained)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _encoded_pieces(documents: Iterator[Document], processor, workers: int):
+    """(document, token ids, first piece?, last piece?) for every piece, in order.
+
+    Pieces of many documents are encoded together in batches of about BATCH_CHARS characters
+    by SentencePiece's own threads (the result does not depend on their number).
+    """
+    import numpy as np
+
+    batch: list[tuple[Document, str, bool, bool]] = []
+    chars = 0
+
+    def flush():
+        encoded = processor.encode([item[1] for item in batch], num_threads=workers)
+        for (document, _, first, last), ids in zip(batch, encoded):
+            yield document, np.asarray(ids, dtype=np.int64), first, last
+
+    for document in documents:
+        pieces = document.pieces()
+        piece, first = next(pieces, None), True
+        while piece is not None:
+            following = next(pieces, None)
+            batch.append((document, piece, first, following is None))
+            chars += len(piece)
+            if chars >= BATCH_CHARS:
+                yield from flush()
+                batch, chars = [], 0
+            piece, first = following, False
+    if batch:
+        yield from flush()
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _sample_texts(entries: list[Entry], options: TokenizeOptions) -> Iterator[str]:
+    """A deterministic sample of about ``sample_bytes`` of text for training the tokenizer.
+
+    Files are visited in an order shuffled by a hash of (seed, path), at most a fair share
+    (times four) from each, so that neither the first files nor one huge book dominate.
+    """
+    from dataclasses import replace
+
+    order = sorted(
+        entries, key=lambda e: hashlib.sha256(f"{options.seed}:{e.rel}".encode()).digest()
+    )
+    share = max(options.sample_bytes * 4 // max(len(order), 1), 1 << 16)
+    taken = 0
+    for entry in order:
+        from_entry = 0
+        single = [replace(entry, group=None)]
+        for document in read_documents(single, text_field=options.text_field, errors="replace"):
+            for piece in document.pieces():
+                piece = piece[: max(share - from_entry, 0)]
+                if not piece:
+                    break
+                yield piece
+                size = len(piece.encode("utf-8", "replace"))
+                from_entry += size
+                taken += size
+                if taken >= options.sample_bytes:
+                    return
+            if from_entry >= share:
+                break
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+class _DocumentTable:
+    """documents.parquet written in row groups as documents complete (bounded memory)."""
+
+    ROW_GROUP = 1 << 16
+    COLUMNS = ("doc_id", "source", "shard", "offset", "tokens", "bytes", "sha256")
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.schema = pa.schema([
+            ("doc_id", pa.int64()), ("source", pa.string()), ("shard", pa.int32()),
+            ("offset", pa.int64()), ("tokens", pa.int64()), ("bytes", pa.int64()),
+            ("sha256", pa.string()),
+        ])  # fmt: skip
+        self.writer = pq.ParquetWriter(path, self.schema)
+        self.pending: dict[str, list] = {name: [] for name in self.COLUMNS}
+        self.rows = 0
+
+    def add(self, document: Document, placement) -> None:
+        values = (self.rows, document.source, placement.shard, placement.offset,
+                  placement.tokens, document.nbytes, document.sha256)  # fmt: skip
+        for name, value in zip(self.COLUMNS, values):
+            self.pending[name].append(value)
+        self.rows += 1
+        if len(self.pending["doc_id"]) >= self.ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        self.writer.write_table(pa.table(self.pending, schema=self.schema))
+        self.pending = {name: [] for name in self.COLUMNS}
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+
+
+def _commit(staging: Path, out: Path, shard_files: list[str]) -> None:
+    """Move staged files into ``out``: old manifest first away, stale shards removed after."""
+    (out / "manifest.json").unlink(missing_ok=True)
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out / path.name)
+    keep = set(shard_files)
+    for stale in out.glob("shard-*.bin"):
+        if stale.name not in keep:
+            stale.unlink()
+    staging.rmdir()
+
+
+class _exclusive_lock:
+    """An flock on ``out/.lock``: a second run on the same output refuses at once."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK
+
+    def __enter__(self):
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise LongnetError(
+                f"another longnet tokenize is writing {self.path.parent} (lock {self.path} is "
+                "held); wait for it to finish"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _fingerprint_options(options: TokenizeOptions) -> dict:
+    """The options that change the output (not workers, force or progress)."""
+    return {
+        "paths": [str(p.resolve()) for p in options.paths],
+        "group": options.group,
+        "include": list(options.include),
+        "exclude": list(options.exclude),
+        "hidden": options.hidden,
+        "text_field": options.text_field,
+        "errors": options.errors,
+        "vocab_size": None if options.tokenizer else options.vocab_size,
+        "sample_bytes": None if options.tokenizer else options.sample_bytes,
+        "seed": options.seed,
+        "shard_tokens": options.shard_tokens,
+    }
+
+
+def _fingerprint(options: TokenizeOptions, entries: list[Entry], tokenizer: bytes | None) -> str:
+    """sha256 over the options, the tokenizer and every input file's path, size and mtime."""
+    digest = hashlib.sha256(json.dumps(_fingerprint_options(options), sort_keys=True).encode())
+    digest.update(hashlib.sha256(tokenizer or b"").digest())
+    for e in entries:
+        digest.update(f"{e.path}\0{e.rel}\0{e.size}\0{e.mtime_ns}\0{e.group}\n".encode())
+    return digest.hexdigest()
+
+
+def _current_result(out: Path, fingerprint: str, started: float) -> TokenizeResult | None:
+    """The existing output's result when its manifest has this fingerprint and it verifies."""
+    from longnet_cli.data.shards import CorpusError, TokenizedCorpus
+
+    if not (out / "manifest.json").exists():
+        return None
+    try:
+        corpus = TokenizedCorpus.open(out, verify="sizes")
+    except CorpusError:
+        return None
+    if corpus.manifest.get("fingerprint") != fingerprint:
+        return None
+    return _result(out, corpus.manifest, True, started, False)
+
+
+def _result(out, manifest, up_to_date, started, trained) -> TokenizeResult:
+    return TokenizeResult(
+        out=str(out), up_to_date=up_to_date, documents=manifest["documents"],
+        tokens=manifest["tokens"], bytes=manifest["bytes"], shards=len(manifest["shards"]),
+        vocab_size=manifest["vocab_size"], tokenizer_sha256=manifest["tokenizer_sha256"],
+        skipped=manifest["skipped"]["counts"], seconds=time.perf_counter() - started,
+        trained_tokenizer=trained,
+    )  # fmt: skip
+
+
+def _progress(entries: list[Entry], enabled: bool):
+    """A tqdm bar over source bytes on stderr (a no-op object when disabled)."""
+    from tqdm import tqdm
+
+    total = sum(e.size for e in entries if not e.compressed) or None
+    return tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=not enabled,
+                dynamic_ncols=True, leave=False)  # fmt: skip

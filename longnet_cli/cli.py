@@ -31,8 +31,10 @@ def _register_commands() -> None:
     from longnet_cli.commands.bench import bench
     from longnet_cli.commands.inspect import inspect
     from longnet_cli.commands.tokenize import tokenize
+    from longnet_cli.commands.train import train
 
     cli.add_command(tokenize)
+    cli.add_command(train)
     cli.add_command(inspect)
     cli.add_command(bench)
 

@@ -32,6 +32,7 @@ from longnet_cli.data.sources import (
     read_documents,
     walk_corpus,
 )
+from longnet_cli.data.tokenizer import encode_lossless
 from longnet_cli.errors import InputError, LongnetError
 
 DEFAULT_VOCAB_SIZE = 32000
@@ -203,7 +204,7 @@ def _encoded_pieces(documents: Iterator[Document], processor, workers: int):
     chars = 0
 
     def flush():
-        encoded = processor.encode([item[1] for item in batch], num_threads=workers)
+        encoded = encode_lossless(processor, [item[1] for item in batch], workers)
         for (document, _, first, last), ids in zip(batch, encoded):
             yield document, np.asarray(ids, dtype=np.int64), first, last
 

@@ -23,6 +23,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ READ_BLOCK = 1 << 20  # bytes read at a time
 MAX_INLINE_BYTES = 16 << 20  # larger documents are streamed, never held as one string
 PIECE_CHARS = 1 << 16  # a document's text is handed out in pieces of about this many characters
 MAX_PIECE_CHARS = 1 << 18  # hard cut for text without newlines
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates, from JSON escapes only
 
 
 @dataclass(frozen=True)
@@ -405,7 +407,7 @@ def _jsonl_documents(entry: Entry, text_field: str, errors: str, on_skip) -> Ite
                 if errors != "replace":
                     on_skip(Skip(source, "invalid-utf8", "lone surrogate in JSON string"))
                     continue
-                text = text.encode("utf-8", "replace").decode("utf-8")
+                text = _SURROGATE.sub("\ufffd", text)
             document = _inline_document(source, text, on_skip)
             if document is not None:
                 yield document

@@ -21,6 +21,7 @@ MAX_SENTENCE_BYTES = 4 * TRAIN_PIECE_CHARS
 # depends on the corpus and seed only, never on --workers or the machine.
 TRAIN_THREADS = 4
 UNK_ID, EOS_ID = 0, 1
+SPACE_SYMBOL = "\u2581"  # SentencePiece's whitespace symbol, decoded as " "
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, seed: int = 0) -> bytes:
@@ -72,6 +73,31 @@ def training_pieces(texts: Iterable[str], max_chars: int = TRAIN_PIECE_CHARS) ->
                     end = newline + 1
             yield text[start:end]
             start = end
+
+
+def encode_lossless(processor, texts: list[str], threads: int = 1) -> list[list[int]]:
+    """Token ids of ``texts`` that decode back to exactly the texts.
+
+    SentencePiece decodes its own whitespace symbol U+2581 as a space, so a text holding that
+    character is encoded around it, each U+2581 as its three byte-fallback tokens.
+    """
+    encoded = processor.encode(texts, num_threads=threads)
+    for index, text in enumerate(texts):
+        if SPACE_SYMBOL in text:
+            encoded[index] = _encode_space_symbols(processor, text)
+    return encoded
+
+
+def _encode_space_symbols(processor, text: str) -> list[int]:
+    symbol = [processor.piece_to_id(f"<0x{byte:02X}>") for byte in SPACE_SYMBOL.encode()]
+    if not all(processor.is_byte(i) for i in symbol):  # a model without byte fallback
+        return processor.encode(text)
+    ids: list[int] = []
+    for index, part in enumerate(text.split(SPACE_SYMBOL)):
+        if index:
+            ids.extend(symbol)
+        ids.extend(processor.encode(part))
+    return ids
 
 
 def load_tokenizer(path: Path | str):

@@ -1,0 +1,428 @@
+"""Stage: recipe -> checkpoints. A resumable training loop on HF accelerate.
+
+One process, one GPU, or ``accelerate launch --num_processes N`` (data parallel; ``--cpu`` uses
+gloo) run the same code. The loop itself is plain PyTorch; accelerate places the model, wraps it
+for data parallelism, applies mixed precision and gradient accumulation.
+
+Exact resume: the batch of every (step, micro-step, rank) is a pure function of the seed
+(``TrainingWindows``), the learning rate a pure function of the step, and checkpoints restore
+weights, optimizer state and every rank's RNG state. A run killed after a checkpoint and started
+again reproduces the uninterrupted run's losses bit for bit on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from longnet_cli import checkpoints as ckpt
+from longnet_cli.errors import InputError, LongnetError
+from longnet_cli.recipes import Recipe, check_against_corpus, safe_to_change_on_resume
+
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+EXIT_ON_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+class TrainingInterrupted(LongnetError):
+    """SIGTERM or Ctrl-C: a checkpoint was saved; running the same command resumes."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class TrainResult:
+    """What a ``train`` call did."""
+
+    run_dir: str
+    status: str  # "finished", "already-finished"
+    start_step: int
+    final_step: int
+    loss: float | None
+    tokens_per_s: float | None
+    seconds: float
+    checkpoint: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LanguageModelLoss(nn.Module):
+    """The model's chunked next-token loss as a forward(), so DDP sees and syncs it."""
+
+    def __init__(self, model: nn.Module, chunk_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(window, chunk_size=self.chunk_size)  # (B, N+1) -> ()
+
+
+def lr_at(step: int, recipe: Recipe) -> float:
+    """Linear warm-up to ``train.lr``, then cosine decay to ``lr * min_lr_ratio``."""
+    cfg = recipe.train
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices (embeddings and projections) only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": recipe.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=recipe.train.lr, betas=tuple(recipe.train.betas))
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def train(
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    resume: bool = True,
+    force: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``recipe`` into ``run_dir``, resuming from its latest checkpoint when there is one."""
+    from accelerate import Accelerator
+
+    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.windows import TrainingWindows
+    from longnet_cli.runtime import keep_freed_memory
+
+    started = time.perf_counter()
+    corpus = TokenizedCorpus.open(Path(recipe.data.shards), verify="sizes")
+    vocab_size = check_against_corpus(recipe, corpus)
+    if recipe.train.precision == "fp16" and not torch.cuda.is_available():
+        raise InputError("train.precision: fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    keep_freed_memory()
+    accelerator = Accelerator(
+        mixed_precision=PRECISIONS[recipe.train.precision],
+        gradient_accumulation_steps=recipe.train.grad_accum,
+        cpu=not torch.cuda.is_available(),
+    )
+    run_dir = Path(run_dir)
+    existing = _prepare_run_dir(accelerator, run_dir, resume, force)
+    world = accelerator.num_processes
+    if existing is not None:
+        _check_resumable(existing, recipe, corpus, world)
+        if existing.step >= recipe.train.steps:
+            return TrainResult(
+                str(run_dir),
+                "already-finished",
+                existing.step,
+                existing.step,
+                None,
+                None,
+                time.perf_counter() - started,
+                str(existing.path),
+            )
+
+    torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
+    model = recipe.model.build(vocab_size)
+    if existing is not None:
+        ckpt.load_model_weights(existing.path, model)
+    loss_module = LanguageModelLoss(model, recipe.train.loss_chunk)
+    optimizer = build_optimizer(model, recipe)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    start = 0
+    if existing is not None:
+        optimizer.load_state_dict(ckpt.load_optimizer_state(existing.path, accelerator.device))
+        rng = ckpt.load_rng_file(existing.path, accelerator.process_index)
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        start = existing.step
+    windows = TrainingWindows(
+        corpus, recipe.train.seq_len, seed=recipe.train.seed, sampling=recipe.data.sampling
+    )
+    metrics = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, start)
+    loop = _Loop(
+        accelerator,
+        recipe,
+        run_dir,
+        model,
+        loss_module,
+        optimizer,
+        windows,
+        metrics,
+        corpus.manifest["tokenizer_sha256"],
+    )
+    with _signals_recorded() as received:
+        loop.run(start, received, progress)
+    return TrainResult(
+        str(run_dir),
+        "finished",
+        start,
+        recipe.train.steps,
+        loop.last_loss,
+        loop.tokens_per_s,
+        time.perf_counter() - started,
+        str(ckpt.checkpoint_dir(run_dir) / ckpt.step_name(recipe.train.steps)),
+    )
+
+
+class _Loop:
+    """The steps of one training run (state that the step functions share)."""
+
+    def __init__(
+        self,
+        accelerator,
+        recipe,
+        run_dir,
+        model,
+        loss_module,
+        optimizer,
+        windows,
+        metrics,
+        tokenizer_sha256,
+    ) -> None:
+        self.accelerator, self.recipe, self.run_dir = accelerator, recipe, run_dir
+        self.model, self.loss_module, self.optimizer = model, loss_module, optimizer
+        self.windows, self.metrics, self.tokenizer_sha256 = windows, metrics, tokenizer_sha256
+        self.dp_size = accelerator.num_processes
+        self.dp_rank = accelerator.process_index
+        cfg = recipe.train
+        self.tokens_per_step = cfg.seq_len * cfg.micro_batch_size * cfg.grad_accum * self.dp_size
+        self.last_loss: float | None = None
+        self.tokens_per_s: float | None = None
+
+    def run(self, start: int, received: list[int], progress: bool) -> None:
+        from tqdm import tqdm
+
+        cfg = self.recipe.train
+        bar = tqdm(
+            total=cfg.steps,
+            initial=start,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (progress and self.accelerator.is_main_process),
+        )
+        window_start, window_steps = time.perf_counter(), 0
+        for step in range(start, cfg.steps):
+            loss, grad_norm, lr = self._step(step)
+            done = step + 1
+            window_steps += 1
+            if not math.isfinite(loss):
+                last = ckpt.latest_checkpoint(self.run_dir)
+                where = f"last good checkpoint: {last.path}" if last else "no checkpoint yet"
+                raise LongnetError(f"loss is {loss} at step {done}; stopping ({where})")
+            self.last_loss = loss
+            if done % self.recipe.log.every == 0 or done == cfg.steps:
+                elapsed = time.perf_counter() - window_start
+                self.tokens_per_s = self.tokens_per_step * window_steps / max(elapsed, 1e-9)
+                self.metrics.write(
+                    step=done,
+                    loss=loss,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    tokens_per_s=self.tokens_per_s,
+                    tokens=done * self.tokens_per_step,
+                )
+                bar.set_postfix(
+                    loss=f"{loss:.4f}", tok_s=f"{self.tokens_per_s:,.0f}", refresh=False
+                )
+                window_start, window_steps = time.perf_counter(), 0
+            bar.update(1)
+            stop = self._signal_agreed(received)
+            if done % self.recipe.checkpoint.every == 0 or done == cfg.steps or stop:
+                self.save(done)
+            if stop:
+                bar.close()
+                name = signal.Signals(stop).name
+                raise TrainingInterrupted(
+                    f"stopped by {name} after step {done}; checkpoint saved in "
+                    f"{ckpt.checkpoint_dir(self.run_dir) / ckpt.step_name(done)}; run the same "
+                    "command to resume",
+                    EXIT_ON_SIGNAL.get(stop, 1),
+                )
+        bar.close()
+
+    def _step(self, step: int) -> tuple[float, float, float]:
+        """One optimizer step over grad_accum micro-batches; (loss, grad norm, lr)."""
+        cfg, accelerator = self.recipe.train, self.accelerator
+        lr = lr_at(step, self.recipe)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=accelerator.device)
+        for micro in range(cfg.grad_accum):
+            window = self.windows.batch(
+                step,
+                micro,
+                grad_accum=cfg.grad_accum,
+                micro_batch_size=cfg.micro_batch_size,
+                dp_rank=self.dp_rank,
+                dp_size=self.dp_size,
+            )
+            tokens = torch.from_numpy(window).to(accelerator.device)  # (B, N+1)
+            with accelerator.accumulate(self.loss_module):
+                loss = self.loss_module(tokens)
+                accelerator.backward(loss)
+            total += loss.detach().float()
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = accelerator.clip_grad_norm_(self.loss_module.parameters(), max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        mean = accelerator.reduce(total / cfg.grad_accum, reduction="mean")
+        return float(mean), float(grad_norm), lr
+
+    def _signal_agreed(self, received: list[int]) -> int:
+        """The signal any rank received (all ranks stop at the same step), or 0."""
+        local = received[0] if received else 0
+        if self.accelerator.num_processes == 1:
+            return local
+        flags = self.accelerator.gather(torch.tensor([local], device=self.accelerator.device))
+        return int(flags.max())
+
+    def save(self, step: int) -> None:
+        """Checkpoint after ``step`` completed steps (atomic; prunes to keep_last)."""
+        accelerator = self.accelerator
+        staging = ckpt.staging_path(self.run_dir, step)
+        if accelerator.is_main_process:
+            staging.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        ckpt.write_rng_file(staging, accelerator.process_index)
+        if accelerator.is_main_process:
+            ckpt.write_model_files(staging, self.model, self.optimizer, self.recipe.to_yaml())
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state = {
+                "step": step,
+                "tokens": step * self.tokens_per_step,
+                "world_size": accelerator.num_processes,
+                "dp_size": self.dp_size,
+                "tokenizer_sha256": self.tokenizer_sha256,
+                "scheduler": {
+                    "name": "warmup-cosine",
+                    "step": step,
+                    "lr": lr_at(step, self.recipe),
+                },
+                "loss": self.last_loss,
+                "recipe": self.recipe.to_dict(),
+            }
+            final = ckpt.checkpoint_dir(self.run_dir) / ckpt.step_name(step)
+            ckpt.finish_checkpoint(staging, final, state)
+            ckpt.prune_checkpoints(self.run_dir, self.recipe.checkpoint.keep_last)
+        accelerator.wait_for_everyone()
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def _prepare_run_dir(accelerator, run_dir: Path, resume: bool, force: bool):
+    """The checkpoint to resume from (None to start fresh); clears the run when asked."""
+    existing = ckpt.latest_checkpoint(run_dir)
+    has_run = existing is not None or (run_dir / "metrics.jsonl").exists()
+    if not resume and has_run:
+        if not force:
+            raise InputError(
+                f"{run_dir} already holds a run; --no-resume would overwrite it: add --force, "
+                "or choose another --out"
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            import shutil
+
+            shutil.rmtree(ckpt.checkpoint_dir(run_dir), ignore_errors=True)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+        existing = None
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_staging(run_dir)
+    accelerator.wait_for_everyone()
+    return existing if resume else None
+
+
+def _check_resumable(existing, recipe: Recipe, corpus, world_size: int) -> None:
+    """Refuse to resume across a changed tokenizer, world size or unsafe recipe change."""
+    state = existing.state
+    if state.get("tokenizer_sha256") != corpus.manifest["tokenizer_sha256"]:
+        raise InputError(
+            f"checkpoint {existing.path} was trained with tokenizer "
+            f"{state.get('tokenizer_sha256')}, but {corpus.directory} uses "
+            f"{corpus.manifest['tokenizer_sha256']}"
+        )
+    if state.get("world_size") != world_size:
+        raise InputError(
+            f"checkpoint {existing.path} was written by {state.get('world_size')} processes, "
+            f"this run has {world_size}: resuming would change which windows each rank reads; "
+            "resume with the same number of processes"
+        )
+    changed = safe_to_change_on_resume(Recipe.from_saved(state["recipe"]), recipe)
+    if changed:
+        raise InputError(
+            f"the recipe changed since checkpoint {existing.path} in keys that cannot change on "
+            f"resume: {', '.join(changed)}; restore them, or start over with --no-resume --force"
+        )
+
+
+class _MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step, written by the main process.
+
+    On resume, lines after the resumed step (logged before a crash, then lost) are dropped.
+    """
+
+    def __init__(self, path: Path, active: bool, resumed_step: int) -> None:
+        self.path, self.active = path, active
+        self.started = time.perf_counter()
+        self.elapsed_before = 0.0
+        if active and path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("step", 0) <= resumed_step:
+                    kept.append(line)
+                    self.elapsed_before = record.get("elapsed_s", self.elapsed_before)
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(tmp, path)
+
+    def write(self, **values) -> None:
+        if not self.active:
+            return
+        values["elapsed_s"] = self.elapsed_before + time.perf_counter() - self.started
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(values) + "\n")
+
+
+@contextmanager
+def _signals_recorded() -> Iterator[list[int]]:
+    """Record SIGTERM / SIGINT instead of dying, so the loop can checkpoint and stop."""
+    received: list[int] = []
+    previous = {}
+
+    def record(signum, frame):
+        received.append(signum)
+
+    for sig in EXIT_ON_SIGNAL:
+        with suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, record)
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

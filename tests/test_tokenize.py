@@ -1,0 +1,598 @@
+"""``longnet tokenize``: output layout and manifest, lossless round trip, shards, determinism,
+up-to-date runs, interrupted runs, the lock, exit codes and summaries.
+
+Expected texts are the strings this file writes to disk; shards are read here with numpy and
+decoded with an independently loaded SentencePiece processor.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sentencepiece
+import zstandard
+
+from longnet_cli.cli import main
+from longnet_cli.data import shards as shards_module
+from longnet_cli.data import sources
+from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.data.tokenizer import train_tokenizer
+from longnet_cli.errors import InputError
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+MANIFEST_KEYS = {"format", "tokenizer_sha256", "vocab_size", "dtype", "eos_id", "bos_id",
+                 "documents", "tokens", "shards", "skipped"}  # fmt: skip
+COLUMNS = ["doc_id", "source", "shard", "offset", "tokens", "bytes", "sha256"]
+
+PROSE = (
+    "Chapter 1\r\n\r\nIt was a bright cold day in April,   and the clocks were striking "
+    "thirteen.  \r\n\tTabs,  double  spaces and trailing spaces   \r\n"
+)
+UNICODE = (
+    "Ünïcödé café — 日本語のテキスト 中文 🙂🎉👩‍💻 e\u0301\n"
+    "SentencePiece's own space symbol ▁ inside text: a▁b ▁▁\n"
+    "digits 0123456789 and 3.14159\n"
+)
+LONG = "".join(f"{i:06d} " + "long document line " * (i % 7) + "\n" for i in range(6000))
+
+
+def stdlib_source() -> str:
+    return (STDLIB / "json" / "decoder.py").read_text("utf-8")
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def make_corpus(root: Path) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """Write a corpus with every kind of input; returns the documents expected in order
+    [(source, text)] and the skip counts expected per reason."""
+    records = ["first record\n", "second  record\twith tabs", "third 🙂"]
+    jsonl = "".join(json.dumps({"text": t}) + "\n" for t in records[:2])
+    jsonl += "{not json\n" + json.dumps({"text": records[2]}) + "\n"
+    rows = ["parquet row zero", "parquet\nrow one\n", "row two ✓"]
+    packed = "compressed text\n" * 30
+    truncated = zstandard.ZstdCompressor().compress(("lost " * 5000).encode())
+    write(root / "books" / "alice.txt", PROSE)
+    write(root / "books" / "unicode.md", UNICODE)
+    write(root / "code" / "long.js", LONG)
+    write(root / "code" / "mod.py", stdlib_source())
+    write(root / "data" / "packed.txt.zst", zstandard.ZstdCompressor().compress(packed.encode()))
+    write(root / "data" / "records.jsonl", jsonl)
+    (root / "data").mkdir(exist_ok=True)
+    pq.write_table(pa.table({"text": rows}), root / "data" / "table.parquet")
+    write(root / "bad" / "blob.txt", b"binary\x00\x01\x02data")
+    write(root / "bad" / "empty.txt", b"")
+    write(root / "bad" / "latin1.txt", "café".encode("latin-1"))
+    write(root / "bad" / "trunc.txt.zst", truncated[: len(truncated) // 2])
+    write(root / ".hidden" / "secret.txt", "never read")
+    write(root / ".git" / "HEAD", "ref: refs/heads/main\n")
+    expected = [
+        ("books/alice.txt", PROSE),
+        ("books/unicode.md", UNICODE),
+        ("code/long.js", LONG),
+        ("code/mod.py", stdlib_source()),
+        ("data/packed.txt.zst", packed),
+        ("data/records.jsonl:1", records[0]),
+        ("data/records.jsonl:2", records[1]),
+        ("data/records.jsonl:4", records[2]),
+        ("data/table.parquet#0", rows[0]),
+        ("data/table.parquet#1", rows[1]),
+        ("data/table.parquet#2", rows[2]),
+    ]
+    skipped = {"binary": 1, "corrupt-zstd": 1, "empty": 1, "invalid-utf8": 1, "malformed-jsonl": 1}
+    return expected, skipped
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """One small tokenizer for the whole session, reused with --tokenizer."""
+    texts = [PROSE * 10, UNICODE * 10, stdlib_source(), LONG[:20000]]
+    path = tmp_path_factory.mktemp("tokenizer") / "model.model"
+    path.write_bytes(train_tokenizer(texts, 500))
+    return path
+
+
+@pytest.fixture(scope="session")
+def processor(model_file):
+    return sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+
+
+@pytest.fixture
+def corpus(tmp_path) -> tuple[Path, list[tuple[str, str]], dict[str, int]]:
+    root = tmp_path / "corpus"
+    expected, skipped = make_corpus(root)
+    return root, expected, skipped
+
+
+def run(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def tokenize(paths, out: Path, *options: str, model: Path | None = None) -> int:
+    argv = ["tokenize", *map(str, paths), "--out", str(out), "--quiet", *options]
+    if model is not None:
+        argv += ["--tokenizer", str(model)]
+    return run(argv)
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def stats_of(directory: Path) -> dict[str, tuple[int, int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(directory.iterdir())}  # fmt: skip
+
+
+def read_stream(out: Path, manifest: dict) -> tuple[np.ndarray, list[int]]:
+    """All shards concatenated (read here with numpy) and each shard's start in the stream."""
+    dtype = {"uint16": "<u2", "uint32": "<u4"}[manifest["dtype"]]
+    arrays = [np.fromfile(out / entry["file"], dtype=dtype) for entry in manifest["shards"]]
+    starts = list(np.cumsum([0] + [a.size for a in arrays])[:-1])
+    return (np.concatenate(arrays) if arrays else np.empty(0, dtype)), starts
+
+
+def check_output(out: Path, expected, skipped, processor, model_bytes: bytes | None = None):
+    """Everything the issue promises about an output directory, checked from the files."""
+    names = {p.name for p in out.iterdir()}
+    manifest = json.loads((out / "manifest.json").read_text())
+    shard_files = [entry["file"] for entry in manifest["shards"]]
+    assert names - {".lock"} == {"manifest.json", "tokenizer.model", "documents.parquet",
+                                 *shard_files}  # fmt: skip
+    assert shard_files == [f"shard-{i:05d}.bin" for i in range(len(shard_files))]
+
+    assert set(manifest) >= MANIFEST_KEYS
+    assert manifest["format"] == 1
+    model = (out / "tokenizer.model").read_bytes()
+    if model_bytes is not None:
+        assert model == model_bytes
+    assert manifest["tokenizer_sha256"] == hashlib.sha256(model).hexdigest()
+    assert manifest["vocab_size"] == processor.vocab_size()
+    assert manifest["dtype"] == ("uint16" if processor.vocab_size() <= 65536 else "uint32")
+    assert manifest["eos_id"] == processor.eos_id() >= 0
+    assert manifest["bos_id"] == processor.bos_id()
+    assert manifest["documents"] == len(expected)
+    assert manifest["skipped"]["counts"] == skipped
+    for entry in manifest["shards"]:
+        assert set(entry) == {"file", "tokens", "bytes", "sha256"}
+        data = (out / entry["file"]).read_bytes()
+        assert entry["bytes"] == len(data) == 2 * entry["tokens"]
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+
+    table = pq.read_table(out / "documents.parquet")
+    assert table.column_names == COLUMNS
+    rows = table.to_pylist()
+    assert [row["doc_id"] for row in rows] == list(range(len(expected)))
+    assert [row["source"] for row in rows] == [source for source, _ in expected]
+
+    stream, shard_starts = read_stream(out, manifest)
+    assert stream.size == manifest["tokens"] == sum(row["tokens"] + 1 for row in rows)
+    eos = manifest["eos_id"]
+    assert int((stream == eos).sum()) == len(expected)  # EOS only between documents
+    position = 0
+    reader = TokenizedCorpus.open(out, verify="full")
+    for row, (source, text) in zip(rows, expected):
+        data = text.encode("utf-8")
+        assert row["bytes"] == len(data), source
+        assert row["sha256"] == hashlib.sha256(data).hexdigest(), source
+        start = shard_starts[row["shard"]] + row["offset"]
+        assert start == position, f"{source}: documents are back to back"
+        ids = stream[start : start + row["tokens"]]
+        assert stream[start + row["tokens"]] == eos, f"{source} is followed by EOS"
+        assert processor.decode(ids.tolist()) == text, source
+        assert np.array_equal(reader.document(row["doc_id"]), ids)
+        if len(text) < sources.PIECE_CHARS and "▁" not in text:
+            assert ids.tolist() == processor.encode(text), source  # one piece: plain encoding
+        position = start + row["tokens"] + 1
+    assert manifest["bytes"] == sum(len(t.encode()) for _, t in expected)
+    return manifest
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_output_files_manifest_and_lossless_documents(corpus, tmp_path, model_file, processor):
+    root, expected, skipped = corpus
+    out = tmp_path / "out"
+    assert tokenize([root], out, "-j", "2", model=model_file) == 0
+    manifest = check_output(out, expected, skipped, processor, model_file.read_bytes())
+    assert len(manifest["shards"]) == 1
+    assert manifest["dtype"] == "uint16"
+    sources_skipped = {e["source"]: e["reason"] for e in manifest["skipped"]["examples"]}
+    assert sources_skipped == {
+        "bad/blob.txt": "binary",
+        "bad/empty.txt": "empty",
+        "bad/latin1.txt": "invalid-utf8",
+        "bad/trunc.txt.zst": "corrupt-zstd",
+        "data/records.jsonl:3": "malformed-jsonl",
+    }
+    assert run(["inspect", str(out)]) == 0
+
+
+def test_small_shards_are_bounded(corpus, tmp_path, model_file, processor):
+    root, expected, skipped = corpus
+    out = tmp_path / "out"
+    assert tokenize([root], out, "--shard-tokens", "1000", "-j", "2", model=model_file) == 0
+    manifest = check_output(out, expected, skipped, processor)
+    counts = [entry["tokens"] for entry in manifest["shards"]]
+    assert len(counts) > 3
+    assert all(count == 1000 for count in counts[:-1])
+    assert 0 < counts[-1] <= 1000
+    assert len(counts) == -(-manifest["tokens"] // 1000)
+    assert run(["inspect", str(out)]) == 0
+
+
+def test_single_files_and_several_inputs(tmp_path, model_file, processor):
+    one = write(tmp_path / "in" / "one.txt", "first input file\n")
+    write(tmp_path / "dir" / "sub" / "two.md", "second  input\n")
+    out = tmp_path / "out"
+    assert tokenize([one, tmp_path / "dir"], out, model=model_file) == 0
+    expected = [("one.txt", "first input file\n"), ("sub/two.md", "second  input\n")]
+    check_output(out, expected, {}, processor)
+
+
+def test_group_repo_include_exclude_text_field_errors_replace(tmp_path, model_file, processor):
+    root = tmp_path / "repos"
+    write(root / "NOTES.md", "top-level notes\n")
+    write(root / "proj" / "setup.py", "setup()\n")
+    write(root / "proj" / "pkg" / "core.py", "x = 1")
+    write(root / "proj" / "pkg" / "latin.py", "# caf\xe9\n".encode("latin-1"))
+    write(root / "proj" / "logo.py", b"\x89PNG\x00\x00")  # binary, named like code
+    write(root / "proj" / "debug.log", "excluded\n")
+    write(root / "proj" / "build" / "gen.py", "excluded too\n")
+    write(root / "other" / "README", "other repo\n")
+    write(root / "other" / "data.jsonl", json.dumps({"body": "x"}) + "\n")  # raw text in a repo
+    out = tmp_path / "out"
+    code = tokenize([root], out, "--group", "repo", "--exclude", "*.log", "--exclude", "build",
+                    "--errors", "replace", model=model_file)  # fmt: skip
+    assert code == 0
+    latin = "# caf\xe9\n".encode("latin-1").decode("utf-8", "replace")
+    expected = [
+        ("NOTES.md", "top-level notes\n"),
+        ("other", "==> README <==\nother repo\n==> data.jsonl <==\n"
+                  + json.dumps({"body": "x"}) + "\n"),
+        ("proj", "==> pkg/core.py <==\nx = 1\n==> pkg/latin.py <==\n" + latin
+                 + "==> setup.py <==\nsetup()\n"),
+    ]  # fmt: skip
+    check_output(out, expected, {"binary": 1}, processor)
+
+    out2 = tmp_path / "out2"
+    code = tokenize([root], out2, "--include", "*.py", "--include", "proj/pkg/*",
+                    model=model_file)  # fmt: skip
+    assert code == 0
+    expected = [("proj/build/gen.py", "excluded too\n"), ("proj/pkg/core.py", "x = 1"),
+                ("proj/setup.py", "setup()\n")]  # fmt: skip
+    check_output(out2, expected, {"binary": 1, "invalid-utf8": 1}, processor)
+
+
+def test_text_field_option(tmp_path, model_file, processor):
+    root = tmp_path / "in"
+    write(root / "r.jsonl", json.dumps({"body": "from body", "text": "not me"}) + "\n")
+    root.mkdir(exist_ok=True)
+    pq.write_table(pa.table({"body": ["row body"]}), root / "t.parquet")
+    out = tmp_path / "out"
+    assert tokenize([root], out, "--text-field", "body", model=model_file) == 0
+    check_output(out, [("r.jsonl:1", "from body"), ("t.parquet#0", "row body")], {}, processor)
+
+
+def test_large_document_streamed_through_the_stage(tmp_path, model_file, processor, monkeypatch):
+    import longnet_cli.tokenize as stage
+
+    monkeypatch.setattr(sources, "MAX_INLINE_BYTES", 10_000)
+    streamed = []
+
+    def spying_read_documents(*args, **kwargs):
+        for document in sources.read_documents(*args, **kwargs):
+            streamed.append((document.source, document.text is None))
+            yield document
+
+    monkeypatch.setattr(stage, "read_documents", spying_read_documents)
+    big = LONG * 3 + "▁ and 🙂 at the end"
+    write(tmp_path / "in" / "big.txt", big)
+    write(tmp_path / "in" / "small.txt", "small\n")
+    out = tmp_path / "out"
+    assert tokenize([tmp_path / "in"], out, "-j", "2", model=model_file) == 0
+    assert streamed == [("big.txt", True), ("small.txt", False)]
+    check_output(out, [("big.txt", big), ("small.txt", "small\n")], {}, processor)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_workers_and_batching_give_byte_identical_output(corpus, tmp_path, monkeypatch):
+    """Two fresh runs that train their tokenizer: -j 1 vs -j 2 with tiny encode batches."""
+    import longnet_cli.tokenize as stage
+
+    root, expected, skipped = corpus
+    options = ["--vocab-size", "400", "--sample-bytes", "64K", "--shard-tokens", "3000"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert tokenize([root], one, "-j", "1", *options) == 0
+    monkeypatch.setattr(stage, "BATCH_CHARS", 5000)
+    assert tokenize([root], two, "-j", "2", *options) == 0
+    first, second = files_of(one), files_of(two)
+    assert len([name for name in first if name.startswith("shard-")]) > 1
+    assert first.keys() == second.keys()
+    for name in first:
+        assert first[name] == second[name], name
+    trained = sentencepiece.SentencePieceProcessor(model_file=str(one / "tokenizer.model"))
+    assert trained.vocab_size() == 400
+    check_output(one, expected, skipped, trained)
+
+
+# --------------------------------------------------------------------------- re-runs
+
+
+def test_rerun_is_up_to_date_and_changes_rebuild(tmp_path, model_file, processor, capsys):
+    root = tmp_path / "in"
+    write(root / "a.txt", "alpha text\n")
+    write(root / "b.txt", "beta text\n")
+    out = tmp_path / "out"
+    args = ([root], out)
+    assert tokenize(*args, model=model_file) == 0
+    before = stats_of(out)
+    capsys.readouterr()
+
+    assert tokenize(*args, model=model_file) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert stats_of(out) == before  # nothing rewritten
+    assert tokenize(*args, "--json", model=model_file) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["up_to_date"] is True and summary["documents"] == 2
+    assert stats_of(out) == before
+
+    # a changed option rebuilds
+    assert tokenize(*args, "--shard-tokens", "5", "--json", model=model_file) == 0
+    assert json.loads(capsys.readouterr().out)["up_to_date"] is False
+    check_output(out, [("a.txt", "alpha text\n"), ("b.txt", "beta text\n")], {}, processor)
+    assert tokenize(*args, "--shard-tokens", "5", "--json", model=model_file) == 0
+    assert json.loads(capsys.readouterr().out)["up_to_date"] is True
+
+    # a changed file rebuilds; stale shards of the previous output are gone
+    write(root / "b.txt", "beta text, changed\n")
+    assert tokenize(*args, "--json", model=model_file) == 0
+    assert json.loads(capsys.readouterr().out)["up_to_date"] is False
+    check_output(out, [("a.txt", "alpha text\n"), ("b.txt", "beta text, changed\n")], {},
+                 processor)  # fmt: skip
+
+    # a new file rebuilds
+    write(root / "c.txt", "gamma\n")
+    assert tokenize(*args, "--json", model=model_file) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == 3
+
+    # --force always rebuilds: every output file is written again
+    outputs = [p for p in out.iterdir() if p.name != ".lock"]
+    for path in outputs:
+        os.utime(path, ns=(0, 0))
+    assert tokenize(*args, "--force", "--json", model=model_file) == 0
+    assert json.loads(capsys.readouterr().out)["up_to_date"] is False
+    assert all(path.stat().st_mtime_ns != 0 for path in outputs)
+
+
+def test_damaged_output_is_rebuilt(tmp_path, model_file, processor):
+    root = tmp_path / "in"
+    write(root / "a.txt", "alpha text\n" * 20)
+    out = tmp_path / "out"
+    assert tokenize([root], out, model=model_file) == 0
+    shard = out / "shard-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])  # truncated: no longer matches the manifest
+    assert tokenize([root], out, model=model_file) == 0
+    check_output(out, [("a.txt", "alpha text\n" * 20)], {}, processor)
+
+
+def fail_after(count: int, error: type[BaseException]):
+    """A replacement of ShardWriter._finish_shard that fails once ``count`` shards are done."""
+    original = shards_module.ShardWriter._finish_shard
+    calls = []
+
+    def finish_shard(self):
+        original(self)
+        calls.append(1)
+        if len(calls) >= count:
+            raise error("interrupted on purpose")
+
+    return finish_shard
+
+
+def assert_no_incomplete_manifest(out: Path) -> None:
+    """Either no manifest, or one whose data verifies completely."""
+    if (out / "manifest.json").exists():
+        TokenizedCorpus.open(out, verify="full")
+    assert not list(out.glob("*.tmp"))
+
+
+def test_interrupted_first_run_leaves_no_manifest(corpus, tmp_path, model_file, processor,
+                                                  monkeypatch):  # fmt: skip
+    root, expected, skipped = corpus
+    out = tmp_path / "out"
+    options = ("--shard-tokens", "1000")
+    monkeypatch.setattr(shards_module.ShardWriter, "_finish_shard",
+                        fail_after(2, KeyboardInterrupt))  # fmt: skip
+    assert tokenize([root], out, *options, model=model_file) == 130
+    assert not (out / "manifest.json").exists()
+    assert_no_incomplete_manifest(out)
+    monkeypatch.undo()
+    assert tokenize([root], out, *options, model=model_file) == 0
+    check_output(out, expected, skipped, processor)
+
+
+def test_interrupted_rebuild_never_describes_incomplete_data(corpus, tmp_path, model_file,
+                                                             processor, monkeypatch):  # fmt: skip
+    root, expected, skipped = corpus
+    out = tmp_path / "out"
+    options = ("--shard-tokens", "1000")
+    assert tokenize([root], out, *options, model=model_file) == 0
+    old_files = files_of(out)
+
+    write(root / "books" / "alice.txt", PROSE + "a new paragraph\n")
+    expected = [(s, PROSE + "a new paragraph\n" if s == "books/alice.txt" else t)
+                for s, t in expected]  # fmt: skip
+    monkeypatch.setattr(shards_module.ShardWriter, "_finish_shard",
+                        fail_after(3, RuntimeError))  # fmt: skip
+    assert tokenize([root], out, *options, model=model_file) == 1
+    assert_no_incomplete_manifest(out)
+    if (out / "manifest.json").exists():  # the previous output, intact
+        assert files_of(out) == old_files
+
+    monkeypatch.undo()
+    assert tokenize([root], out, *options, model=model_file) == 0
+    check_output(out, expected, skipped, processor)
+
+
+def test_interrupted_commit_never_describes_incomplete_data(corpus, tmp_path, model_file,
+                                                            processor, monkeypatch):  # fmt: skip
+    root, expected, skipped = corpus
+    out = tmp_path / "out"
+    assert tokenize([root], out, "--shard-tokens", "1000", model=model_file) == 0
+
+    real_replace = os.replace
+    moved = []
+
+    def failing_replace(src, dst, *args, **kwargs):
+        if Path(dst).parent == out and Path(src).parent.name == ".staging":
+            moved.append(dst)
+            if len(moved) == 3:
+                raise OSError("disk full, on purpose")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    assert tokenize([root], out, "--shard-tokens", "700", model=model_file) != 0
+    assert len(moved) == 3
+    assert_no_incomplete_manifest(out)
+    monkeypatch.undo()
+    assert tokenize([root], out, "--shard-tokens", "700", model=model_file) == 0
+    manifest = check_output(out, expected, skipped, processor)
+    assert all(entry["tokens"] <= 700 for entry in manifest["shards"])
+
+
+def test_second_concurrent_run_refuses(tmp_path, model_file, capsys):
+    root = tmp_path / "in"
+    write(root / "a.txt", "alpha\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert tokenize([root], out, model=model_file) == 1
+        error = capsys.readouterr().err
+        assert "lock" in error and "another" in error
+        assert not (out / "manifest.json").exists()
+    assert tokenize([root], out, model=model_file) == 0
+
+
+# --------------------------------------------------------------------------- usage and summaries
+
+
+def test_missing_path_is_a_usage_error(tmp_path, model_file, capsys):
+    missing = tmp_path / "does-not-exist"
+    assert tokenize([missing], tmp_path / "out", model=model_file) == 2
+    assert "does-not-exist" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_missing_path_in_the_stage_raises_input_error(tmp_path):
+    from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
+
+    with pytest.raises(InputError, match="does-not-exist") as info:
+        tokenize_corpus(TokenizeOptions(paths=(tmp_path / "does-not-exist",), out=tmp_path / "o"))
+    assert info.value.exit_code == 2
+
+
+def test_json_summary(corpus, tmp_path, model_file, capsys):
+    root, expected, skipped = corpus
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert tokenize([root], out, "--json", model=model_file) == 0
+    summary = json.loads(capsys.readouterr().out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert summary["documents"] == len(expected)
+    assert summary["tokens"] == manifest["tokens"]
+    assert summary["bytes"] == sum(len(text.encode()) for _, text in expected)
+    assert summary["skipped"] == skipped
+    assert summary["up_to_date"] is False
+
+
+def test_text_summary_lists_skip_counts(corpus, tmp_path, model_file, capsys):
+    root, expected, skipped = corpus
+    capsys.readouterr()
+    assert tokenize([root], tmp_path / "out", model=model_file) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # --quiet: no progress bar
+    lines = [line for line in captured.out.splitlines() if line.startswith("skipped")]
+    assert len(lines) == 1
+    for reason, count in skipped.items():
+        assert f"{reason} {count}" in lines[0]
+    assert f"{len(expected):,} documents" in captured.out
+
+
+def test_progress_bar_on_stderr_unless_quiet(tmp_path, model_file, capsys):
+    write(tmp_path / "in" / "a.txt", "alpha\n")
+    capsys.readouterr()
+    argv = ["tokenize", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert run([*argv, "--tokenizer", str(model_file)]) == 0
+    captured = capsys.readouterr()
+    assert "tokenize" in captured.err  # the progress bar's label
+
+
+def test_bad_options_are_usage_errors(tmp_path, model_file):
+    write(tmp_path / "in" / "a.txt", "alpha\n")
+    assert tokenize([tmp_path / "in"], tmp_path / "o1", "--vocab-size", "10") == 2
+    assert tokenize([tmp_path / "in"], tmp_path / "o2", "--shard-tokens", "0") == 2
+    assert tokenize([tmp_path / "in"], tmp_path / "o3", "--group", "dir") == 2
+    write(tmp_path / "file-not-dir", "x")
+    assert tokenize([tmp_path / "in"], tmp_path / "file-not-dir", model=model_file) == 2
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def peak_rss_tokenizing(directory: Path, out: Path, model_file: Path) -> tuple[int, dict]:
+    """(peak RSS in bytes, --json summary) of ``longnet tokenize`` in a fresh interpreter."""
+    script = (
+        "import resource, sys\n"
+        "from longnet_cli.cli import main\n"
+        "try:\n    main(sys.argv[1:])\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    argv = ["tokenize", str(directory), "--out", str(out), "--tokenizer", str(model_file),
+            "-j", "2", "--quiet", "--json"]  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    *summary, peak_kib = result.stdout.strip().splitlines()
+    return int(peak_kib) * 1024, json.loads("\n".join(summary))
+
+
+@pytest.mark.slow
+def test_peak_memory_bounded_for_one_large_document(tmp_path, model_file):
+    """A 64 MB single document (over the default MAX_INLINE_BYTES) needs no more memory than
+    an 8 MB one: it is streamed, never held as one string."""
+    line = "".join(f"{i:05d} the quick brown fox jumps over the lazy dog\n" for i in range(1000))
+    peaks = {}
+    for megabytes in (8, 64):
+        path = tmp_path / f"in{megabytes}" / "huge.txt"
+        path.parent.mkdir()
+        with open(path, "w") as file:
+            for _ in range((megabytes << 20) // len(line)):
+                file.write(line)
+        peak, summary = peak_rss_tokenizing(path.parent, tmp_path / f"out{megabytes}", model_file)
+        assert summary["bytes"] == path.stat().st_size
+        peaks[megabytes] = peak
+    assert peaks[64] < 1 << 30
+    # held whole, the 56 MB more of text would show here at least once
+    growth = peaks[64] - peaks[8]
+    assert growth < 24 << 20, f"peak RSS grew by {growth >> 20} MiB: {peaks}"

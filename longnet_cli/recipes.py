@@ -501,19 +501,18 @@ class Recipe:
 
 
 def _suggest(section: str, key: str | None = None) -> str:
-    """ "; did you mean 'model.dim'?" for the closest valid key path, or "" when none is close."""
+    """The hint "; did you mean 'model.dim'?" naming the closest valid key path, or ""."""
     paths = key_paths()
     if key is None:  # an unknown section: a section name, or a key written at top level
         match = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.6)
         if not match:
             match = [path for path in paths if path.split(".", 1)[1] == section][:1]
     else:
-        match = []
-        if section in SECTIONS:
+        # the right key in the wrong section, else a near miss in the same section, else anywhere
+        match = [path for path in paths if path.split(".", 1)[1] == key][:1]
+        if not match and section in SECTIONS:
             close = difflib.get_close_matches(key, SECTIONS[section].key_names(), n=1, cutoff=0.6)
             match = [f"{section}.{close[0]}"] if close else []
-        if not match:  # the right key in the wrong section
-            match = [path for path in paths if path.split(".", 1)[1] == key][:1]
         if not match:
             match = difflib.get_close_matches(f"{section}.{key}", paths, n=1, cutoff=0.6)
     return f"; did you mean '{match[0]}'?" if match else ""

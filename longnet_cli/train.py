@@ -75,7 +75,7 @@ def lr_at(step: int, recipe: Recipe) -> float:
     cfg = recipe.train
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
+    span = max(cfg.steps - cfg.warmup_steps - 1, 1)  # the last step runs at the floor
     progress = min((step - cfg.warmup_steps) / span, 1.0)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -151,9 +151,9 @@ def test_model_vocab_size_from_recipe_or_argument():
     model = recipe_from_dict(minimal(model={"vocab_size": 50})).model
     assert model.to_model_kwargs()["num_tokens"] == 50
     assert model.to_model_kwargs(50)["num_tokens"] == 50
-    with pytest.raises(RecipeError, match="model.vocab_size"):
+    with pytest.raises(RecipeError, match=r"model\.vocab_size"):
         model.to_model_kwargs(60)
-    with pytest.raises(RecipeError, match="model.vocab_size"):
+    with pytest.raises(RecipeError, match=r"model\.vocab_size"):
         recipe_from_dict(MINIMAL).model.to_model_kwargs()
 
 
@@ -199,7 +199,7 @@ def test_round_trip_to_dict_and_yaml(tmp_path):
 
 def test_sections_validate_when_built_directly():
     assert TrainConfig(seq_len="32K", steps=3).seq_len == 32768
-    with pytest.raises(RecipeError, match="train.seq_len"):
+    with pytest.raises(RecipeError, match=r"train\.seq_len"):
         TrainConfig(seq_len="32Q", steps=3)
 
 
@@ -455,7 +455,7 @@ def test_check_against_corpus_seq_len_too_large():
 
 def test_check_against_corpus_document_sampling_needs_documents():
     recipe = recipe_from_dict(minimal(data={"sampling": "document"}), source="mine.yaml")
-    with pytest.raises(RecipeError, match="data.sampling in mine.yaml"):
+    with pytest.raises(RecipeError, match=r"data\.sampling in mine\.yaml"):
         check_against_corpus(recipe, stand_in_corpus(documents=0))
 
 
@@ -486,7 +486,7 @@ def test_from_saved_backfills_missing_keys():
 def test_from_saved_rejects_unknown_keys():
     saved = recipe_from_dict(MINIMAL).to_dict()
     saved["train"]["schedule"] = "linear"
-    with pytest.raises(RecipeError, match="unknown key 'train.schedule' in <saved recipe>"):
+    with pytest.raises(RecipeError, match=r"unknown key 'train\.schedule' in <saved recipe>"):
         Recipe.from_saved(saved)
 
 

@@ -1,0 +1,288 @@
+"""``longnet train``: the loop, checkpoints, exact resume after SIGKILL, SIGTERM, refusals,
+and data parallelism over two real processes (accelerate launch, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longnet_cli.cli import main
+from longnet_cli.data.sources import stdlib_path
+from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
+
+STEPS = 12
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A small real corpus: a few standard-library modules, 600-token vocabulary."""
+    out = tmp_path_factory.mktemp("corpus") / "data"
+    files = [stdlib_path() / name for name in ("json/decoder.py", "json/encoder.py", "csv.py")]
+    tokenize_corpus(
+        TokenizeOptions(
+            paths=tuple(files),
+            out=out,
+            vocab_size=600,
+            sample_bytes=1 << 20,
+            workers=1,
+            progress=False,
+        )
+    )
+    return out
+
+
+def _recipe(corpus: Path, **changes) -> dict:
+    recipe = {
+        "data": {"shards": str(corpus), "sampling": "stream"},
+        "model": {
+            "dim": 32,
+            "depth": 2,
+            "heads": 2,
+            "dim_head": 16,
+            "segment_lengths": [32, 64],
+            "dilation_rates": [1, 2],
+        },
+        "train": {
+            "seq_len": 64,
+            "micro_batch_size": 2,
+            "grad_accum": 2,
+            "steps": STEPS,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "seed": 1,
+            "threads": 1,
+        },
+        "checkpoint": {"every": 4, "keep_last": 2},
+        "log": {"every": 1},
+    }
+    for key, value in changes.items():
+        section, name = key.split("__")
+        recipe[section][name] = value
+    return recipe
+
+
+def _write_recipe(directory: Path, corpus: Path, **changes) -> Path:
+    path = directory / "recipe.yaml"
+    path.write_text(yaml.safe_dump(_recipe(corpus, **changes)))
+    return path
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code
+
+
+def _train_subprocess(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "longnet_cli", "train", *args, "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1].decode()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def reference_run(corpus, tmp_path_factory) -> Path:
+    """An uninterrupted run, the baseline of the resume tests."""
+    directory = tmp_path_factory.mktemp("reference")
+    recipe = _write_recipe(directory, corpus)
+    assert _cli("train", str(recipe), "--out", str(directory / "run"), "--quiet") == 0
+    return directory / "run"
+
+
+def test_train_logs_checkpoints_and_learns(reference_run):
+    records = _metrics(reference_run)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for record in records:
+        assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"} <= set(record)
+    assert records[-1]["loss"] < records[0]["loss"] - 0.3
+    assert records[0]["lr"] == pytest.approx(3e-3 / 2)  # warm-up step 1 of 2
+    assert records[-1]["lr"] == pytest.approx(3e-4)  # cosine down to min_lr_ratio 0.1
+    names = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
+    assert names == ["step-0000008", "step-0000012"]  # keep_last 2
+    final = reference_run / "checkpoints" / "step-0000012"
+    files = {p.name for p in final.iterdir()}
+    assert {
+        "model.safetensors",
+        "optimizer.pt",
+        "rng-rank0.pt",
+        "recipe.yaml",
+        "state.json",
+    } <= files
+    state = json.loads((final / "state.json").read_text())
+    assert state["step"] == STEPS and state["world_size"] == 1
+    assert state["recipe"]["model"]["dim"] == 32
+
+
+def test_finished_run_is_a_no_op(reference_run, corpus, tmp_path, capsys):
+    recipe = _write_recipe(tmp_path, corpus)
+    before = (reference_run / "metrics.jsonl").read_text()
+    assert _cli("train", str(recipe), "--out", str(reference_run), "--quiet") == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (reference_run / "metrics.jsonl").read_text() == before
+
+
+def test_resume_after_sigkill_is_bitwise_exact(reference_run, corpus, tmp_path):
+    recipe = _write_recipe(tmp_path, corpus)
+    run = tmp_path / "run"
+    process = _train_subprocess(str(recipe), "--out", str(run))
+    _wait_for(run / "checkpoints" / "step-0000004", process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not (run / "checkpoints" / "step-0000012").exists()
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert _metrics(run) == [
+        {**r, "tokens_per_s": m["tokens_per_s"], "elapsed_s": m["elapsed_s"]}
+        for r, m in zip(_metrics(reference_run), _metrics(run))
+    ]  # loss, lr, grad_norm equal to the last bit at every step
+
+
+def test_sigterm_saves_a_checkpoint_and_resumes(reference_run, corpus, tmp_path):
+    recipe = _write_recipe(tmp_path, corpus, checkpoint__every=100)
+    run = tmp_path / "run"
+    process = _train_subprocess(str(recipe), "--out", str(run))
+    _wait_for(run / "metrics.jsonl", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate()
+    assert process.returncode == 143, stderr.decode()
+    assert "SIGTERM" in stderr.decode() and "resume" in stderr.decode()
+    (saved,) = (run / "checkpoints").iterdir()
+    step = json.loads((saved / "state.json").read_text())["step"]
+    assert 1 <= step < STEPS
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    losses = [r["loss"] for r in _metrics(run)]
+    assert losses == [r["loss"] for r in _metrics(reference_run)]
+
+
+def test_no_resume_refuses_to_overwrite_without_force(reference_run, corpus, tmp_path, capsys):
+    recipe = _write_recipe(tmp_path, corpus, train__steps=2)
+    run = tmp_path / "run"
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert _cli("train", str(recipe), "--out", str(run), "--no-resume", "--quiet") == 2
+    assert "--force" in capsys.readouterr().err
+    assert _cli("train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet") == 0
+    assert [r["step"] for r in _metrics(run)] == [1, 2]
+
+
+def test_resume_refuses_an_unsafe_recipe_change_but_takes_more_steps(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    first = _write_recipe(tmp_path, corpus, train__steps=4)
+    assert _cli("train", str(first), "--out", str(run), "--quiet") == 0
+    assert _cli("train", str(first), "--out", str(run), "--quiet", "--set", "model.dim=48") == 2
+    assert "model.dim" in capsys.readouterr().err
+    assert _cli("train", str(first), "--out", str(run), "--quiet", "--set", "train.steps=6") == 0
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_another_world_size(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    recipe = _write_recipe(tmp_path, corpus, train__steps=4, checkpoint__every=2)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=2") == 0
+    state_file = run / "checkpoints" / "step-0000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "world_size": 2}))
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 2
+    assert "2 processes" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    from longnet_cli import train as train_module
+
+    calls = {"n": 0}
+    real_forward = train_module.LanguageModelLoss.forward
+
+    def forward(self, window):
+        calls["n"] += 1
+        loss = real_forward(self, window)
+        return loss * float("nan") if calls["n"] > 4 * 2 else loss  # step 5 on (2 micro-steps)
+
+    monkeypatch.setattr(train_module.LanguageModelLoss, "forward", forward)
+    recipe = _write_recipe(tmp_path, corpus)
+    run = tmp_path / "run"
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "step 5" in err and "nan" in err and "step-0000004" in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000004"]
+
+
+def test_bad_recipe_and_missing_data_exit_2(corpus, tmp_path, capsys):
+    recipe = _write_recipe(tmp_path, corpus, model__dimm=3)
+    assert _cli("train", str(recipe), "--quiet") == 2
+    assert "model.dim" in capsys.readouterr().err
+    recipe = _write_recipe(tmp_path, tmp_path / "nowhere")
+    assert _cli("train", str(recipe), "--out", str(tmp_path / "run"), "--quiet") == 2
+    recipe = _write_recipe(tmp_path, corpus, train__seq_len=10**7)
+    assert _cli("train", str(recipe), "--out", str(tmp_path / "run"), "--quiet") == 2
+    assert "train.seq_len" in capsys.readouterr().err
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path):
+    """Data parallel over 2 real processes (gloo): rank r reads samples 2s + r, so the run
+    equals one process with micro_batch_size 2."""
+    steps = 4
+    single = _write_recipe(tmp_path, corpus, train__steps=steps, train__grad_accum=1)
+    assert _cli("train", str(single), "--out", str(tmp_path / "one"), "--quiet") == 0
+    double = tmp_path / "two.yaml"
+    double.write_text(
+        yaml.safe_dump(
+            _recipe(corpus, train__steps=steps, train__grad_accum=1, train__micro_batch_size=1)
+        )
+    )
+    # On a CPU-only machine `--multi_gpu` is what starts N processes (gloo); `--cpu` alone
+    # starts one unless MPI is set up.
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "longnet_cli",
+        "train",
+        str(double),
+        "--out",
+        str(tmp_path / "two"),
+        "--quiet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["step"] for r in two] == list(range(1, steps + 1))
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    state = json.loads((tmp_path / "two/checkpoints/step-0000004/state.json").read_text())
+    assert state["world_size"] == 2
+    assert (tmp_path / "two/checkpoints/step-0000004/rng-rank1.pt").exists()

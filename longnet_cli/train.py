@@ -119,12 +119,14 @@ def train(
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
+    run_dir = Path(run_dir)
     accelerator = Accelerator(
         mixed_precision=PRECISIONS[recipe.train.precision],
         gradient_accumulation_steps=recipe.train.grad_accum,
         cpu=not torch.cuda.is_available(),
+        log_with=_trackers(recipe),
+        project_dir=str(run_dir),
     )
-    run_dir = Path(run_dir)
     existing = _prepare_run_dir(accelerator, run_dir, resume, force)
     world = accelerator.num_processes
     if existing is not None:
@@ -159,6 +161,9 @@ def train(
         corpus, recipe.train.seq_len, seed=recipe.train.seed, sampling=recipe.data.sampling
     )
     metrics = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, start)
+    if accelerator.log_with:
+        accelerator.init_trackers("longnet")
+        metrics.tracker = accelerator.log
     loop = _Loop(
         accelerator,
         recipe,
@@ -170,8 +175,11 @@ def train(
         metrics,
         corpus.manifest["tokenizer_sha256"],
     )
-    with _signals_recorded() as received:
-        loop.run(start, received, progress)
+    try:
+        with _signals_recorded() as received:
+            loop.run(start, received, progress)
+    finally:
+        accelerator.end_training()
     return TrainResult(
         str(run_dir),
         "finished",
@@ -380,6 +388,23 @@ def _check_resumable(existing, recipe: Recipe, corpus, world_size: int) -> None:
         )
 
 
+def _trackers(recipe: Recipe) -> list[str] | None:
+    """accelerate trackers to log to: tensorboard when asked for and installed."""
+    if not recipe.log.tensorboard:
+        return None
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        return ["tensorboard"]
+    print(
+        "warning: log.tensorboard is on but tensorboard is not installed "
+        "(pip install tensorboard); logging to metrics.jsonl only",
+        file=sys.stderr,
+    )
+    return None
+
+
 class _MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step, written by the main process.
 
@@ -388,6 +413,7 @@ class _MetricsLog:
 
     def __init__(self, path: Path, active: bool, resumed_step: int) -> None:
         self.path, self.active = path, active
+        self.tracker = None  # accelerate's log(values, step=...) when trackers are on
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
         if active and path.exists():
@@ -407,6 +433,8 @@ class _MetricsLog:
         values["elapsed_s"] = self.elapsed_before + time.perf_counter() - self.started
         with open(self.path, "a") as handle:
             handle.write(json.dumps(values) + "\n")
+        if self.tracker is not None:
+            self.tracker({k: v for k, v in values.items() if k != "step"}, step=values["step"])
 
 
 @contextmanager

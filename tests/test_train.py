@@ -286,3 +286,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_
     state = json.loads((tmp_path / "two/checkpoints/step-0000004/state.json").read_text())
     assert state["world_size"] == 2
     assert (tmp_path / "two/checkpoints/step-0000004/rng-rank1.pt").exists()
+
+
+def test_tensorboard_tracker_logs_or_warns(corpus, tmp_path, capsys):
+    import importlib.util
+
+    recipe = _write_recipe(tmp_path, corpus, train__steps=2, log__tensorboard=True)
+    run = tmp_path / "run"
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert [r["step"] for r in _metrics(run)] == [1, 2]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        assert list(run.rglob("events.out.tfevents.*"))
+    else:
+        assert "tensorboard is not installed" in capsys.readouterr().err

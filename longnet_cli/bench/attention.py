@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from longnet_cli.model.attention import dilated_attention, plan_calls
+from longnet_cli.model.attention import dilated_attention
+from longnet_cli.model.flops import dense_attention_flops, dilated_attention_flops
 from longnet_cli.model.kernels import select_kernel
 
 MODES = ("fwd", "fwd+bwd")
@@ -57,21 +58,16 @@ class BenchRow:
         return asdict(self)
 
 
-def pair_count(length: int, causal: bool) -> int:
-    """(query, key) pairs one head of plain attention scores over ``length`` tokens."""
-    return length * (length + 1) // 2 if causal else length * length
-
-
 def dilated_flops(n: int, cfg: AttentionBenchConfig) -> float:
     """Forward FLOPs of dilated attention at length n (the kernel calls it really makes)."""
-    calls = plan_calls(n, cfg.heads, cfg.segment_lengths, cfg.dilation_rates)
-    pairs = sum(pair_count(g.length, cfg.causal) * g.heads * g.offsets * g.segments for g in calls)
-    return 4.0 * cfg.dim_head * pairs
+    return dilated_attention_flops(
+        n, cfg.heads, cfg.dim_head, cfg.segment_lengths, cfg.dilation_rates, cfg.causal
+    )
 
 
 def dense_flops(n: int, cfg: AttentionBenchConfig) -> float:
     """Forward FLOPs of dense attention at length n."""
-    return 4.0 * cfg.dim_head * pair_count(n, cfg.causal) * cfg.heads
+    return dense_attention_flops(n, cfg.heads, cfg.dim_head, cfg.causal)
 
 
 def _available_bytes(device: torch.device) -> int:

@@ -180,3 +180,64 @@ def bench_tokenize_command(paths, tokenizer, workers, exclude, repeats, as_json)
                f"{report['baseline_mb_per_s']:6.2f} MB/s  "
                f"{report['baseline_tokens_per_s']:>12,.0f} tokens/s")  # fmt: skip
     click.echo(f"ratio (command / loop): {result.ratio:.2f}x")
+
+
+@bench.command("train", context_settings=CONTEXT)
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override recipe keys, as for longnet train.",
+)
+@click.option(
+    "--vocab-size",
+    type=click.IntRange(min=2),
+    help="Vocabulary (default: model.vocab_size, else the recipe's corpus, else 8192).",
+)
+@click.option(
+    "--steps",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Timed optimizer steps (best is kept), after one warm-up step.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+def bench_train_command(recipe, overrides, vocab_size, steps, as_json) -> None:
+    """Tokens/s of RECIPE's training step and its fraction of this machine's matmul peak.
+
+    Model FLOPs per token (6 per weight a token passes through, plus the dilated attention's
+    own FLOPs) times tokens/s, over the fp32 or bf16 matmul peak measured in the same run.
+    Uses random tokens: no corpus needed.
+    """
+    from longnet_cli.bench.train import bench_train
+    from longnet_cli.recipes import load_recipe
+
+    loaded = load_recipe(recipe, list(overrides))
+    vocab_size = vocab_size or loaded.model.vocab_size or _corpus_vocab(loaded) or 8192
+    result = bench_train(loaded, vocab_size, steps=steps)
+    report = result.to_dict()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_peak_gflops.items())
+    click.echo(
+        f"{recipe}: {result.parameters / 1e6:.2f}M parameters, seq_len {result.seq_len}, "
+        f"{result.precision}, {result.device}, {result.threads} threads, vocab {vocab_size}\n"
+        f"step {result.seconds_per_step:.2f} s: {result.tokens_per_s:,.0f} tokens/s, "
+        f"{result.flops_per_token / 1e6:.1f} MFLOP/token -> {result.model_gflops:.1f} GFLOP/s\n"
+        f"matmul peak (GFLOP/s): {peaks}\n"
+        f"fraction of {result.precision} peak: {result.fraction_of_peak:.2f}; "
+        f"peak RSS {result.peak_rss_bytes / 2**20:,.0f} MiB"
+    )
+
+
+def _corpus_vocab(recipe) -> int | None:
+    """The vocabulary of the recipe's corpus, when it exists."""
+    from longnet_cli.data.shards import CorpusError, read_manifest
+
+    try:
+        return read_manifest(Path(recipe.data.shards))["vocab_size"]
+    except CorpusError:
+        return None

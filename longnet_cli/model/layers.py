@@ -177,6 +177,17 @@ class DilatedAttention(nn.Module):
         ``position_tables`` (for these N positions) may be passed by a caller that shares them
         across layers; by default they come from this layer's position encoding.
         """
+        n = x.shape[1]
+        if self.position_encoding is not None and position_tables is None:
+            position_tables = self.position_encoding.tables(n, offset, x.device)
+        out = self.attend(*self.project(x, position_tables))  # (B, N, H, Dh)
+        return self.output(out)
+
+    def project(
+        self, x: torch.Tensor, position_tables: PositionTables | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, N, H, Dh) of x (B, N, C): projections, qk norm, positions (per position,
+        so it may run on a chunk of positions with the matching slice of the tables)."""
         b, n, _ = x.shape
         shape = (b, n, self.heads, self.dim_head)
         q = self.q_proj(x).view(shape)  # (B, N, C) -> (B, N, H*Dh) -> (B, N, H, Dh)
@@ -185,13 +196,19 @@ class DilatedAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.position_encoding is not None:
-            if position_tables is None:
-                position_tables = self.position_encoding.tables(n, offset, x.device)
             q, k = apply_positions(q, k, position_tables)
-        out = dilated_attention(
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Dilated attention over the whole sequence: (B, N, H, Dh) -> (B, N, H, Dh)."""
+        return dilated_attention(
             q, k, v, self.segment_lengths, self.dilation_rates,
             causal=self.causal, backend=self.backend,
         )  # fmt: skip
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """Dropout and the out projection (per position): (B, N, H, Dh) -> (B, N, C)."""
+        b, n = out.shape[:2]
         out = out.reshape(b, n, self.heads * self.dim_head)  # (B, N, H, Dh) -> (B, N, H*Dh)
         return self.out_proj(self.dropout(out))  # (B, N, H*Dh) -> (B, N, C)
 

@@ -50,6 +50,11 @@ class PositionTables:
     sin: torch.Tensor  # (N, D/2) float32
     scale: torch.Tensor | None = None  # (N, D/2) float32, xPos only
 
+    def slice(self, start: int, stop: int) -> PositionTables:
+        """The tables of positions [start, stop) of these."""
+        scale = None if self.scale is None else self.scale[start:stop]
+        return PositionTables(self.cos[start:stop], self.sin[start:stop], scale)
+
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (c, c + D/2) of x (B, N, H, D) by angles given as cos/sin (N, D/2)."""

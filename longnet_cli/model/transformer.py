@@ -28,6 +28,7 @@ from longnet_cli.model.positions import POSITION_KINDS, PositionTables, build_po
 
 INIT_STD = 0.02
 DEFAULT_LOSS_CHUNK = 1024  # positions per head + cross-entropy chunk
+CHUNK = 1 << 14  # positions per chunk of per-position work in long inference
 
 
 @dataclass
@@ -102,11 +103,37 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, offset: int = 0, position_tables: PositionTables | None = None
     ) -> torch.Tensor:
+        if not torch.is_grad_enabled() and x.shape[1] > CHUNK:
+            return self._forward_in_chunks(x, position_tables)
         if self.parallel:
             h = self.attn_norm(x)
             return x + self.attn(h, offset, position_tables) + self.ff(h)
         x = x + self.attn(self.attn_norm(x), offset, position_tables)
         return x + self.ff(self.ff_norm(x))
+
+    def _forward_in_chunks(self, x: torch.Tensor, tables: PositionTables | None) -> torch.Tensor:
+        """Inference at long N, updating x in place: everything but the attention itself runs
+        on chunks of positions, so besides x only q, k, v and the attention output exist for the
+        whole sequence (no normed copies, no ff_mult-wide hidden layer)."""
+        b, n, _ = x.shape
+        shape = (b, n, self.attn.heads, self.attn.dim_head)
+        q, k, v = (x.new_empty(shape) for _ in range(3))
+        for part in _chunks(n):
+            chunk_tables = None if tables is None else tables.slice(part.start, part.stop)
+            projected = self.attn.project(self.attn_norm(x[:, part]), chunk_tables)
+            for whole, piece in zip((q, k, v), projected):
+                whole[:, part] = piece  # (B, c, H, Dh)
+        out = self.attn.attend(q, k, v)  # (B, N, H, Dh)
+        del q, k, v
+        for part in _chunks(n):
+            h = self.attn_norm(x[:, part]) if self.parallel else None
+            x[:, part] += self.attn.output(out[:, part])
+            x[:, part] += self.ff(h if self.parallel else self.ff_norm(x[:, part]))
+        return x
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(start, min(start + CHUNK, n)) for start in range(0, n, CHUNK)]
 
 
 class LongNetTransformer(nn.Module):
@@ -193,6 +220,10 @@ class LongNetTransformer(nn.Module):
                 x = checkpoint(block, x, offset, tables, use_reentrant=False)
             else:
                 x = block(x, offset, tables)
+        if not torch.is_grad_enabled() and x.shape[1] > CHUNK:
+            for part in _chunks(x.shape[1]):  # in place: no second (B, N, C) tensor
+                x[:, part] = self.norm(x[:, part])
+            return x
         return self.norm(x)
 
     def forward(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:

@@ -225,3 +225,29 @@ def test_config_round_trip_and_validation():
         tiny(segment_lengths=(8, 16), dilation_rates=(1,))
     with pytest.raises(ValueError, match="depth"):
         LongNetConfig(num_tokens=10, dim=8, depth=0)
+
+
+@pytest.mark.parametrize("parallel_blocks", [False, True])
+@pytest.mark.parametrize("positions", ["rotary", "xpos", "none"])
+def test_long_inference_in_chunks_equals_the_plain_forward(monkeypatch, parallel_blocks, positions):
+    """At long N without autograd, blocks run per-position work in chunks, in place."""
+    import longnet_cli.model.transformer as transformer
+
+    model = LongNetTransformer(
+        num_tokens=50,
+        dim=32,
+        depth=2,
+        dim_head=8,
+        heads=4,
+        segment_lengths=[8, 16],
+        dilation_rates=[1, 2],
+        positions=positions,
+        parallel_blocks=parallel_blocks,
+        qk_norm=True,
+    ).eval()
+    tokens = torch.randint(0, 50, (2, 70))
+    with torch.no_grad():
+        plain = model(tokens)
+        monkeypatch.setattr(transformer, "CHUNK", 16)  # 70 positions -> 5 chunks
+        chunked = model(tokens)
+    torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-5)

@@ -55,8 +55,15 @@ class TrainingWindows:
     """
 
     def __init__(
-        self, corpus: TokenizedCorpus, seq_len: int, *, seed: int, sampling: str = "stream"
+        self,
+        corpus: TokenizedCorpus,
+        seq_len: int,
+        *,
+        seed: int,
+        sampling: str = "stream",
+        end: int | None = None,
     ) -> None:
+        """``end``: use only the stream before this position (held-out data lies after it)."""
         seq_len, seed = operator.index(seq_len), operator.index(seed)
         if seq_len < 1:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
@@ -69,9 +76,10 @@ class TrainingWindows:
         self.seed = seed
         self.sampling = sampling
         self.window_tokens = seq_len + 1
-        if corpus.num_tokens < self.window_tokens:
+        self.num_tokens = corpus.num_tokens if end is None else min(int(end), corpus.num_tokens)
+        if self.num_tokens < self.window_tokens:
             raise CorpusTooSmallError(
-                f"corpus {corpus.directory} holds {corpus.num_tokens} tokens, too few for one "
+                f"corpus {corpus.directory} holds {self.num_tokens} tokens (to train on), too few for one "
                 f"training window of seq_len + 1 = {self.window_tokens} tokens; lower seq_len "
                 "or tokenize more data"
             )
@@ -80,11 +88,11 @@ class TrainingWindows:
         self._order: np.ndarray | None = None  # its permutation of candidate indices
         self._shift = 0  # its stream shift ("stream" only)
         if sampling == "stream":
-            self.num_windows = max(1, (corpus.num_tokens - seq_len) // seq_len)
+            self.num_windows = max(1, (self.num_tokens - seq_len) // seq_len)
             # the largest shift at which num_windows windows still fit
             self._max_shift = min(
                 seq_len - 1,
-                corpus.num_tokens - self.window_tokens - (self.num_windows - 1) * seq_len,
+                self.num_tokens - self.window_tokens - (self.num_windows - 1) * seq_len,
             )
         else:
             self.num_windows = int(self._candidates().size)
@@ -92,7 +100,7 @@ class TrainingWindows:
             if self.num_windows == 0:
                 raise CorpusTooSmallError(
                     f"corpus {corpus.directory}: no window of seq_len + 1 = {self.window_tokens} "
-                    f"tokens starting at a document start fits in its {corpus.num_tokens} tokens; "
+                    f"tokens starting at a document start fits in its {self.num_tokens} tokens; "
                     "lower seq_len or use stream sampling"
                 )
 
@@ -187,7 +195,7 @@ class TrainingWindows:
             first_of_document = np.repeat(np.cumsum(per_document) - per_document, per_document)
             j = np.arange(total, dtype=np.int64) - first_of_document
             starts = np.repeat(doc_starts, per_document) + j * self.seq_len
-            self._document_starts = starts[starts + self.window_tokens <= self.corpus.num_tokens]
+            self._document_starts = starts[starts + self.window_tokens <= self.num_tokens]
         return self._document_starts
 
     def __getstate__(self) -> dict[str, Any]:

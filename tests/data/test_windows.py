@@ -299,3 +299,15 @@ def test_bad_arguments(corpus):
         windows.batch(0, 0, grad_accum=1, micro_batch_size=1, dp_rank=2, dp_size=2)
     with pytest.raises(ValueError, match="sample_index"):
         windows.start(-1)
+
+
+@pytest.mark.parametrize("sampling", ["stream", "document"])
+def test_end_keeps_windows_before_the_held_out_part(tmp_path, sampling):
+    """Windows never read at or after ``end`` (evaluation documents lie there)."""
+    _write_corpus(tmp_path, [40, 33, 25, 60, 12, 31], shard_tokens=1000)
+    corpus = TokenizedCorpus.open(tmp_path)
+    end = 110
+    windows = TrainingWindows(corpus, 16, seed=3, sampling=sampling, end=end)
+    assert windows.num_windows >= 1
+    for index in range(3 * windows.num_windows):
+        assert windows.start(index) + 17 <= end

@@ -29,6 +29,7 @@ def cli(debug: bool) -> None:
 def _register_commands() -> None:
     """Attach the subcommands (one module each; their heavy imports stay inside the bodies)."""
     from longnet_cli.commands.bench import bench
+    from longnet_cli.commands.eval import eval_command
     from longnet_cli.commands.inspect import inspect
     from longnet_cli.commands.tokenize import tokenize
     from longnet_cli.commands.train import train
@@ -37,6 +38,7 @@ def _register_commands() -> None:
     cli.add_command(train)
     cli.add_command(inspect)
     cli.add_command(bench)
+    cli.add_command(eval_command)
 
 
 _register_commands()

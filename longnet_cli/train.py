@@ -157,14 +157,17 @@ def train(
         if rng is not None:
             ckpt.set_rng_state(rng)
         start = existing.step
+    evaluation = _Evaluation.plan(recipe, corpus)
     windows = TrainingWindows(
-        corpus, recipe.train.seq_len, seed=recipe.train.seed, sampling=recipe.data.sampling
-    )
+        corpus, recipe.train.seq_len, seed=recipe.train.seed, sampling=recipe.data.sampling,
+        end=evaluation.train_end if evaluation else None,
+    )  # fmt: skip
     metrics = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, start)
     if accelerator.log_with:
         accelerator.init_trackers("longnet")
         metrics.tracker = accelerator.log
     loop = _Loop(
+        evaluation,
         accelerator,
         recipe,
         run_dir,
@@ -197,6 +200,7 @@ class _Loop:
 
     def __init__(
         self,
+        evaluation,
         accelerator,
         recipe,
         run_dir,
@@ -207,6 +211,7 @@ class _Loop:
         metrics,
         tokenizer_sha256,
     ) -> None:
+        self.evaluation = evaluation
         self.accelerator, self.recipe, self.run_dir = accelerator, recipe, run_dir
         self.model, self.loss_module, self.optimizer = model, loss_module, optimizer
         self.windows, self.metrics, self.tokenizer_sha256 = windows, metrics, tokenizer_sha256
@@ -255,6 +260,8 @@ class _Loop:
                 )
                 window_start, window_steps = time.perf_counter(), 0
             bar.update(1)
+            if self.evaluation and (done % self.recipe.eval.every == 0 or done == cfg.steps):
+                self._evaluate(done)
             stop = self._signal_agreed(received)
             if done % self.recipe.checkpoint.every == 0 or done == cfg.steps or stop:
                 self.save(done)
@@ -296,6 +303,13 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         mean = accelerator.reduce(total / cfg.grad_accum, reduction="mean")
         return float(mean), float(grad_norm), lr
+
+    def _evaluate(self, step: int) -> None:
+        """Score the held-out documents (main process; the others wait) into metrics.jsonl."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.metrics.write(step=step, eval=self.evaluation.run(self.model))
+        self.accelerator.wait_for_everyone()
 
     def _signal_agreed(self, received: list[int]) -> int:
         """The signal any rank received (all ranks stop at the same step), or 0."""
@@ -388,6 +402,55 @@ def _check_resumable(existing, recipe: Recipe, corpus, world_size: int) -> None:
         )
 
 
+@dataclass
+class _Evaluation:
+    """Evaluation during training: which documents, at which contexts, and what training may
+    read (held-out documents of the training corpus are never trained on)."""
+
+    corpus: object
+    doc_ids: list[int]
+    contexts: list[int]
+    train_end: int | None  # training windows end here (None: separate evaluation data)
+    chunk_size: int
+    token_bytes: object = None
+
+    @classmethod
+    def plan(cls, recipe: Recipe, corpus) -> _Evaluation | None:
+        """None unless ``eval.every`` > 0. Data: ``eval.data``, else ``data.eval_shards``, else
+        the last ``eval.docs`` documents of the training corpus, held out of training."""
+        from longnet_cli.data.shards import TokenizedCorpus
+        from longnet_cli.evaluate import scorable_documents
+
+        cfg = recipe.eval
+        if not cfg.every:
+            return None
+        contexts = cfg.context_lengths(recipe.train.seq_len)
+        source = cfg.data or recipe.data.eval_shards
+        if source is None:
+            held_out = scorable_documents(corpus, None)[-cfg.docs :]
+            end = int(corpus.document_starts()[held_out[0]]) if held_out else None
+            return cls(corpus, held_out, contexts, end, recipe.train.loss_chunk)
+        eval_corpus = TokenizedCorpus.open(Path(source), verify="sizes")
+        if eval_corpus.manifest["tokenizer_sha256"] != corpus.manifest["tokenizer_sha256"]:
+            raise InputError(
+                f"evaluation data {source} uses another tokenizer than {corpus.directory} "
+                f"({eval_corpus.manifest['tokenizer_sha256']} vs "
+                f"{corpus.manifest['tokenizer_sha256']})"
+            )
+        ids = scorable_documents(eval_corpus, cfg.docs)
+        return cls(eval_corpus, ids, contexts, None, recipe.train.loss_chunk)
+
+    def run(self, model: nn.Module) -> dict:
+        from longnet_cli.evaluate import evaluate_model, token_byte_lengths
+
+        if self.token_bytes is None:
+            self.token_bytes = token_byte_lengths(self.corpus)
+        return evaluate_model(
+            model, self.corpus, self.contexts, None, doc_ids=self.doc_ids,
+            token_bytes=self.token_bytes, chunk_size=self.chunk_size,
+        )  # fmt: skip
+
+
 def _trackers(recipe: Recipe) -> list[str] | None:
     """accelerate trackers to log to: tensorboard when asked for and installed."""
     if not recipe.log.tensorboard:
@@ -434,7 +497,18 @@ class _MetricsLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(values) + "\n")
         if self.tracker is not None:
-            self.tracker({k: v for k, v in values.items() if k != "step"}, step=values["step"])
+            self.tracker(_flat(values), step=values["step"])
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, float]:
+    """Nested metrics as flat scalars for trackers: {"eval": {"contexts": {"1024": {"loss"..."""
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and key != "step":
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 @contextmanager

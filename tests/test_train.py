@@ -65,7 +65,7 @@ def _recipe(corpus: Path, **changes) -> dict:
     }
     for key, value in changes.items():
         section, name = key.split("__")
-        recipe[section][name] = value
+        recipe.setdefault(section, {})[name] = value
     return recipe
 
 
@@ -299,3 +299,27 @@ def test_tensorboard_tracker_logs_or_warns(corpus, tmp_path, capsys):
         assert list(run.rglob("events.out.tfevents.*"))
     else:
         assert "tensorboard is not installed" in capsys.readouterr().err
+
+
+def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
+    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.evaluate import scorable_documents
+    from longnet_cli.recipes import load_recipe
+    from longnet_cli.train import _Evaluation
+
+    recipe = _write_recipe(
+        tmp_path, corpus, train__steps=4, eval__every=2, eval__contexts=[32, 64], eval__docs=1
+    )
+    run = tmp_path / "run"
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    evals = [r for r in _metrics(run) if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for record in evals:
+        figures = record["eval"]["contexts"]
+        assert set(figures) == {"32", "64"}
+        assert all(f["tokens"] > 0 and 0 < f["loss"] < 20 for f in figures.values())
+    # The held-out document is the corpus's last one, and training stops before it.
+    tokenized = TokenizedCorpus.open(corpus)
+    plan = _Evaluation.plan(load_recipe(recipe), tokenized)
+    assert plan.doc_ids == scorable_documents(tokenized, None)[-1:]
+    assert plan.train_end == int(tokenized.document_starts()[plan.doc_ids[0]])

@@ -79,9 +79,9 @@ class TrainingWindows:
         self.num_tokens = corpus.num_tokens if end is None else min(int(end), corpus.num_tokens)
         if self.num_tokens < self.window_tokens:
             raise CorpusTooSmallError(
-                f"corpus {corpus.directory} holds {self.num_tokens} tokens (to train on), too few for one "
-                f"training window of seq_len + 1 = {self.window_tokens} tokens; lower seq_len "
-                "or tokenize more data"
+                f"corpus {corpus.directory} holds {self.num_tokens} tokens (to train on), too few "
+                f"for one training window of seq_len + 1 = {self.window_tokens} tokens; lower "
+                "seq_len or tokenize more data"
             )
         self._document_starts: np.ndarray | None = None  # "document": candidate starts, sorted
         self._epoch: int | None = None  # the epoch whose order is cached

@@ -1,0 +1,132 @@
+"""``longnet eval``: perplexity by position over whole documents, at one or several contexts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from longnet_cli.commands.common import CONTEXT
+
+
+class LengthsParam(click.ParamType):
+    """A comma list of lengths with K/M suffixes: 4K,64K,1M."""
+
+    name = "LENGTHS"
+
+    def convert(self, value, param, ctx):
+        from longnet_cli.lengths import parse_lengths
+
+        if isinstance(value, list):
+            return value
+        try:
+            lengths = parse_lengths(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        if not lengths:
+            self.fail(f"expected lengths such as 4K,64K,1M, got {value!r}", param, ctx)
+        return lengths
+
+
+@click.command("eval", context_settings=CONTEXT)
+@click.argument(
+    "checkpoint", required=False, type=click.Path(path_type=Path), metavar="[RUN_DIR|CHECKPOINT]"
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Tokenized corpus to score (default: the run's recipe eval.data, data.eval_shards, "
+    "else data.shards).",
+)
+@click.option(
+    "--context",
+    "contexts",
+    type=LengthsParam(),
+    help="Tokens per sequence, e.g. 1M; several (4K,64K,1M) score the same final tokens with "
+    "more and more preceding context. Default: the run's train.seq_len.",
+)
+@click.option("--docs", type=click.IntRange(min=1), help="Score only the first N documents.")
+@click.option(
+    "--windows",
+    is_flag=True,
+    help="Score documents longer than the context whole, in consecutive non-overlapping "
+    "windows (default: only their first window).",
+)
+@click.option(
+    "--buckets",
+    type=LengthsParam(),
+    help="Position bucket boundaries, e.g. 1K,2K,8K (default: powers of two from 1K).",
+)
+@click.option(
+    "--json",
+    "json_file",
+    metavar="FILE",
+    help="Write the report as JSON to FILE; '-' prints it on stdout instead of the table.",
+)
+@click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a PNG of perplexity against position (needs the plot extra: matplotlib).",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Where to look for the most recent run when no checkpoint is given.",
+)
+@click.option("--device", help="Torch device, e.g. cpu or cuda:0 (default: cuda when available).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no notes on stderr.")
+def eval_command(
+    checkpoint, data, contexts, docs, windows, buckets, json_file, plot_file, runs_dir, device,
+    quiet,
+) -> None:  # fmt: skip
+    """Score documents as single long sequences and report the loss by position.
+
+    Each document is ONE sequence of up to --context tokens (K = 1024, M = 1024^2), scored
+    with the model's chunked loss under inference mode. Position p is the index of the
+    predicted token in its sequence (1 .. context-1). Per position bucket and overall: scored
+    tokens, mean loss (nats), perplexity and bits per byte of source text; token-weighted.
+
+    With no RUN_DIR|CHECKPOINT: the latest checkpoint of the most recent run under --runs-dir.
+    Exit code 2 for a missing checkpoint, a corpus failing verification or tokenized with
+    another tokenizer, and bad option values.
+    """
+    from longnet_cli.errors import InputError
+    from longnet_cli.evaluate import (
+        EvalOptions,
+        evaluate,
+        plot,
+        plot_available,
+        table_lines,
+        write_json,
+    )
+
+    if plot_file is not None and not plot_available():
+        raise InputError("--plot needs matplotlib: pip install 'longnet-cli[plot]'")
+    options = EvalOptions(
+        checkpoint=checkpoint,
+        data=data,
+        contexts=contexts or [],
+        docs=docs,
+        windows=windows,
+        buckets=buckets,
+        runs_dir=runs_dir,
+        device=device,
+        progress=not quiet,
+    )
+    result = evaluate(options, on_choice=None if quiet else _note)
+    if json_file == "-":
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo("\n".join(table_lines(result)))
+        if json_file:
+            write_json(result, Path(json_file))
+    if plot_file is not None:
+        plot(result, plot_file)
+
+
+def _note(message: str) -> None:
+    click.echo(f"using {message}", err=True)

@@ -60,21 +60,55 @@ class Group:
         return self.segments * self.length * self.heads * self.offsets
 
 
-def _offset_runs(span: int, rate: int, num_heads: int) -> list[tuple[int, int, int, int]]:
-    """Maximal runs of consecutive offsets with equal (length, head count) in a span of tokens.
+def _offset_runs(
+    piece_start: int, piece_end: int, segment_start: int, rate: int, num_heads: int
+) -> list[tuple[int, int, int, int, int]]:
+    """Runs of consecutive offsets that select alike in one piece of a segment.
 
-    Returns (first offset, number of offsets, length, heads); offsets selecting nothing are left
-    out (a span shorter than the rate, or fewer heads than the rate).
+    Offset o selects positions ``segment_start + o + t*rate`` inside [piece_start, piece_end).
+    A run holds offsets whose first selected positions follow each other (+1 each) with equal
+    (length, head count), so that one strided view covers them. Returns (first offset, number of
+    offsets, first position, length, heads); offsets selecting nothing are left out.
     """
-    runs: list[tuple[int, int, int, int]] = []
-    for o in range(min(rate, num_heads, span)):
-        shape = (-(-(span - o) // rate), len(range(o, num_heads, rate)))  # ceil, heads
-        if runs and runs[-1][2:] == shape:
-            first, count, _, _ = runs[-1]
-            runs[-1] = (first, count + 1, *shape)
-        else:
-            runs.append((o, 1, *shape))
+    runs: list[tuple[int, int, int, int, int]] = []
+    for o in range(min(rate, num_heads)):
+        first = segment_start + o
+        if first < piece_start:
+            first += -(-(piece_start - first) // rate) * rate  # first selected >= piece_start
+        if first >= piece_end:
+            continue
+        length = -(-(piece_end - first) // rate)
+        heads = len(range(o, num_heads, rate))
+        if runs:
+            offset, count, position, last_length, last_heads = runs[-1]
+            if (position + count, last_length, last_heads) == (first, length, heads) and (
+                offset + count == o
+            ):
+                runs[-1] = (offset, count + 1, position, length, heads)
+                continue
+        runs.append((o, 1, first, length, heads))
     return runs
+
+
+def segment_pieces(
+    start: int, end: int, seq_len: int, segment_length: int
+) -> list[tuple[int, int, int]]:
+    """Runs of alike pieces of the segments meeting [start, end) of a sequence of ``seq_len``.
+
+    Returns (first segment index, number of segments, piece start in the first segment, piece
+    end in it) — a run of whole segments is one entry; clipped pieces at either end are their own.
+    """
+    w = min(segment_length, seq_len)  # a segment longer than the sequence is the whole sequence
+    pieces: list[tuple[int, int, int, int]] = []
+    for s in range(start // w, (end - 1) // w + 1):
+        piece = (max(s * w, start), min((s + 1) * w, end, seq_len))
+        if pieces and piece[0] - s * w == 0 and piece[1] - s * w == w:
+            first, count, a, b = pieces[-1]
+            if a == first * w and b == (first + 1) * w and first + count == s:  # whole, adjacent
+                pieces[-1] = (first, count + 1, a, b)
+                continue
+        pieces.append((s, 1, *piece))
+    return pieces
 
 
 def plan_calls(
@@ -84,29 +118,36 @@ def plan_calls(
     dilation_rates: Sequence[int],
     batch: int = 1,
     rows_per_call: int = ROWS_PER_CALL,
+    *,
+    start: int = 0,
+    end: int | None = None,
 ) -> list[Group]:
-    """The kernel calls to make, branch by branch. Within a branch calls never overlap, which
-    lets the forward write branch 0 without merging."""
+    """The kernel calls to make, branch by branch, for the positions [start, end) of a sequence
+    of ``seq_len`` tokens (all of it by default; a rank's chunk in sequence parallelism), with
+    every segment clipped to that range. Group starts are relative to ``start``. Within a branch
+    calls never overlap, which lets the forward write branch 0 without merging."""
+    end = seq_len if end is None else end
     calls = []
     for branch, (w, r) in enumerate(zip(segment_lengths, dilation_rates)):
-        w = min(w, seq_len)  # a segment longer than the sequence is the whole sequence
-        full, tail = divmod(seq_len, w)
-        for first_segment, segments, span in ((0, full, w), (full, 1, tail)):
-            if not segments or not span:
-                continue
-            for offset, offsets, length, heads in _offset_runs(span, r, num_heads):
+        w = min(w, seq_len)
+        for first_segment, segments, piece_start, piece_end in segment_pieces(
+            start, end, seq_len, w
+        ):
+            segment_start = first_segment * w
+            runs = _offset_runs(piece_start, piece_end, segment_start, r, num_heads)
+            for offset, offsets, position, length, heads in runs:
                 per_call = min(
                     max(1, rows_per_call // (batch * length * heads * offsets)),
                     max(1, MAX_CALL_BATCH // batch),
                 )
                 for first in range(0, segments, per_call):
                     count = min(per_call, segments - first)
-                    start = (first_segment + first) * w + offset
-                    calls.append(Group(branch, start, count, w, length, r, offset, offsets, heads))
+                    local = position + first * w - start
+                    calls.append(Group(branch, local, count, w, length, r, offset, offsets, heads))
     return calls
 
 
-def _view(x: torch.Tensor, g: Group) -> torch.Tensor:
+def view_of(x: torch.Tensor, g: Group) -> torch.Tensor:
     """Strided view of x's selected positions: (B, N, H, *rest) -> (B, S, L, J, R, *rest)."""
     stride_b, stride_n, stride_h, *rest = x.stride()
     size = (x.shape[0], g.segments, g.length, g.heads, g.offsets, *x.shape[3:])
@@ -121,19 +162,68 @@ def _view(x: torch.Tensor, g: Group) -> torch.Tensor:
     return x.as_strided(size, (*stride, *rest), offset)
 
 
-def _gather(x: torch.Tensor, g: Group) -> torch.Tensor:
+def gather(x: torch.Tensor, g: Group) -> torch.Tensor:
     """A call's selected positions as kernel input: (B, N, H, *rest) -> (B*S, L, J*R, *rest).
 
     A view when the strides allow (r = 1 over whole segments), else one bounded copy.
     """
-    view = _view(x, g)
+    view = view_of(x, g)
     return view.reshape(view.shape[0] * g.segments, g.length, g.heads * g.offsets, *view.shape[5:])
 
 
-def _scatter_view(result: torch.Tensor, g: Group, target: torch.Tensor):
+def scatter_view(result: torch.Tensor, g: Group, target: torch.Tensor):
     """(target's view of the call, the call's result shaped like it)."""
-    view = _view(target, g)
+    view = view_of(target, g)
     return view, result.reshape(view.shape)
+
+
+def merge_into(
+    out_acc: torch.Tensor, lse_acc: torch.Tensor, out_g: torch.Tensor, lse_g: torch.Tensor
+) -> None:
+    """Fold one call's (output, lse) into the running pair, in place, by log-sum-exp."""
+    lse_new = torch.logaddexp(lse_acc, lse_g)
+    out_acc.mul_(torch.exp(lse_acc - lse_new).unsqueeze(-1))
+    out_acc.add_(out_g * torch.exp(lse_g - lse_new).unsqueeze(-1))
+    lse_acc.copy_(lse_new)
+
+
+def attend_calls(q, k, v, calls, causal, scale, kernel, out, lse) -> None:
+    """Run ``calls`` on q, k, v (B, N, H, D) and merge them into ``out`` / ``lse`` (float32)."""
+    for g in calls:
+        out_g, lse_g = kernel.forward(gather(q, g), gather(k, g), gather(v, g), causal, scale)
+        out_acc, out_g = scatter_view(out_g, g, out)  # (B, S, L, J, R, D)
+        lse_acc, lse_g = scatter_view(lse_g, g, lse)  # (B, S, L, J, R)
+        if g.branch == 0:  # the first branch writes where nothing was merged yet
+            out_acc.copy_(out_g)
+            lse_acc.copy_(lse_g)
+        else:
+            merge_into(out_acc, lse_acc, out_g, lse_g)
+
+
+def differentiate_calls(dout, q, k, v, out, lse, calls, causal, scale, kernel, grads) -> None:
+    """Add every call's dq, dk, dv into ``grads``; each call differentiates against the merged
+    output and lse, which makes the sum the exact gradient of the merged attention."""
+    for g in calls:
+        inputs = (gather(x, g) for x in (dout, q, k, v, out, lse))
+        for total, grad in zip(grads, kernel.backward(*inputs, causal, scale)):
+            acc, part = scatter_view(grad, g, total)
+            acc.add_(part)
+
+
+def new_accumulators(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero float32 output (B, N, H, D) and an all -inf lse (B, N, H)."""
+    b, n, h, d = q.shape
+    out = q.new_zeros(b, n, h, d, dtype=torch.float32)
+    return out, q.new_full((b, n, h), float("-inf"), dtype=torch.float32)
+
+
+def new_gradients(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Zero gradient accumulators, float32 for half-precision inputs."""
+    low = (torch.float16, torch.bfloat16)
+    return [
+        torch.zeros(x.shape, dtype=torch.float32 if x.dtype in low else x.dtype, device=x.device)
+        for x in tensors
+    ]
 
 
 def _forward(
@@ -146,21 +236,8 @@ def _forward(
     kernel: AttentionKernel,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merged output (B, N, H, D) in q's dtype and merged lse (B, N, H) float32."""
-    b, n, h, d = q.shape
-    out = q.new_zeros(b, n, h, d, dtype=torch.float32)
-    lse = q.new_full((b, n, h), float("-inf"), dtype=torch.float32)
-    for g in calls:
-        out_g, lse_g = kernel.forward(_gather(q, g), _gather(k, g), _gather(v, g), causal, scale)
-        out_acc, out_g = _scatter_view(out_g, g, out)  # (B, S, L, J, R, D)
-        lse_acc, lse_g = _scatter_view(lse_g, g, lse)  # (B, S, L, J, R)
-        if g.branch == 0:  # the first branch writes where nothing was merged yet
-            out_acc.copy_(out_g)
-            lse_acc.copy_(lse_g)
-            continue
-        lse_new = torch.logaddexp(lse_acc, lse_g)
-        out_acc.mul_(torch.exp(lse_acc - lse_new).unsqueeze(-1))
-        out_acc.add_(out_g * torch.exp(lse_g - lse_new).unsqueeze(-1))
-        lse_acc.copy_(lse_new)
+    out, lse = new_accumulators(q)
+    attend_calls(q, k, v, calls, causal, scale, kernel, out, lse)
     return out.to(q.dtype), lse
 
 
@@ -177,16 +254,9 @@ def _backward(
     kernel: AttentionKernel,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact dq, dk, dv: every call differentiates against the merged output and lse."""
-    acc_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    dq, dk, dv = (torch.zeros(x.shape, dtype=acc_dtype, device=x.device) for x in (q, k, v))
-    dout = dout.to(q.dtype)
-    for g in calls:
-        inputs = (_gather(x, g) for x in (dout, q, k, v, out, lse))
-        grads = kernel.backward(*inputs, causal, scale)
-        for total, grad in zip((dq, dk, dv), grads):
-            acc, part = _scatter_view(grad, g, total)
-            acc.add_(part)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    grads = new_gradients(q, k, v)
+    differentiate_calls(dout.to(q.dtype), q, k, v, out, lse, calls, causal, scale, kernel, grads)
+    return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
 
 
 class _DilatedAttentionFunction(torch.autograd.Function):

@@ -172,7 +172,9 @@ def load_model_weights(path: Path, model: torch.nn.Module) -> None:
 
 
 def load_optimizer_state(path: Path, device: torch.device | str = "cpu") -> dict:
-    return torch.load(Path(path) / "optimizer.pt", map_location=device, weights_only=True)
+    device = torch.device(device)
+    where = "cpu" if device.type == "cpu" else device  # accelerate may say "cpu:0": not a tag
+    return torch.load(Path(path) / "optimizer.pt", map_location=where, weights_only=True)
 
 
 def load_rng_file(path: Path, rank: int) -> dict[str, Any] | None:

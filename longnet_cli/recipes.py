@@ -59,6 +59,7 @@ SAFE_ON_RESUME = (
     "log",
     "eval",
     "data.eval_shards",
+    "parallel.sequence",  # windows depend on the data-parallel layout only
 )
 
 

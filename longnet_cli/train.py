@@ -59,15 +59,29 @@ class TrainResult:
 
 
 class LanguageModelLoss(nn.Module):
-    """The model's chunked next-token loss as a forward(), so DDP sees and syncs it."""
+    """The model's chunked next-token loss as a forward(), so DDP sees and syncs it.
 
-    def __init__(self, model: nn.Module, chunk_size: int) -> None:
+    With sequence parallelism (``sequence_size`` > 1) each rank scores its chunk of the window
+    at its global positions; the mean of the ranks' chunk means is the window's mean, which is
+    what DDP's gradient average then yields.
+    """
+
+    def __init__(
+        self, model: nn.Module, chunk_size: int, sequence_rank: int = 0, sequence_size: int = 1
+    ) -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.sequence_rank, self.sequence_size = sequence_rank, sequence_size
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(window, chunk_size=self.chunk_size)  # (B, N+1) -> ()
+        if self.sequence_size == 1:
+            return self.model.loss(window, chunk_size=self.chunk_size)  # (B, N+1) -> ()
+        n = (window.shape[1] - 1) // self.sequence_size
+        start = self.sequence_rank * n
+        inputs = window[:, start : start + n]  # (B, N+1) -> (B, n)
+        targets = window[:, start + 1 : start + n + 1]
+        return self.model.loss(inputs, targets, chunk_size=self.chunk_size, offset=start)
 
 
 def lr_at(step: int, recipe: Recipe) -> float:
@@ -128,9 +142,9 @@ def train(
         project_dir=str(run_dir),
     )
     existing = _prepare_run_dir(accelerator, run_dir, resume, force)
-    world = accelerator.num_processes
+    layout = _Layout.of(accelerator, recipe)
     if existing is not None:
-        _check_resumable(existing, recipe, corpus, world)
+        _check_resumable(existing, recipe, corpus, layout)
         if existing.step >= recipe.train.steps:
             return TrainResult(
                 str(run_dir),
@@ -147,7 +161,11 @@ def train(
     model = recipe.model.build(vocab_size)
     if existing is not None:
         ckpt.load_model_weights(existing.path, model)
-    loss_module = LanguageModelLoss(model, recipe.train.loss_chunk)
+    if layout.sequence_group is not None:
+        model.use_sequence_parallel(layout.sequence_group)
+    loss_module = LanguageModelLoss(
+        model, recipe.train.loss_chunk, layout.sequence_rank, layout.sequence_size
+    )
     optimizer = build_optimizer(model, recipe)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     start = 0
@@ -159,14 +177,18 @@ def train(
         start = existing.step
     evaluation = _Evaluation.plan(recipe, corpus)
     windows = TrainingWindows(
-        corpus, recipe.train.seq_len, seed=recipe.train.seed, sampling=recipe.data.sampling,
+        corpus,
+        recipe.train.seq_len,
+        seed=recipe.train.seed,
+        sampling=recipe.data.sampling,
         end=evaluation.train_end if evaluation else None,
-    )  # fmt: skip
+    )
     metrics = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, start)
     if accelerator.log_with:
         accelerator.init_trackers("longnet")
         metrics.tracker = accelerator.log
     loop = _Loop(
+        layout,
         evaluation,
         accelerator,
         recipe,
@@ -200,6 +222,7 @@ class _Loop:
 
     def __init__(
         self,
+        layout,
         evaluation,
         accelerator,
         recipe,
@@ -215,8 +238,8 @@ class _Loop:
         self.accelerator, self.recipe, self.run_dir = accelerator, recipe, run_dir
         self.model, self.loss_module, self.optimizer = model, loss_module, optimizer
         self.windows, self.metrics, self.tokenizer_sha256 = windows, metrics, tokenizer_sha256
-        self.dp_size = accelerator.num_processes
-        self.dp_rank = accelerator.process_index
+        self.layout = layout
+        self.dp_size, self.dp_rank = layout.dp_size, layout.dp_rank
         cfg = recipe.train
         self.tokens_per_step = cfg.seq_len * cfg.micro_batch_size * cfg.grad_accum * self.dp_size
         self.last_loss: float | None = None
@@ -308,7 +331,11 @@ class _Loop:
         """Score the held-out documents (main process; the others wait) into metrics.jsonl."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            self.metrics.write(step=step, eval=self.evaluation.run(self.model))
+            self.model.use_sequence_parallel(None)  # one process scores whole documents
+            try:
+                self.metrics.write(step=step, eval=self.evaluation.run(self.model))
+            finally:
+                self.model.use_sequence_parallel(self.layout.sequence_group)
         self.accelerator.wait_for_everyone()
 
     def _signal_agreed(self, received: list[int]) -> int:
@@ -336,6 +363,7 @@ class _Loop:
                 "tokens": step * self.tokens_per_step,
                 "world_size": accelerator.num_processes,
                 "dp_size": self.dp_size,
+                "sequence_parallel": self.layout.sequence_size,
                 "tokenizer_sha256": self.tokenizer_sha256,
                 "scheduler": {
                     "name": "warmup-cosine",
@@ -349,6 +377,41 @@ class _Loop:
             ckpt.finish_checkpoint(staging, final, state)
             ckpt.prune_checkpoints(self.run_dir, self.recipe.checkpoint.keep_last)
         accelerator.wait_for_everyone()
+
+
+@dataclass
+class _Layout:
+    """Which rank does what: world = parallel.sequence x data-parallel degree; consecutive
+    ranks form a sequence group (they read the same window, each its own chunk)."""
+
+    dp_rank: int
+    dp_size: int
+    sequence_rank: int
+    sequence_size: int
+    sequence_group: object = None
+
+    @classmethod
+    def of(cls, accelerator, recipe: Recipe) -> _Layout:
+        world, rank = accelerator.num_processes, accelerator.process_index
+        size = recipe.parallel.sequence
+        if world % size:
+            raise InputError(
+                f"parallel.sequence is {size} but the run has {world} process(es): the number "
+                f"of processes must be a multiple of it (accelerate launch --num_processes "
+                f"{size} ...)"
+            )
+        group = None
+        if size > 1:
+            import torch.distributed as dist
+
+            # Every rank creates every group, in the same order (torch.distributed's rule); a
+            # group of its own even when it is the whole world, so that the attention's
+            # exchanges never share a communicator with DDP's gradient all-reduce.
+            groups = [
+                dist.new_group(list(range(g * size, (g + 1) * size))) for g in range(world // size)
+            ]
+            group = groups[rank // size]
+        return cls(rank // size, world // size, rank % size, size, group)
 
 
 # --------------------------------------------------------------------------- run directory
@@ -379,8 +442,12 @@ def _prepare_run_dir(accelerator, run_dir: Path, resume: bool, force: bool):
     return existing if resume else None
 
 
-def _check_resumable(existing, recipe: Recipe, corpus, world_size: int) -> None:
-    """Refuse to resume across a changed tokenizer, world size or unsafe recipe change."""
+def _check_resumable(existing, recipe: Recipe, corpus, layout: _Layout) -> None:
+    """Refuse to resume across a changed tokenizer, data-parallel degree or unsafe recipe change.
+
+    The sequence-parallel degree may change (the windows depend on the data-parallel layout
+    only), so a single-process checkpoint resumes in a sequence-parallel run and vice versa.
+    """
     state = existing.state
     if state.get("tokenizer_sha256") != corpus.manifest["tokenizer_sha256"]:
         raise InputError(
@@ -388,11 +455,11 @@ def _check_resumable(existing, recipe: Recipe, corpus, world_size: int) -> None:
             f"{state.get('tokenizer_sha256')}, but {corpus.directory} uses "
             f"{corpus.manifest['tokenizer_sha256']}"
         )
-    if state.get("world_size") != world_size:
+    if state.get("dp_size") != layout.dp_size:
         raise InputError(
-            f"checkpoint {existing.path} was written by {state.get('world_size')} processes, "
-            f"this run has {world_size}: resuming would change which windows each rank reads; "
-            "resume with the same number of processes"
+            f"checkpoint {existing.path} was written by {state.get('dp_size')} data-parallel "
+            f"processes, this run has {layout.dp_size}: resuming would change which windows "
+            "each rank reads; resume with the same number of processes (x parallel.sequence)"
         )
     changed = safe_to_change_on_resume(Recipe.from_saved(state["recipe"]), recipe)
     if changed:
@@ -446,9 +513,14 @@ class _Evaluation:
         if self.token_bytes is None:
             self.token_bytes = token_byte_lengths(self.corpus)
         return evaluate_model(
-            model, self.corpus, self.contexts, None, doc_ids=self.doc_ids,
-            token_bytes=self.token_bytes, chunk_size=self.chunk_size,
-        )  # fmt: skip
+            model,
+            self.corpus,
+            self.contexts,
+            None,
+            doc_ids=self.doc_ids,
+            token_bytes=self.token_bytes,
+            chunk_size=self.chunk_size,
+        )
 
 
 def _trackers(recipe: Recipe) -> list[str] | None:

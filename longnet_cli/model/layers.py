@@ -155,6 +155,7 @@ class DilatedAttention(nn.Module):
         self.dim, self.heads, self.dim_head = dim, heads, dim_head
         self.causal = causal
         self.backend = backend
+        self.sequence_group = None  # a process group splitting the sequence, if any
 
         factory = {"dtype": dtype, "device": device}
         inner = heads * dim_head
@@ -200,11 +201,33 @@ class DilatedAttention(nn.Module):
         return q, k, v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Dilated attention over the whole sequence: (B, N, H, Dh) -> (B, N, H, Dh)."""
+        """Dilated attention over the whole sequence: (B, N, H, Dh) -> (B, N, H, Dh).
+
+        With ``sequence_group`` set (by ``LongNetTransformer.use_sequence_parallel``), q, k, v
+        are this rank's chunk of a sequence split across that process group.
+        """
+        if self.sequence_group is not None:
+            from longnet_cli.model.parallel import dilated_attention_sp
+
+            return dilated_attention_sp(
+                q,
+                k,
+                v,
+                self.segment_lengths,
+                self.dilation_rates,
+                causal=self.causal,
+                group=self.sequence_group,
+                backend=self.backend,
+            )
         return dilated_attention(
-            q, k, v, self.segment_lengths, self.dilation_rates,
-            causal=self.causal, backend=self.backend,
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            self.segment_lengths,
+            self.dilation_rates,
+            causal=self.causal,
+            backend=self.backend,
+        )
 
     def output(self, out: torch.Tensor) -> torch.Tensor:
         """Dropout and the out projection (per position): (B, N, H, Dh) -> (B, N, C)."""

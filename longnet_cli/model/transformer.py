@@ -199,6 +199,15 @@ class LongNetTransformer(nn.Module):
             nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.ff.down_proj.weight, mean=0.0, std=residual_std)
 
+    def use_sequence_parallel(self, group) -> None:
+        """Split sequences across ``group`` (a torch.distributed process group; None: don't).
+
+        Each rank then passes its chunk of every sequence with ``offset`` = its first global
+        position; only the attention communicates, all other layers are per position.
+        """
+        for block in self.blocks:
+            block.attn.sequence_group = group
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameter count (tied weights once); optionally without the token embedding."""
         total = sum(p.numel() for p in self.parameters())

@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 failed, 2 bad usage or bad input. Tracebacks only with ``-
 from __future__ import annotations
 
 import sys
+import traceback
 
 import click
 
@@ -31,6 +32,7 @@ def _register_commands() -> None:
     from longnet_cli.commands.bench import bench
     from longnet_cli.commands.eval import eval_command
     from longnet_cli.commands.inspect import inspect
+    from longnet_cli.commands.runs import runs
     from longnet_cli.commands.tokenize import tokenize
     from longnet_cli.commands.train import train
 
@@ -39,26 +41,33 @@ def _register_commands() -> None:
     cli.add_command(inspect)
     cli.add_command(bench)
     cli.add_command(eval_command)
+    cli.add_command(runs)
 
 
 _register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one-line errors and meaningful exit codes."""
-    args = sys.argv[1:] if argv is None else argv
+    """Console entry point: one- or two-line errors and meaningful exit codes.
+
+    ``--debug`` may appear anywhere on the command line; it adds the traceback above the error
+    line and keeps the exit code.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
+    if debug:  # accepted after the subcommand too; the group option only documents it
+        args = [arg for arg in args if arg != "--debug"]
     try:
         code = cli.main(args=args, prog_name="longnet", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as err:
-        err.show()
+        _show_click_error(err)
         sys.exit(err.exit_code)
     except LongnetError as err:
         if debug:
-            raise
+            traceback.print_exc()
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
@@ -66,9 +75,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as err:  # the CLI's last line of defence
         if debug:
-            raise
-        click.echo(
-            f"error: {type(err).__name__}: {err} (run with --debug for a traceback)", err=True
-        )
+            traceback.print_exc()
+            click.echo(f"error: {type(err).__name__}: {err}", err=True)
+        else:
+            click.echo(
+                f"error: {type(err).__name__}: {err} (run with --debug for a traceback)",
+                err=True,
+            )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _show_click_error(err: click.ClickException) -> None:
+    """A usage error as two lines: what is wrong, then the command's usage and where to read more."""
+    click.echo(f"error: {err.format_message()}", err=True)
+    ctx = getattr(err, "ctx", None)
+    if isinstance(err, click.UsageError) and ctx is not None:
+        usage = ctx.get_usage().replace("Usage: ", "", 1).strip()
+        click.echo(f"usage: {usage}  ('{ctx.command_path} --help' for more)", err=True)

@@ -61,6 +61,7 @@ class EvalOptions:
     data: Path | None = None  # a tokenized corpus; None: the run's recipe's eval data
     contexts: list[int] = field(default_factory=list)  # []: the run's train.seq_len
     docs: int | None = None  # the first N documents with at least 2 tokens; None: all
+    min_tokens: int = 2  # only documents of at least this many tokens (EOS not counted)
     windows: bool = False  # score long documents whole, in non-overlapping windows
     buckets: list[int] | None = None  # bucket boundaries; None: 1K, 2K, 4K, ...
     runs_dir: Path = DEFAULT_RUNS
@@ -193,6 +194,8 @@ def evaluate(options: EvalOptions, on_choice: Callable[[str], None] | None = Non
 
     if options.docs is not None and options.docs < 1:
         raise InputError(f"--docs must be at least 1, got {options.docs}")
+    if options.min_tokens < 2:
+        raise InputError(f"--min-tokens must be at least 2, got {options.min_tokens}")
     if any(c < 2 for c in options.contexts):
         raise InputError(f"contexts must be at least 2 tokens, got {options.contexts}")
     if options.chunk_size < 1:
@@ -219,7 +222,12 @@ def evaluate(options: EvalOptions, on_choice: Callable[[str], None] | None = Non
     load_model_weights(checkpoint.path, model)
     model.to(device).eval()
     token_bytes = token_byte_lengths(corpus)
-    doc_ids = scorable_documents(corpus, options.docs)
+    doc_ids = scorable_documents(corpus, options.docs, options.min_tokens)
+    if not doc_ids:
+        raise InputError(
+            f"{data}: no document has at least {options.min_tokens:,} tokens "
+            f"(--min-tokens); the longest has {int(corpus.document_lengths().max(initial=0)):,}"
+        )
     scorer = _Scorer(model, contexts, boundaries, token_bytes, options.chunk_size)
     documents = _progress(doc_ids, options.progress)
     reports = scorer.run((corpus.document(i) for i in documents), options.windows)
@@ -384,9 +392,10 @@ def bucket_starts(context: int, boundaries: Sequence[int] | None = None) -> list
     return [0, *(b for b in boundaries if 0 < b < context)]
 
 
-def scorable_documents(corpus: TokenizedCorpus, docs: int | None) -> list[int]:
-    """Ids of the first ``docs`` documents (all when None) with at least 2 tokens, in order."""
-    ids = np.flatnonzero(corpus.document_lengths() >= 2)
+def scorable_documents(corpus: TokenizedCorpus, docs: int | None, min_tokens: int = 2) -> list[int]:
+    """Ids of the first ``docs`` documents (all when None) with at least ``min_tokens`` tokens
+    (and at least 2), in order."""
+    ids = np.flatnonzero(corpus.document_lengths() >= max(min_tokens, 2))
     return [int(i) for i in (ids if docs is None else ids[:docs])]
 
 

@@ -241,3 +241,149 @@ def _corpus_vocab(recipe) -> int | None:
         return read_manifest(Path(recipe.data.shards))["vocab_size"]
     except CorpusError:
         return None
+
+
+@bench.command("parallel", context_settings=CONTEXT)
+@click.option(
+    "--measure/--no-measure",
+    default=True,
+    show_default=True,
+    help="Run real gloo process groups on this CPU.",
+)
+@click.option(
+    "--processes",
+    default="1,2,4",
+    show_default=True,
+    help="World sizes to measure, comma-separated.",
+)
+@click.option(
+    "--length",
+    "seq_len",
+    default="64K",
+    show_default=True,
+    help="Sequence length of the measured layer.",
+)
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--dim-head", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--segments",
+    default="2048,8192,32768,65536",
+    show_default=True,
+    help="Segment lengths of the measured layer (the longest spans all ranks).",
+)
+@click.option("--rates", default="1,4,16,32", show_default=True)
+@click.option(
+    "--table/--no-table",
+    default=True,
+    show_default=True,
+    help="Print planned per-GPU memory and communication for --recipe.",
+)
+@click.option(
+    "--recipe",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("recipes/paper_base.yaml"),
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+def bench_parallel_command(
+    measure, processes, seq_len, heads, dim_head, segments, rates, table, recipe, as_json
+) -> None:
+    """Sequence parallelism: measured per-rank memory, traffic and speed; planned GPU costs.
+
+    The table covers 1M, 16M, 256M and 1B-token sequences on 8 ... 1024 GPUs (bf16), for the
+    recipe's model as it is, and with its segments extended geometrically up to the whole
+    sequence (the LongNet paper's setting, where every branch keeps w/r = 2048 tokens).
+    """
+    report: dict = {}
+    if measure:
+        from longnet_cli.bench.parallel import measure as run_measure
+
+        worlds = int_list(processes, "--processes")
+        try:
+            length = parse_lengths(seq_len)[0]
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--length") from None
+        rows = run_measure(
+            length,
+            worlds,
+            heads=heads,
+            dim_head=dim_head,
+            segment_lengths=int_list(segments, "--segments"),
+            dilation_rates=int_list(rates, "--rates"),
+        )
+        report["measured"] = [r.to_dict() for r in rows]
+        if not as_json:
+            click.echo(
+                f"# one layer, fwd+bwd, N={format_length(length)}, H={heads}, "
+                f"D={dim_head}, causal, gloo, 1 thread per process"
+            )
+            click.echo(
+                f"{'P':>3} {'rank':>4} {'seconds':>8} {'tokens/s':>10} "
+                f"{'peak RSS MiB':>12} {'sent MiB':>9} {'recv MiB':>9}"
+            )
+            for r in rows:
+                click.echo(
+                    f"{r.world:>3} {r.rank:>4} {r.seconds:>8.2f} "
+                    f"{r.seq_len / r.seconds:>10,.0f} {r.peak_rss_bytes / 2**20:>12,.0f} "
+                    f"{r.sent_bytes / 2**20:>9.2f} {r.received_bytes / 2**20:>9.2f}"
+                )
+    if table:
+        report["planned"] = _planned_table(recipe, as_json)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+
+
+def _planned_table(recipe_path: Path, quiet: bool) -> list[dict]:
+    """Per-GPU memory and communication of the recipe's model on 8 ... 1024 GPUs."""
+    import dataclasses
+
+    import torch
+
+    from longnet_cli.bench.parallel import plan_costs
+    from longnet_cli.recipes import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    with torch.device("meta"):
+        model = recipe.model.build(recipe.model.vocab_size or 32000)
+    parameters, config = model.num_parameters(), model.config
+    rows = []
+    for label, lengths_to_config in (
+        ("as in the recipe", lambda n: config),
+        (
+            "segments up to N",
+            lambda n: dataclasses.replace(
+                config, segment_lengths=_geometric(n)[0], dilation_rates=_geometric(n)[1]
+            ),
+        ),
+    ):
+        if not quiet:
+            click.echo(
+                f"\n# {recipe_path.name} ({parameters / 1e6:.0f}M parameters), "
+                f"segments {label}; bf16, activation checkpointing; per GPU, worst rank"
+            )
+            click.echo(
+                f"{'N':>5} {'GPUs':>5} {'tokens/GPU':>10} {'memory GB':>10} "
+                f"{'comm MB/layer':>13} {'fits 80 GB':>10}"
+            )
+        for n in (1 << 20, 1 << 24, 1 << 28, 1 << 30):
+            for world in (8, 64, 256, 1024):
+                cost = plan_costs(lengths_to_config(n), n, world, parameters=parameters)
+                rows.append({"segments": label, **cost.to_dict()})
+                if not quiet:
+                    click.echo(
+                        f"{format_length(n):>5} {world:>5} {format_length(cost.chunk):>10} "
+                        f"{cost.memory_bytes / 1e9:>10.1f} "
+                        f"{cost.communication_bytes / 1e6:>13.1f} "
+                        f"{'yes' if cost.fits() else 'no':>10}"
+                    )
+    return rows
+
+
+def _geometric(seq_len: int) -> tuple[list[int], list[int]]:
+    """Segments 2K, 8K, 32K ... up to seq_len with rates keeping w/r = 2048 (the paper's)."""
+    segments, w = [], 2048
+    while w < seq_len:
+        segments.append(w)
+        w *= 4
+    segments.append(seq_len)
+    return segments, [max(1, s // 2048) for s in segments]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT
+from longnet_cli.commands.common import CONTEXT, LengthParam
 
 
 class LengthsParam(click.ParamType):
@@ -48,6 +48,13 @@ class LengthsParam(click.ParamType):
 )
 @click.option("--docs", type=click.IntRange(min=1), help="Score only the first N documents.")
 @click.option(
+    "--min-tokens",
+    type=LengthParam(),
+    default="2",
+    help="Score only documents of at least this many tokens, e.g. 8K: with the context, "
+    "every position bucket is then filled by every document.",
+)
+@click.option(
     "--windows",
     is_flag=True,
     help="Score documents longer than the context whole, in consecutive non-overlapping "
@@ -80,8 +87,8 @@ class LengthsParam(click.ParamType):
 @click.option("--device", help="Torch device, e.g. cpu or cuda:0 (default: cuda when available).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no notes on stderr.")
 def eval_command(
-    checkpoint, data, contexts, docs, windows, buckets, json_file, plot_file, runs_dir, device,
-    quiet,
+    checkpoint, data, contexts, docs, min_tokens, windows, buckets, json_file, plot_file,
+    runs_dir, device, quiet,
 ) -> None:  # fmt: skip
     """Score documents as single long sequences and report the loss by position.
 
@@ -111,6 +118,7 @@ def eval_command(
         data=data,
         contexts=contexts or [],
         docs=docs,
+        min_tokens=min_tokens,
         windows=windows,
         buckets=buckets,
         runs_dir=runs_dir,

@@ -12,8 +12,13 @@ from longnet_cli.commands.common import CONTEXT, length_option
 
 
 @click.command("tokenize", context_settings=CONTEXT)
-@click.argument("paths", nargs=-1, required=True,
-                type=click.Path(exists=True, path_type=Path))  # fmt: skip
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--stdlib",
+    is_flag=True,
+    help="Tokenize this interpreter's standard library source tree (about 30 MB of code; "
+    "site-packages, bytecode and binaries left out) instead of PATHS: a built-in corpus.",
+)
 @click.option(
     "--out",
     "-o",
@@ -80,7 +85,7 @@ from longnet_cli.commands.common import CONTEXT, length_option
 @click.option("--force", is_flag=True, help="Rebuild even when the output is up to date.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def tokenize(paths, out, group, include, exclude, hidden, text_field, errors, tokenizer,
+def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, errors, tokenizer,
              vocab_size, sample_bytes, seed, shard_tokens, workers, force, quiet,
              as_json) -> None:  # fmt: skip
     """Tokenize corpus PATHS (directories walked recursively, or files) into --out.
@@ -90,9 +95,23 @@ def tokenize(paths, out, group, include, exclude, hidden, text_field, errors, to
     corrupt zstd streams and malformed jsonl lines are skipped and counted, never fatal.
     Writes shard-NNNNN.bin, documents.parquet, tokenizer.model, and manifest.json last;
     re-running on an unchanged corpus writes nothing.
+
+    --stdlib instead of PATHS: the built-in corpus, present wherever Python is. With
+    --group repo each standard-library package is one long document (top-level modules stay
+    documents of their own), e.g. --stdlib --group repo --include '*.py'.
     """
+    from longnet_cli.data.sources import stdlib_excludes, stdlib_path
+    from longnet_cli.errors import InputError
     from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
+    if stdlib == bool(paths):
+        raise click.UsageError("give corpus PATHS or --stdlib (one of the two)")
+    if stdlib:
+        paths = (stdlib_path(),)
+        if not paths[0].is_dir():
+            raise InputError(f"--stdlib: this interpreter has no standard library source tree "
+                             f"at {paths[0]}; give corpus PATHS instead")  # fmt: skip
+        exclude = (*stdlib_excludes(), *exclude)
     options = TokenizeOptions(
         paths=tuple(paths), out=out, group=group, include=tuple(include),
         exclude=tuple(exclude), hidden=hidden, text_field=text_field, errors=errors,

@@ -103,6 +103,17 @@ def stdlib_path() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def stdlib_excludes() -> tuple[str, ...]:
+    """What ``longnet tokenize --stdlib`` leaves out of ``stdlib_path()``: installed packages
+    (not the standard library), bytecode, compiled extensions, the build configuration (a
+    static library) and bundled wheels: binary noise that would only be skipped and counted."""
+    import sys
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return ("site-packages", "dist-packages", "__pycache__", "*.pyc", "lib-dynload",
+            f"config-{version}*", "*.whl")  # fmt: skip
+
+
 def _kind(name: str) -> tuple[str, bool]:
     """(kind, compressed) from a file name: x.jsonl, x.parquet, x.jsonl.zst, x.txt.zst, ..."""
     lower = name.lower()

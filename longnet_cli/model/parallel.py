@@ -72,9 +72,15 @@ class SequencePlan:
 
     def received_tokens(self) -> int:
         """(token, head) rows of keys this rank receives per forward (values as many again)."""
-        return sum(
-            p.selection.length * p.selection.heads for ps in self.receives.values() for p in ps
-        )
+        return _rows(self.receives)
+
+    def sent_tokens(self) -> int:
+        """(token, head) rows of keys this rank sends per forward (values as many again)."""
+        return _rows(self.sends)
+
+
+def _rows(payloads: dict[int, list[Payload]]) -> int:
+    return sum(p.selection.length * p.selection.heads for ps in payloads.values() for p in ps)
 
 
 def _selection(rank, chunk, seq_len, branch, w, r, segment, offset, num_heads) -> Group | None:
@@ -100,26 +106,28 @@ def plan_sequence(
     dilation_rates: Sequence[int],
     causal: bool,
     batch: int = 1,
+    *,
+    local: bool = True,
 ) -> SequencePlan:
-    """The local calls, remote calls and exchanges of rank ``rank`` of ``world``."""
+    """The local calls, remote calls and exchanges of rank ``rank`` of ``world``.
+
+    ``local=False`` leaves the local calls out (for cost estimates at huge lengths).
+    """
     seq_len = chunk * world
-    plan = SequencePlan(
-        plan_calls(
-            seq_len,
-            num_heads,
-            segment_lengths,
-            dilation_rates,
-            batch,
-            start=rank * chunk,
-            end=(rank + 1) * chunk,
-        )
+    start, end = rank * chunk, (rank + 1) * chunk
+    calls = (
+        plan_calls(seq_len, num_heads, segment_lengths, dilation_rates, batch, start=start, end=end)
+        if local
+        else []
     )
+    plan = SequencePlan(calls)
     for branch, (w, r) in enumerate(zip(segment_lengths, dilation_rates)):
         w = min(w, seq_len)
-        for segment in range(rank * chunk // w, ((rank + 1) * chunk - 1) // w + 1):
+        # Only the first and the last segment meeting the chunk can reach other ranks.
+        for segment in sorted({start // w, (end - 1) // w}):
             last = min((segment + 1) * w, seq_len) - 1
             peers = [p for p in range(segment * w // chunk, last // chunk + 1) if p != rank]
-            for offset in range(min(r, num_heads)):
+            for offset in range(min(r, num_heads) if peers else 0):
                 mine = _selection(rank, chunk, seq_len, branch, w, r, segment, offset, num_heads)
                 if mine is None:
                     continue

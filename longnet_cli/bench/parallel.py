@@ -1,0 +1,203 @@
+"""``longnet bench parallel``: what sequence parallelism costs per rank, measured and planned.
+
+``measure``: real gloo process groups of P = 1, 2, 4 ... CPU processes run one layer of
+sequence-parallel dilated attention (forward + backward) on one sequence; each rank reports
+its peak RSS and time, and the bytes it exchanged (from the plan the exchange follows).
+
+``plan_costs``: the per-GPU memory and communication of training a model at a sequence
+length on P GPUs, from the implementation's own plan (``plan_sequence``) and a documented
+model of its main buffers. No GPU needed: it is arithmetic.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from longnet_cli.model.parallel import plan_sequence
+
+GB = 1e9
+
+
+@dataclass
+class RankMeasurement:
+    """One rank's figures for one layer's forward + backward."""
+
+    world: int
+    rank: int
+    seq_len: int
+    seconds: float
+    peak_rss_bytes: int
+    sent_bytes: int  # keys and values forward + key/value gradients backward
+    received_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def exchanged_bytes(plan, head_dim: int, element_bytes: int, batch: int = 1) -> tuple[int, int]:
+    """(sent, received) bytes of one forward + backward: keys and values go one way, their
+    gradients come back the other."""
+    per_row = 2 * head_dim * element_bytes * batch  # a key and a value (or their gradients)
+    sent = (plan.sent_tokens() + plan.received_tokens()) * per_row
+    received = (plan.received_tokens() + plan.sent_tokens()) * per_row
+    return sent, received
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _measure_rank(rank, world, port, config, results) -> None:
+    """Worker: one layer of attention, fwd + bwd, on this rank's chunk; report to the parent."""
+    try:
+        import torch.distributed as dist
+
+        from longnet_cli.model.parallel import dilated_attention_sp
+        from longnet_cli.runtime import keep_freed_memory
+
+        torch.set_num_threads(config["threads"])
+        keep_freed_memory()
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        )
+        n, h, d = config["seq_len"] // world, config["heads"], config["dim_head"]
+        segments, rates = config["segment_lengths"], config["dilation_rates"]
+        q, k, v = (torch.randn(1, n, h, d, requires_grad=True) for _ in range(3))
+
+        def layer():
+            out = dilated_attention_sp(q, k, v, segments, rates, causal=True)
+            out.backward(torch.ones_like(out))
+
+        layer()  # warm-up
+        dist.barrier()
+        start = time.perf_counter()
+        layer()
+        dist.barrier()
+        seconds = time.perf_counter() - start
+        plan = plan_sequence(n, rank, world, h, segments, rates, True)
+        sent, received = exchanged_bytes(plan, d, 4)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        results.put(
+            RankMeasurement(world, rank, config["seq_len"], seconds, peak, sent, received).to_dict()
+        )
+        dist.destroy_process_group()
+    except Exception:
+        results.put({"rank": rank, "error": traceback.format_exc()})
+
+
+def measure(
+    seq_len: int,
+    worlds: Sequence[int],
+    *,
+    heads: int,
+    dim_head: int,
+    segment_lengths: Sequence[int],
+    dilation_rates: Sequence[int],
+    threads: int = 1,
+) -> list[RankMeasurement]:
+    """Run each world size as a real gloo group of CPU processes; every rank's figures."""
+    import torch.multiprocessing as mp
+
+    config = {
+        "seq_len": seq_len,
+        "heads": heads,
+        "dim_head": dim_head,
+        "threads": threads,
+        "segment_lengths": list(segment_lengths),
+        "dilation_rates": list(dilation_rates),
+    }
+    context = mp.get_context("spawn")
+    rows: list[RankMeasurement] = []
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    for world in worlds:
+        if seq_len % world:
+            raise ValueError(f"sequence length {seq_len} is not divisible by {world}")
+        results = context.Queue()
+        port = _free_port()
+        processes = [
+            context.Process(target=_measure_rank, args=(rank, world, port, config, results))
+            for rank in range(world)
+        ]
+        for process in processes:
+            process.start()
+        reports = [results.get(timeout=1800) for _ in range(world)]
+        for process in processes:
+            process.join(timeout=60)
+        for report in sorted(reports, key=lambda r: r["rank"]):
+            if "error" in report:
+                raise RuntimeError(f"rank {report['rank']} failed:\n{report['error']}")
+            rows.append(RankMeasurement(**report))
+    return rows
+
+
+# --------------------------------------------------------------------------- planned costs
+
+
+@dataclass
+class PlannedCost:
+    """Per-GPU training cost of one sequence of ``seq_len`` tokens split over ``world`` GPUs."""
+
+    seq_len: int
+    world: int
+    chunk: int
+    received_tokens: int  # per layer, worst rank: (token, head) rows of keys received (forward)
+    communication_bytes: float  # per layer, worst rank: sent + received, forward + backward
+    memory_bytes: float  # per GPU, worst rank
+
+    def fits(self, capacity_bytes: float = 80 * GB) -> bool:
+        return self.memory_bytes <= capacity_bytes
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fits_80gb": self.fits()}
+
+
+def plan_costs(
+    model_config,
+    seq_len: int,
+    world: int,
+    *,
+    element_bytes: int = 2,
+    parameters: int,
+    causal: bool = True,
+) -> PlannedCost:
+    """Memory and communication per GPU, from the plans of ranks 0, P/2 and P-1 (the worst).
+
+    Memory model of the implementation with activation checkpointing and bf16 autocast:
+      16 bytes per parameter (fp32 weights, gradients, two AdamW moments; replicated),
+      every block's input kept in fp32 (depth x chunk x dim x 4),
+      the one block recomputed during backward: q, k, v, attention output (bf16) and the
+      float32 output accumulator, lse and dq, dk, dv accumulators; the SwiGLU hidden layers
+      (3 x ff, bf16); two RMSNorm outputs (fp32); and the received keys and values with their
+      gradients (bf16) — plus the loss chunk's logits, small.
+    """
+    c = model_config
+    chunk = seq_len // world
+    inner = c.heads * c.dim_head
+    plans = [
+        plan_sequence(
+            chunk, rank, world, c.heads, c.segment_lengths, c.dilation_rates, causal, local=False
+        )
+        for rank in sorted({0, world // 2, world - 1})
+    ]
+    traffic = [sum(exchanged_bytes(plan, c.dim_head, element_bytes)) for plan in plans]
+    rows = max(plan.received_tokens() + plan.sent_tokens() for plan in plans)
+    block = chunk * (
+        inner * (4 * element_bytes + 4 + 3 * 4)
+        + c.heads * 4
+        + 3 * int(c.ff_mult * c.dim) * element_bytes
+        + 2 * c.dim * 4
+    )
+    exchange = 2 * rows * c.dim_head * element_bytes  # keys and values, then their gradients
+    memory = 16 * parameters + c.depth * chunk * c.dim * 4 + block + exchange
+    received = max(plan.received_tokens() for plan in plans)
+    return PlannedCost(seq_len, world, chunk, received, max(traffic), memory)

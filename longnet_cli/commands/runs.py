@@ -1,0 +1,89 @@
+"""``longnet runs``: the training runs under a directory, with step, loss and latest eval."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from longnet_cli.commands.common import CONTEXT
+
+
+@click.command("runs", context_settings=CONTEXT)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Where to look for runs (searched 3 levels down: runs/quickstart/run is found).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON on stdout.")
+@click.pass_context
+def runs(ctx: click.Context, runs_dir: Path, as_json: bool) -> None:
+    """List the training runs under --runs-dir: step, last loss, latest eval, last change.
+
+    A run is a directory with checkpoints/ or metrics.jsonl. STEP is the latest checkpoint's
+    step over the recipe's train.steps; LOSS the last logged training loss (metrics.jsonl);
+    EVAL the evaluation of the latest step: the last metrics.jsonl line with an "eval" key
+    (evaluation during training) or an eval.json written by `longnet eval --json` in the run
+    directory or beside it, whichever is of a later step (eval.json on a tie); perplexity and
+    bits per byte at its largest context.
+    """
+    from longnet_cli.errors import InputError
+    from longnet_cli.runs import list_runs
+
+    explicit = ctx.get_parameter_source("runs_dir") is not click.core.ParameterSource.DEFAULT
+    if explicit and not runs_dir.is_dir():
+        raise InputError(f"--runs-dir {runs_dir}: no such directory")
+    found = list_runs(runs_dir)
+    if as_json:
+        report = {"runs_dir": str(runs_dir), "runs": [run.to_dict() for run in found]}
+        click.echo(json.dumps(report, indent=2))
+        return
+    if not found:
+        click.echo(
+            f"no runs under {runs_dir}/ yet (a run is a directory with checkpoints/ or "
+            "metrics.jsonl): start one with pipelines/quickstart.sh or longnet train RECIPE"
+        )
+        return
+    rows = [("RUN", "STEP", "LOSS", "EVAL", "MODIFIED")]
+    rows += [(run.name, _step(run), _loss(run), _eval(run), _time(run.modified)) for run in found]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        click.echo("  ".join([*cells, row[-1]]))
+
+
+def _step(run) -> str:
+    if run.step is None:
+        return "-"
+    target = "?" if run.target_steps is None else str(run.target_steps)
+    return f"{run.step}/{target}" + (" done" if run.finished else "")
+
+
+def _loss(run) -> str:
+    return "-" if run.loss is None else f"{run.loss:.4f}"
+
+
+def _eval(run) -> str:
+    from longnet_cli.lengths import format_length
+
+    summary = run.eval
+    if summary is None:
+        return "-"
+    parts = []
+    if summary.ppl is not None:
+        parts.append(f"ppl {summary.ppl:.2f}")
+    if summary.bpb is not None:
+        parts.append(f"bpb {summary.bpb:.3f}")
+    if summary.context is not None:
+        parts.append(f"@{format_length(summary.context)}")
+    origin = "eval.json" if summary.source != "metrics.jsonl" else "training"
+    step = "" if summary.step is None else f"step {summary.step}, "
+    return f"{' '.join(parts) or '?'} ({step}{origin})"
+
+
+def _time(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))

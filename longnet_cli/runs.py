@@ -1,0 +1,240 @@
+"""Stage ``runs``: the training runs under a directory, with their step, loss and latest eval.
+
+A run is a directory holding ``checkpoints/`` and/or ``metrics.jsonl`` (what ``longnet train``
+writes). Runs are found under the runs directory (itself included) down to ``MAX_DEPTH`` levels,
+so that ``runs/quickstart/run`` (the quickstart pipeline's layout) is found; a run's own
+subdirectories and hidden directories are not searched.
+
+Per run:
+- step / target steps: the latest complete checkpoint's ``state.json`` (its ``step``, and
+  ``train.steps`` of the resolved recipe stored with it);
+- loss: the last line of ``metrics.jsonl`` with a ``loss`` (the last logged training loss);
+- eval: the evaluation of the latest step among (a) the last ``metrics.jsonl`` line with an
+  ``eval`` key (evaluation during training; its largest context) and (b) an ``eval.json``
+  written by ``longnet eval --json`` inside the run directory or beside it (the pipelines write
+  ``WORKDIR/eval.json`` next to ``WORKDIR/run``), used only when the checkpoint it names lies in
+  this run; on equal steps ``eval.json`` wins (it is the full ``longnet eval``);
+- modified: the newest modification time of the run directory, ``metrics.jsonl``, the latest
+  checkpoint and the eval file.
+
+Only JSON is read (no torch import): listing runs is instant. The checkpoint layout is that of
+``longnet_cli.checkpoints`` (``checkpoints/step-NNNNNNN/state.json``, written last).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_DEPTH = 3  # runs/<group>/<name>/run at most
+STEP_DIR = re.compile(r"^step-(\d{7})$")  # as in longnet_cli.checkpoints
+EVAL_FILE = "eval.json"
+
+
+@dataclass
+class EvalSummary:
+    """One evaluation's overall figures at its largest context."""
+
+    source: str  # "metrics.jsonl" or the path of an eval.json
+    step: int | None
+    context: int | None
+    loss: float | None
+    ppl: float | None
+    bpb: float | None
+
+
+@dataclass
+class RunInfo:
+    """What ``longnet runs`` shows about one run."""
+
+    name: str  # the path relative to the runs directory ("." for the directory itself)
+    path: str
+    step: int | None  # latest complete checkpoint (None: no checkpoint yet)
+    target_steps: int | None  # train.steps of the latest checkpoint's recipe
+    loss: float | None  # last logged training loss
+    loss_step: int | None
+    eval: EvalSummary | None
+    modified: float  # seconds since the epoch
+
+    @property
+    def finished(self) -> bool:
+        return (
+            self.step is not None
+            and self.target_steps is not None
+            and (self.step >= self.target_steps)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        report = asdict(self)
+        report["finished"] = self.finished
+        return report
+
+
+def list_runs(runs_dir: Path) -> list[RunInfo]:
+    """Every run under ``runs_dir`` (see the module docstring), sorted by name."""
+    runs_dir = Path(runs_dir)
+    return [run_info(path, runs_dir) for path in sorted(find_runs(runs_dir))]
+
+
+def is_run(path: Path) -> bool:
+    return (path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()
+
+
+def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
+    """Run directories at ``root`` or below it, at most ``max_depth`` levels down."""
+    if not root.is_dir():
+        return []
+    if is_run(root):
+        return [root]
+    if max_depth == 0:
+        return []
+    found: list[Path] = []
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+    for child in children:
+        found.extend(find_runs(child, max_depth - 1))
+    return found
+
+
+def run_info(run_dir: Path, runs_dir: Path) -> RunInfo:
+    """The step, loss, latest eval and modification time of one run."""
+    checkpoint, state = _latest_checkpoint(run_dir)
+    step = target = None
+    if state is not None:
+        step = _int(state.get("step"))
+        target = _int(state.get("recipe", {}).get("train", {}).get("steps"))
+    records = _metrics(run_dir / "metrics.jsonl")
+    last_loss = next((r for r in reversed(records) if _number(r.get("loss")) is not None), None)
+    evaluation, eval_file = _latest_eval(run_dir, records)
+    times = [p.stat().st_mtime for p in (run_dir, run_dir / "metrics.jsonl", checkpoint,
+                                         eval_file) if p is not None and p.exists()]  # fmt: skip
+    try:
+        name = run_dir.relative_to(runs_dir).as_posix()
+    except ValueError:
+        name = str(run_dir)
+    return RunInfo(
+        name=name,
+        path=str(run_dir),
+        step=step,
+        target_steps=target,
+        loss=_number(last_loss["loss"]) if last_loss else None,
+        loss_step=_int(last_loss.get("step")) if last_loss else None,
+        eval=evaluation,
+        modified=max(times),
+    )
+
+
+def _latest_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
+    """(state.json path, its content) of the newest complete checkpoint, or (None, None)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return None, None
+    for path in sorted((p for p in root.iterdir() if STEP_DIR.match(p.name)), reverse=True):
+        state = _read_json(path / "state.json")
+        if isinstance(state, dict):
+            return path / "state.json", state
+    return None, None
+
+
+def _metrics(path: Path) -> list[dict]:
+    """The JSON lines of metrics.jsonl; unreadable lines (a line being written) are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _latest_eval(run_dir: Path, records: list[dict]) -> tuple[EvalSummary | None, Path | None]:
+    """The evaluation of the latest step (see the module docstring) and the file it came from."""
+    candidates: list[tuple[EvalSummary, Path]] = []
+    line = next((r for r in reversed(records) if isinstance(r.get("eval"), dict)), None)
+    if line is not None and (summary := _from_metrics(line)) is not None:
+        candidates.append((summary, run_dir / "metrics.jsonl"))
+    for path in (run_dir / EVAL_FILE, run_dir.parent / EVAL_FILE):
+        report = _read_json(path)
+        if isinstance(report, dict) and _belongs_to(report.get("checkpoint"), path, run_dir):
+            candidates.append((_from_report(report, path), path))
+            break
+    if not candidates:
+        return None, None
+    # the latest step wins; on a tie the later candidate (eval.json) does
+    best = max(enumerate(candidates), key=lambda item: (item[1][0].step or -1, item[0]))[1]
+    return best
+
+
+def _from_metrics(record: dict) -> EvalSummary | None:
+    contexts = record["eval"].get("contexts")
+    if not isinstance(contexts, dict) or not contexts:
+        return None
+    context = max(contexts, key=lambda key: _int(key) or 0)
+    figures = contexts[context] if isinstance(contexts[context], dict) else {}
+    return EvalSummary(
+        source="metrics.jsonl",
+        step=_int(record.get("step")),
+        context=_int(context),
+        loss=_number(figures.get("loss")),
+        ppl=_number(figures.get("ppl")),
+        bpb=_number(figures.get("bpb")),
+    )
+
+
+def _from_report(report: dict, path: Path) -> EvalSummary:
+    overall = report.get("overall") if isinstance(report.get("overall"), dict) else {}
+    return EvalSummary(
+        source=str(path),
+        step=_int(report.get("step")),
+        context=_int(report.get("context")),
+        loss=_number(overall.get("loss")),
+        ppl=_number(overall.get("ppl")),
+        bpb=_number(overall.get("bpb")),
+    )
+
+
+def _belongs_to(checkpoint: Any, report_path: Path, run_dir: Path) -> bool:
+    """Whether an eval.json's checkpoint lies in ``run_dir``. Relative paths in the report are
+    relative to where ``longnet eval`` ran, unknown here: they are tried against the current
+    directory and, failing that, matched by their trailing components."""
+    if not isinstance(checkpoint, str) or not checkpoint:
+        return False
+    checkpoint_path = Path(checkpoint)
+    run = run_dir.resolve()
+    if checkpoint_path.is_absolute() or checkpoint_path.exists():
+        resolved = checkpoint_path.resolve()
+        return resolved == run or run in resolved.parents
+    parts = checkpoint_path.parts
+    if "checkpoints" in parts:  # .../<run name>/checkpoints/step-N
+        index = len(parts) - 1 - parts[::-1].index("checkpoints")
+        return index > 0 and parts[index - 1] == run.name
+    return checkpoint_path.name == run.name
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

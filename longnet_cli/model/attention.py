@@ -293,6 +293,16 @@ def validate_branches(segment_lengths: Sequence[int], dilation_rates: Sequence[i
             raise ValueError(f"{name} must be positive integers, got {bad[0]!r}")
 
 
+def validate_inputs(q, k, v, segment_lengths, dilation_rates) -> None:
+    """Raise ValueError unless q, k, v share a (B, N, H, D) shape and the branches are valid."""
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            "q, k, v must have the same shape (batch, seq, heads, head_dim); got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    validate_branches(segment_lengths, dilation_rates)
+
+
 def dilated_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -311,12 +321,7 @@ def dilated_attention(
     by their softmax denominators. Positions that no branch selects for a head get 0.
     ``backend`` picks the attention kernel ("auto", "torch", "flash-attn", "math").
     """
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(
-            "q, k, v must have the same shape (batch, seq, heads, head_dim); got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    validate_branches(segment_lengths, dilation_rates)
+    validate_inputs(q, k, v, segment_lengths, dilation_rates)
     b, n, h, d = q.shape
     scale = default_scale(d) if scale is None else float(scale)
     kernel = select_kernel(backend, q)

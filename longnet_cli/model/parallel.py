@@ -36,7 +36,7 @@ from longnet_cli.model.attention import (
     new_gradients,
     plan_calls,
     scatter_view,
-    validate_branches,
+    validate_inputs,
 )
 from longnet_cli.model.kernels import AttentionKernel, default_scale, select_kernel
 
@@ -306,12 +306,7 @@ def dilated_attention_sp(
     sequences; it gets back its chunk of exactly what ``dilated_attention`` returns for the
     whole sequence, and the backward gives exactly the whole computation's gradients.
     """
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(
-            "q, k, v must have the same shape (batch, seq/P, heads, head_dim); got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    validate_branches(segment_lengths, dilation_rates)
+    validate_inputs(q, k, v, segment_lengths, dilation_rates)
     group = group if group is not None else dist.group.WORLD
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     b, n, h, d = q.shape

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _show_click_error(err: click.ClickException) -> None:
-    """A usage error as two lines: what is wrong, then the command's usage and where to read more."""
+    """A usage error in two lines: what is wrong, then the usage and where to read more."""
     click.echo(f"error: {err.format_message()}", err=True)
     ctx = getattr(err, "ctx", None)
     if isinstance(err, click.UsageError) and ctx is not None:

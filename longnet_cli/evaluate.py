@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from longnet_cli.errors import InputError
+from longnet_cli.errors import InputError, LongnetError
 from longnet_cli.lengths import format_length
 
 if TYPE_CHECKING:
@@ -219,7 +219,11 @@ def evaluate(options: EvalOptions, on_choice: Callable[[str], None] | None = Non
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = recipe.model.build(corpus.vocab_size)
-    load_model_weights(checkpoint.path, model)
+    try:
+        load_model_weights(checkpoint.path, model)
+    except Exception as err:  # a truncated or foreign file: name it
+        weights = checkpoint.path / "model.safetensors"
+        raise LongnetError(f"{weights}: cannot load the model weights: {err}") from err
     model.to(device).eval()
     token_bytes = token_byte_lengths(corpus)
     doc_ids = scorable_documents(corpus, options.docs, options.min_tokens)

@@ -1,0 +1,107 @@
+# The batch pipeline behind books.sh and repos.sh (sourced by them, never run):
+# tokenize CORPUS -> train RECIPE -> evaluate, for cron and batch jobs.
+#
+#   batch_pipeline GROUP SCRIPT_NAME CORPUS RECIPE WORKDIR
+#
+# - A lock: flock on WORKDIR/.pipeline.lock; while one run holds it, another exits at once
+#   with code 75 (EX_TEMPFAIL: try again later) and one line on stderr.
+# - A log per run: WORKDIR/logs/<YYYYmmdd-HHMMSS>.log gets the stdout and stderr of every step
+#   (progress bars off). Nothing is printed on success unless stdout is a terminal; a failure
+#   prints one line naming the log on stderr (cron mails it).
+# - Exit codes: the failing step's (1 failed, 2 bad usage or input, 130/143 interrupted).
+# - Re-runnable: tokenize writes nothing when the corpus is unchanged, train resumes or sees the
+#   run is finished, eval runs again and replaces WORKDIR/eval.json.
+# Environment: LONGNET_PYTHON (see _lib.sh); LONGNET_TOKENIZE_ARGS, LONGNET_TRAIN_ARGS and
+# LONGNET_EVAL_ARGS add arguments to a step (split on whitespace, e.g. "--vocab-size 16000");
+# LONGNET_EVAL_DOCS: documents evaluated (default 16).
+
+LOCKED_EXIT=75
+
+batch_pipeline() {
+    local group=$1
+    PIPELINE=$2
+    shift 2
+    if [[ $# -ne 3 || ${1:-} == -* ]]; then
+        echo "usage: $PIPELINE CORPUS RECIPE WORKDIR" >&2
+        exit 2
+    fi
+    local corpus=$1 recipe=$2 workdir=$3
+    if [[ ! -e $corpus ]]; then
+        echo "$PIPELINE: corpus not found: $corpus" >&2
+        exit 2
+    fi
+    if [[ ! -f $recipe ]]; then
+        echo "$PIPELINE: recipe not found: $recipe" >&2
+        exit 2
+    fi
+    if ! command -v flock >/dev/null 2>&1; then
+        echo "$PIPELINE: needs flock (util-linux) to keep two runs apart; install it" >&2
+        exit 2
+    fi
+    require_longnet
+    mkdir -p "$workdir/logs"
+
+    local lock="$workdir/.pipeline.lock"
+    exec 9>>"$lock"
+    if ! flock --nonblock 9; then
+        echo "$PIPELINE: another run holds $lock; not starting (exit $LOCKED_EXIT)" >&2
+        exit "$LOCKED_EXIT"
+    fi
+
+    local stamp log n=1
+    stamp=$(date +%Y%m%d-%H%M%S)
+    log="$workdir/logs/$stamp.log"
+    while [[ -e $log ]]; do # a second run within the same second
+        n=$((n + 1))
+        log="$workdir/logs/$stamp-$n.log"
+    done
+    if [[ -t 1 ]]; then
+        echo "$PIPELINE: logging to $log"
+    fi
+    exec 3>&2 # the caller's stderr, for the one-line failure notice
+    exec >>"$log" 2>&1
+    CURRENT_STEP=start
+    BATCH_LOG=$log
+    trap batch_exit EXIT
+
+    local tokenize_args train_args eval_args
+    read -r -a tokenize_args <<<"${LONGNET_TOKENIZE_ARGS:-}"
+    read -r -a train_args <<<"${LONGNET_TRAIN_ARGS:-}"
+    read -r -a eval_args <<<"${LONGNET_EVAL_ARGS:-}"
+    echo "$PIPELINE $corpus $recipe $workdir: started $(date '+%Y-%m-%d %H:%M:%S') (pid $$)"
+    local started=$SECONDS
+
+    CURRENT_STEP=tokenize
+    step "[1/3] tokenize $corpus (--group $group) into $workdir/data"
+    longnet tokenize "$corpus" --group "$group" --out "$workdir/data" --quiet \
+        ${tokenize_args[@]+"${tokenize_args[@]}"}
+
+    CURRENT_STEP=train
+    step "[2/3] train $recipe into $workdir/run"
+    longnet train "$recipe" --out "$workdir/run" --set "data.shards=$workdir/data" --quiet \
+        ${train_args[@]+"${train_args[@]}"}
+
+    CURRENT_STEP=eval
+    step "[3/3] evaluate $workdir/run"
+    local plot=()
+    if have_matplotlib; then
+        plot=(--plot "$workdir/eval.png")
+    fi
+    longnet eval "$workdir/run" --data "$workdir/data" --docs "${LONGNET_EVAL_DOCS:-16}" \
+        --json "$workdir/eval.json" --quiet ${plot[@]+"${plot[@]}"} \
+        ${eval_args[@]+"${eval_args[@]}"}
+
+    CURRENT_STEP=done
+    echo "$PIPELINE: done in $((SECONDS - started)) s $(date '+%Y-%m-%d %H:%M:%S')"
+}
+
+# On exit: a failure is logged and reported on the caller's stderr in one line; the exit code
+# stays the failing step's.
+batch_exit() {
+    local code=$?
+    if [[ $code -ne 0 ]]; then
+        echo "$PIPELINE: $CURRENT_STEP failed with exit $code $(date '+%Y-%m-%d %H:%M:%S')"
+        echo "$PIPELINE: $CURRENT_STEP failed (exit $code); log: $BATCH_LOG" >&3
+    fi
+    exit "$code"
+}

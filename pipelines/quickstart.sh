@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The quickstart: the built-in corpus (this interpreter's standard library, each package one
+# long document) -> a small LongNet trained on 8K-token sequences -> perplexity by position.
+#
+#   pipelines/quickstart.sh [WORKDIR]          (default: runs/quickstart)
+#
+# Writes WORKDIR/data (token shards), WORKDIR/run (checkpoints, metrics.jsonl), WORKDIR/eval.json
+# and WORKDIR/eval.png (when matplotlib is installed), and prints the perplexity table.
+# Safe to re-run: tokenize sees its manifest is current, train sees the run is finished (or
+# resumes an interrupted one), and only the evaluation runs again (it takes seconds).
+#
+# Environment, all optional (the defaults are the quickstart; smaller values shrink it):
+#   LONGNET_PYTHON                   python that has longnet installed (default: python3)
+#   LONGNET_QUICKSTART_STEPS         train.steps (default: the recipe's, 100; warm-up 10%)
+#   LONGNET_QUICKSTART_SEQ_LEN       train.seq_len (default: the recipe's, 8K)
+#   LONGNET_QUICKSTART_CONTEXT       eval --context and --min-tokens (default: SEQ_LEN, else 8K)
+#   LONGNET_QUICKSTART_DOCS          documents evaluated (default 4)
+#   LONGNET_QUICKSTART_VOCAB_SIZE    tokenizer vocabulary (default 8192)
+#   LONGNET_QUICKSTART_SAMPLE_BYTES  text sampled to train the tokenizer (default 32M)
+#   LONGNET_QUICKSTART_INCLUDE       files of the standard library to read, globs separated by
+#                                    spaces (default "*.py"; e.g. "json/*.py email/*.py")
+#   LONGNET_QUICKSTART_TOKENIZE_ARGS more tokenize arguments, e.g. "--workers 1"
+#   LONGNET_QUICKSTART_TRAIN_ARGS    more train arguments, e.g. "--set model.depth=2"
+# Exit codes: those of the failing step (1 failed, 2 bad usage or input).
+set -euo pipefail
+
+PIPELINE=quickstart.sh
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=pipelines/_lib.sh
+. "$ROOT/pipelines/_lib.sh"
+
+if [[ $# -gt 1 || ${1:-} == -* ]]; then
+    echo "usage: pipelines/quickstart.sh [WORKDIR]   (default: runs/quickstart)" >&2
+    exit 2
+fi
+WORKDIR=${1:-runs/quickstart}
+STEPS=${LONGNET_QUICKSTART_STEPS:-}
+SEQ_LEN=${LONGNET_QUICKSTART_SEQ_LEN:-}
+CONTEXT=${LONGNET_QUICKSTART_CONTEXT:-${SEQ_LEN:-8K}}
+DOCS=${LONGNET_QUICKSTART_DOCS:-4}
+VOCAB_SIZE=${LONGNET_QUICKSTART_VOCAB_SIZE:-8192}
+SAMPLE_BYTES=${LONGNET_QUICKSTART_SAMPLE_BYTES:-32M}
+read -r -a INCLUDE <<<"${LONGNET_QUICKSTART_INCLUDE:-*.py}"
+read -r -a TOKENIZE_ARGS <<<"${LONGNET_QUICKSTART_TOKENIZE_ARGS:-}"
+read -r -a TRAIN_ARGS <<<"${LONGNET_QUICKSTART_TRAIN_ARGS:-}"
+
+require_longnet
+mkdir -p "$WORKDIR"
+started=$SECONDS
+
+step "[1/3] tokenize the standard library of $LONGNET_PYTHON into $WORKDIR/data"
+include=()
+for pattern in "${INCLUDE[@]}"; do
+    include+=(--include "$pattern")
+done
+longnet tokenize --stdlib --group repo "${include[@]}" --vocab-size "$VOCAB_SIZE" \
+    --sample-bytes "$SAMPLE_BYTES" --out "$WORKDIR/data" ${TOKENIZE_ARGS[@]+"${TOKENIZE_ARGS[@]}"}
+
+step "[2/3] train recipes/quickstart.yaml into $WORKDIR/run"
+overrides=(--set "data.shards=$WORKDIR/data")
+if [[ -n $STEPS ]]; then
+    overrides+=(--set "train.steps=$STEPS" --set "train.warmup_steps=$((STEPS / 10))")
+fi
+if [[ -n $SEQ_LEN ]]; then
+    overrides+=(--set "train.seq_len=$SEQ_LEN")
+fi
+longnet train "$ROOT/recipes/quickstart.yaml" --out "$WORKDIR/run" "${overrides[@]}" \
+    ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
+
+step "[3/3] evaluate: perplexity by position, $CONTEXT tokens of context"
+plot=()
+if have_matplotlib; then
+    plot=(--plot "$WORKDIR/eval.png")
+else
+    echo "$PIPELINE: matplotlib is not installed: no plot (pip install '.[plot]' adds it)" >&2
+fi
+longnet eval "$WORKDIR/run" --data "$WORKDIR/data" --context "$CONTEXT" --min-tokens "$CONTEXT" \
+    --docs "$DOCS" --json "$WORKDIR/eval.json" ${plot[@]+"${plot[@]}"}
+
+echo "$PIPELINE: done in $((SECONDS - started)) s: $WORKDIR/eval.json${plot[*]:+, $WORKDIR/eval.png}; list runs with: longnet runs --runs-dir $WORKDIR" >&2

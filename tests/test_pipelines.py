@@ -1,0 +1,211 @@
+"""pipelines/: quickstart.sh end to end on a reduced setting (and its second run skipping),
+books.sh / repos.sh: the lock, exit codes passed through, a log per run.
+
+The scripts run as a new user runs them (bash, a subprocess), with LONGNET_PYTHON set to this
+interpreter and the quickstart shrunk through its environment variables.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longnet_cli.evaluate import plot_available
+from longnet_cli.runs import list_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINES = ROOT / "pipelines"
+EVAL_KEYS = {"checkpoint", "data", "context", "overall", "buckets", "tokens_per_s",
+             "peak_memory_bytes", "documents", "step", "chosen"}  # fmt: skip
+TINY_MODEL = {"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "segment_lengths": [64, 128],
+              "dilation_rates": [1, 2]}  # fmt: skip
+QUICKSTART_ENV = {
+    "LONGNET_QUICKSTART_INCLUDE": "json/*.py email/*.py",  # two packages: two long documents
+    "LONGNET_QUICKSTART_VOCAB_SIZE": "400",
+    "LONGNET_QUICKSTART_SAMPLE_BYTES": "256K",
+    "LONGNET_QUICKSTART_STEPS": "4",
+    "LONGNET_QUICKSTART_SEQ_LEN": "128",
+    "LONGNET_QUICKSTART_DOCS": "2",
+    "LONGNET_QUICKSTART_TOKENIZE_ARGS": "--workers 1",
+    "LONGNET_QUICKSTART_TRAIN_ARGS": " ".join(
+        f"--set model.{key}={json.dumps(value).replace(' ', '')}"
+        for key, value in TINY_MODEL.items()
+    )
+    + " --set train.threads=1",
+}
+
+
+def _run(script: str, *args, env: dict | None = None, cwd: Path | None = None):
+    environment = {**os.environ, "LONGNET_PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+                   **(env or {})}  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["bash", str(PIPELINES / script), *map(str, args)],
+        capture_output=True, text=True, env=environment, cwd=cwd,
+    )  # fmt: skip
+    return result, time.perf_counter() - started
+
+
+def _outputs(workdir: Path) -> dict[Path, int]:
+    """Modification times of what tokenize and train write."""
+    files = [*(workdir / "data").glob("*"), *(workdir / "run" / "checkpoints").rglob("*")]
+    return {path: path.stat().st_mtime_ns for path in files if path.is_file()}
+
+
+def test_quickstart_end_to_end_then_second_run_skips(tmp_path):
+    workdir = tmp_path / "qs"
+    first, first_seconds = _run("quickstart.sh", workdir, env=QUICKSTART_ENV)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    manifest = json.loads((workdir / "data" / "manifest.json").read_text())
+    assert manifest["documents"] == 2 and manifest["vocab_size"] == 400  # json/, email/
+    state = json.loads((workdir / "run/checkpoints/step-0000004/state.json").read_text())
+    assert state["step"] == 4 and state["recipe"]["train"]["seq_len"] == 128
+    metrics = [
+        json.loads(line) for line in (workdir / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    assert metrics[-1]["step"] == 4 and metrics[-1]["loss"] > 0
+    report = json.loads((workdir / "eval.json").read_text())
+    assert set(report) >= EVAL_KEYS
+    assert report["context"] == 128 and report["documents"] == 2 and report["step"] == 4
+    assert report["overall"]["tokens"] == 2 * 127
+    for line in ("positions", "overall", "tokens/s"):
+        assert line in first.stdout
+    assert (workdir / "eval.png").exists() == plot_available()
+    (run,) = list_runs(workdir)
+    assert (run.name, run.step, run.target_steps, run.eval.context) == ("run", 4, 4, 128)
+
+    written = _outputs(workdir)
+    blocker = tmp_path / "no-matplotlib"  # the second run also sees a python without it
+    blocker.mkdir()
+    (blocker / "matplotlib.py").write_text("raise ImportError('blocked by the test')\n")
+    second, second_seconds = _run(
+        "quickstart.sh", workdir, env={**QUICKSTART_ENV, "PYTHONPATH": str(blocker)}
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "is up to date" in second.stdout and "already finished at step 4" in second.stdout
+    assert "overall" in second.stdout
+    assert "matplotlib is not installed: no plot" in second.stderr
+    assert _outputs(workdir) == written  # tokenize and train wrote nothing
+    assert second_seconds < first_seconds
+
+
+def test_stdlib_corpus_leaves_out_installed_packages_and_binaries():
+    """``longnet tokenize --stdlib`` walks the standard library without site-packages,
+    bytecode, extension modules or the build configuration."""
+    from longnet_cli.data.sources import stdlib_excludes, stdlib_path, walk_corpus
+
+    rels = [entry.rel for entry in walk_corpus([stdlib_path()], exclude=stdlib_excludes())]
+    assert "json/decoder.py" in rels and "csv.py" in rels
+    for noise in ("site-packages/", "dist-packages/", "__pycache__/", "lib-dynload/"):
+        assert not any(noise in rel for rel in rels), noise
+    assert not any(rel.startswith("config-3") for rel in rels)  # idlelib/config-*.def stay
+    assert not any(rel.endswith((".pyc", ".whl")) for rel in rels)
+
+
+def test_quickstart_usage_errors(tmp_path):
+    result, _ = _run("quickstart.sh", tmp_path / "a", tmp_path / "b")
+    assert result.returncode == 2 and "usage: pipelines/quickstart.sh" in result.stderr
+    result, _ = _run("quickstart.sh", tmp_path / "a", env={"LONGNET_PYTHON": "/nonexistent"})
+    assert result.returncode == 2 and "not installed" in result.stderr
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.fixture
+def batch_setup(tmp_path) -> tuple[Path, Path, dict]:
+    """Two small "repositories" (a few standard-library files each) and a tiny recipe."""
+    from longnet_cli.data.sources import stdlib_path
+
+    corpus = tmp_path / "corpus"
+    for repo, names in {"alpha": ["json/decoder.py", "json/encoder.py"],
+                        "beta": ["csv.py", "json/scanner.py"]}.items():  # fmt: skip
+        (corpus / repo).mkdir(parents=True)
+        for name in names:
+            text = (stdlib_path() / name).read_text("utf-8")
+            (corpus / repo / Path(name).name).write_text(text)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"shards": "set-by-the-pipeline"},
+        "model": TINY_MODEL,
+        "train": {"seq_len": 128, "steps": 2, "warmup_steps": 0, "seed": 1, "threads": 1},
+        "checkpoint": {"every": 2},
+    }))  # fmt: skip
+    env = {"LONGNET_TOKENIZE_ARGS": "--vocab-size 400 --sample-bytes 256K --workers 1",
+           "LONGNET_EVAL_DOCS": "2"}  # fmt: skip
+    return corpus, recipe, env
+
+
+def test_repos_pipeline_logs_each_run(batch_setup, tmp_path):
+    corpus, recipe, env = batch_setup
+    workdir = tmp_path / "work"
+    result, _ = _run("repos.sh", corpus, recipe, workdir, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""  # quiet on success (for cron)
+    manifest = json.loads((workdir / "data" / "manifest.json").read_text())
+    assert manifest["documents"] == 2  # one per repository
+    assert json.loads((workdir / "eval.json").read_text())["step"] == 2
+    (log,) = (workdir / "logs").glob("*.log")
+    text = log.read_text()
+    for expected in ("[1/3] tokenize", "tokenized 2 documents", "[2/3] train", "trained",
+                     "[3/3] evaluate", "overall", "repos.sh: done"):  # fmt: skip
+        assert expected in text, text
+
+    again, _ = _run("repos.sh", corpus, recipe, workdir, env=env)
+    assert again.returncode == 0
+    logs = sorted((workdir / "logs").glob("*.log"))
+    assert len(logs) == 2  # a log file per run, even within the same second
+    assert sum("already finished at step 2" in log.read_text() for log in logs) == 1
+
+
+def test_books_pipeline_passes_exit_code_through(batch_setup, tmp_path):
+    corpus, _, env = batch_setup
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {stpes: 3}\n")
+    workdir = tmp_path / "work"
+    result, _ = _run("books.sh", corpus, bad, workdir, env=env)
+    assert result.returncode == 2  # the recipe error of longnet train
+    (log,) = (workdir / "logs").glob("*.log")
+    text = log.read_text()
+    assert "tokenized 4 documents" in text  # --group file: one document per file
+    assert "error:" in text and "train failed with exit 2" in text
+    assert result.stderr.strip() == f"books.sh: train failed (exit 2); log: {log}"
+
+
+def test_second_run_refused_while_the_lock_is_held(batch_setup, tmp_path):
+    corpus, recipe, env = batch_setup
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with open(workdir / ".pipeline.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running pipeline holds it
+        for script in ("books.sh", "repos.sh"):
+            result, seconds = _run(script, corpus, recipe, workdir, env=env)
+            assert result.returncode == 75, result.stderr
+            assert "another run holds" in result.stderr and seconds < 10
+    assert not (workdir / "data").exists()
+
+
+def test_batch_usage_errors(batch_setup, tmp_path):
+    corpus, recipe, _ = batch_setup
+    for args in ([corpus, recipe], [tmp_path / "nope", recipe, tmp_path / "w"],
+                 [corpus, tmp_path / "nope.yaml", tmp_path / "w"]):  # fmt: skip
+        result, _ = _run("books.sh", *args)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_readme_set_up_commands():
+    """The README's test command is .ci/run's commands on one line; its main job runs
+    the quickstart pipeline."""
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    commands = [line for line in lines if line and not line.startswith(("#", "set ", "cd "))]
+    one_line = " && ".join(f"{{ {c}; }}" if "||" in c else c for c in commands)
+    readme = (ROOT / "README.md").read_text()
+    assert f"\n   {one_line}\n" in readme
+    assert "\n   pip install torch==2.13.0 && pip install . && pipelines/quickstart.sh\n" in readme

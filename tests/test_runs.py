@@ -1,0 +1,139 @@
+"""``longnet runs``: finding runs, step / target, last loss, latest eval, empty and bad dirs.
+
+Runs are laid out here by hand in the format ``longnet train`` and ``longnet eval`` write
+(checkpoints/step-NNNNNNN/state.json, metrics.jsonl, eval.json); the quickstart test in
+test_pipelines.py lists a real run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from longnet_cli.cli import main
+from longnet_cli.runs import find_runs, list_runs
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def _checkpoint(run: Path, step: int, target: int) -> Path:
+    directory = run / "checkpoints" / f"step-{step:07d}"
+    directory.mkdir(parents=True)
+    state = {"format": 1, "step": step, "recipe": {"train": {"steps": target}}}
+    (directory / "state.json").write_text(json.dumps(state))
+    return directory
+
+
+def _metrics(run: Path, *records: dict, tail: str = "") -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    (run / "metrics.jsonl").write_text(lines + tail)
+
+
+def _eval_line(step: int, ppl: float) -> dict:
+    figures = {"loss": 1.0, "ppl": ppl, "bpb": 0.5, "tokens": 10}
+    return {"step": step, "eval": {"contexts": {"64": {**figures, "ppl": 99.0}, "128": figures}}}
+
+
+def _eval_json(path: Path, checkpoint: Path, step: int, ppl: float) -> None:
+    report = {"checkpoint": str(checkpoint), "step": step, "context": 256,
+              "overall": {"tokens": 5, "loss": 2.0, "ppl": ppl, "bpb": 0.7}}  # fmt: skip
+    path.write_text(json.dumps(report))
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    """Runs at depths 1, 2 and 3, one too deep, and directories that are not runs."""
+    root = tmp_path / "runs"
+    finished = root / "alpha"
+    _checkpoint(finished, 4, 10)
+    _checkpoint(finished, 10, 10)
+    (finished / "checkpoints" / ".tmp-step-0000012").mkdir()  # an interrupted save
+    partial = '{"step": 11, "lo'  # a line being written
+    _metrics(finished, {"step": 5, "loss": 3.5}, {"step": 10, "loss": 2.25}, tail=partial)
+    nested = root / "quickstart" / "run"  # the pipeline layout, eval.json beside the run
+    _checkpoint(nested, 3, 8)
+    _metrics(nested, {"step": 3, "loss": 4.0}, _eval_line(2, 50.0))
+    _eval_json(root / "quickstart" / "eval.json", nested / "checkpoints" / "step-0000003", 3, 30.0)
+    _metrics(root / "a" / "b" / "deep", {"step": 1, "loss": 6.0})  # depth 3: found
+    _metrics(root / "a" / "b" / "c" / "too-deep", {"step": 1, "loss": 6.0})  # depth 4: not
+    (root / "quickstart" / "data").mkdir()  # a corpus, not a run
+    _metrics(root / ".hidden", {"step": 1, "loss": 1.0})
+    return root
+
+
+def test_finds_runs_down_to_depth_3(runs_dir):
+    names = [run.relative_to(runs_dir).as_posix() for run in find_runs(runs_dir)]
+    assert names == ["a/b/deep", "alpha", "quickstart/run"]
+    assert find_runs(runs_dir / "alpha") == [runs_dir / "alpha"]  # the directory itself
+
+
+def test_step_loss_eval_and_time(runs_dir):
+    runs = {run.name: run for run in list_runs(runs_dir)}
+    alpha = runs["alpha"]
+    assert (alpha.step, alpha.target_steps, alpha.finished) == (10, 10, True)
+    assert (alpha.loss, alpha.loss_step, alpha.eval) == (2.25, 10, None)
+    quickstart = runs["quickstart/run"]
+    assert (quickstart.step, quickstart.target_steps, quickstart.finished) == (3, 8, False)
+    # eval.json (step 3) is newer than the training evaluation (step 2)
+    assert quickstart.eval.ppl == 30.0 and quickstart.eval.context == 256
+    assert quickstart.eval.source.endswith("eval.json")
+    deep = runs["a/b/deep"]
+    assert (deep.step, deep.target_steps, deep.loss, deep.eval) == (None, None, 6.0, None)
+    os.utime(runs_dir / "alpha" / "metrics.jsonl", (2e9, 2e9))
+    assert list_runs(runs_dir)[1].modified == 2e9
+
+
+def test_latest_eval_by_step_and_owner(tmp_path):
+    run = tmp_path / "w" / "run"
+    checkpoint = _checkpoint(run, 8, 8)
+    _metrics(run, {"step": 8, "loss": 2.0}, _eval_line(8, 40.0))
+    _eval_json(tmp_path / "w" / "eval.json", checkpoint, 4, 30.0)  # an older step
+    (summary,) = [r.eval for r in list_runs(tmp_path)]
+    # the training evaluation, at its largest context
+    assert (summary.source, summary.step, summary.context) == ("metrics.jsonl", 8, 128)
+    assert summary.ppl == 40.0
+    _eval_json(tmp_path / "w" / "eval.json", checkpoint, 8, 30.0)  # the same step: eval.json
+    assert list_runs(tmp_path)[0].eval.ppl == 30.0
+    _eval_json(tmp_path / "w" / "eval.json", tmp_path / "other" / "checkpoints", 9, 1.0)
+    assert list_runs(tmp_path)[0].eval.ppl == 40.0  # another run's report is not this run's
+
+
+def test_cli_table_and_json(runs_dir, capsys):
+    code, out, err = _cli(capsys, "runs", "--runs-dir", str(runs_dir))
+    assert code == 0 and err == ""
+    header, *rows = out.splitlines()
+    assert header.split() == ["RUN", "STEP", "LOSS", "EVAL", "MODIFIED"]
+    assert [row.split()[0] for row in rows] == ["a/b/deep", "alpha", "quickstart/run"]
+    assert "10/10 done" in rows[1] and "2.2500" in rows[1]
+    assert "3/8" in rows[2] and "ppl 30.00" in rows[2] and "eval.json" in rows[2]
+    code, out, _ = _cli(capsys, "runs", "--runs-dir", str(runs_dir), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["runs_dir"] == str(runs_dir)
+    quickstart = report["runs"][2]
+    assert quickstart["name"] == "quickstart/run" and quickstart["step"] == 3
+    assert quickstart["target_steps"] == 8 and quickstart["finished"] is False
+    assert quickstart["eval"]["ppl"] == 30.0 and quickstart["loss"] == 4.0
+
+
+def test_no_runs_is_friendly(tmp_path, capsys, monkeypatch):
+    code, out, _ = _cli(capsys, "runs", "--runs-dir", str(tmp_path))
+    assert code == 0 and "no runs under" in out
+    code, out, _ = _cli(capsys, "runs", "--runs-dir", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out)["runs"] == []
+    monkeypatch.chdir(tmp_path)  # the default runs/ does not exist yet: still no error
+    code, out, _ = _cli(capsys, "runs")
+    assert code == 0 and "no runs under runs/" in out
+
+
+def test_missing_runs_dir_given_explicitly_is_exit_2(tmp_path, capsys):
+    code, out, err = _cli(capsys, "runs", "--runs-dir", str(tmp_path / "nope"))
+    assert code == 2 and out == "" and "nope" in err and len(err.splitlines()) == 1

@@ -114,20 +114,37 @@ def tokenize_corpus(options: TokenizeOptions) -> TokenizeResult:
     started = time.perf_counter()
     options.out.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(options.out):
-        skips: list[Skip] = []
-        entries = list(walk_corpus(
-            options.paths, group=options.group, include=options.include,
-            exclude=options.exclude, hidden=options.hidden, on_skip=skips.append,
-        ))  # fmt: skip
         tokenizer_bytes = options.tokenizer.read_bytes() if options.tokenizer else None
-        fingerprint = _fingerprint(options, entries, tokenizer_bytes)
-        current = _current_result(options.out, fingerprint, started)
+        scan = _scan(options, tokenizer_bytes)
+        current = _current_result(options.out, scan.fingerprint, started)
         if current is not None and not options.force:
             return current
-        return _build(options, entries, skips, tokenizer_bytes, fingerprint, started)
+        return _build(options, scan, tokenizer_bytes, started)
 
 
-def _build(options, entries, skips, tokenizer_bytes, fingerprint, started) -> TokenizeResult:
+def _walk(options: TokenizeOptions, on_skip=lambda skip: None) -> Iterator[Entry]:
+    """The corpus files, freshly walked: the file list is never held in memory (a corpus may
+    have millions of files), so each pass walks again (stat only, cheap next to reading)."""
+    return walk_corpus(
+        options.paths,
+        group=options.group,
+        include=options.include,
+        exclude=options.exclude,
+        hidden=options.hidden,
+        on_skip=on_skip,
+    )
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one walk of the corpus tells before reading it."""
+
+    fingerprint: str
+    files: int
+    file_bytes: int  # on disk, compressed files not counted (they have no known text size)
+
+
+def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
     """Tokenize into the staging directory, then commit it into ``out``."""
     from longnet_cli.data.shards import ShardWriter, token_dtype, write_manifest
     from longnet_cli.data.tokenizer import sha256_bytes, tokenizer_from_bytes, train_tokenizer
@@ -137,7 +154,7 @@ def _build(options, entries, skips, tokenizer_bytes, fingerprint, started) -> To
     staging.mkdir()
     trained = tokenizer_bytes is None
     if trained:
-        sample = _sample_texts(entries, options)
+        sample = _sample_texts(options, scan)
         tokenizer_bytes = train_tokenizer(sample, options.vocab_size, options.seed)
     (staging / "tokenizer.model").write_bytes(tokenizer_bytes)
     processor = tokenizer_from_bytes(tokenizer_bytes)
@@ -145,13 +162,17 @@ def _build(options, entries, skips, tokenizer_bytes, fingerprint, started) -> To
         raise InputError(f"--tokenizer {options.tokenizer} defines no EOS id; longnet needs one")
     dtype = token_dtype(processor.vocab_size())
 
+    skips = _SkipLog()
     documents = read_documents(
-        entries, text_field=options.text_field, errors=options.errors, on_skip=skips.append
+        _walk(options, skips.add),
+        text_field=options.text_field,
+        errors=options.errors,
+        on_skip=skips.add,
     )
     table = _DocumentTable(staging / "documents.parquet")
     total_bytes = 0
     with ShardWriter(staging, dtype, options.shard_tokens, processor.eos_id()) as writer:
-        bar = _progress(entries, options.progress)
+        bar = _progress(scan.file_bytes, options.progress)
         for document, ids, first, last in _encoded_pieces(documents, processor, options.workers):
             if first:
                 writer.begin_document()
@@ -165,7 +186,7 @@ def _build(options, entries, skips, tokenizer_bytes, fingerprint, started) -> To
         bar.close()
         shards = writer.close()
     table.close()
-    counts = dict(sorted(Counter(s.reason for s in skips).items()))
+    counts = dict(sorted(skips.counts.items()))
     manifest = {
         "format": 1,
         "tokenizer_sha256": sha256_bytes(tokenizer_bytes),
@@ -179,9 +200,9 @@ def _build(options, entries, skips, tokenizer_bytes, fingerprint, started) -> To
         "shards": shards,
         "skipped": {
             "counts": counts,
-            "examples": [asdict(s) for s in skips[:SKIP_EXAMPLES]],
+            "examples": [asdict(s) for s in skips.examples],
         },
-        "fingerprint": fingerprint,
+        "fingerprint": scan.fingerprint,
         "options": _fingerprint_options(options),
     }
     _commit(staging, options.out, [s["file"] for s in shards])
@@ -226,35 +247,45 @@ def _encoded_pieces(documents: Iterator[Document], processor, workers: int):
 # --------------------------------------------------------------------------- sampling
 
 
-def _sample_texts(entries: list[Entry], options: TokenizeOptions) -> Iterator[str]:
+def _sample_texts(options: TokenizeOptions, scan: _Scan) -> Iterator[str]:
     """A deterministic sample of about ``sample_bytes`` of text for training the tokenizer.
 
-    Files are visited in an order shuffled by a hash of (seed, path), at most a fair share
-    (times four) from each, so that neither the first files nor one huge book dominate.
+    First pass: files picked by a hash of (seed, path) with a probability that makes their
+    expected size about twice the sample, each giving at most a share, so that neither the
+    first files nor one huge book dominate. If that falls short (few, large files), a second
+    pass tops it up from every file in order. Memory: one document at a time.
     """
     from dataclasses import replace
 
-    order = sorted(
-        entries, key=lambda e: hashlib.sha256(f"{options.seed}:{e.rel}".encode()).digest()
-    )
-    share = max(options.sample_bytes * 4 // max(len(order), 1), 1 << 16)
+    budget = options.sample_bytes
+    share = max(1 << 16, budget // 16)
+    chance = min(1.0, 2.0 * budget / max(scan.file_bytes, 1))
     taken = 0
-    for entry in order:
-        from_entry = 0
-        single = [replace(entry, group=None)]
-        for document in read_documents(single, text_field=options.text_field, errors="replace"):
-            for piece in document.pieces():
-                piece = piece[: max(share - from_entry, 0)]
-                if not piece:
+    for top_up in (False, True):
+        for entry in _walk(options):
+            if not top_up and _uniform(options.seed, entry.rel) >= chance:
+                continue
+            single = [replace(entry, group=None)]
+            from_entry = 0
+            for document in read_documents(single, text_field=options.text_field, errors="replace"):
+                for piece in document.pieces():
+                    piece = piece[: max(min(share - from_entry, budget - taken), 0)]
+                    if not piece:
+                        break
+                    yield piece
+                    size = len(piece.encode("utf-8", "replace"))
+                    from_entry, taken = from_entry + size, taken + size
+                if from_entry >= share or taken >= budget:
                     break
-                yield piece
-                size = len(piece.encode("utf-8", "replace"))
-                from_entry += size
-                taken += size
-                if taken >= options.sample_bytes:
-                    return
-            if from_entry >= share:
-                break
+            if taken >= budget:
+                return
+        share = budget  # the top-up pass may take more from each file
+
+
+def _uniform(seed: int, rel: str) -> float:
+    """A number in [0, 1) fixed by (seed, path)."""
+    digest = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -270,18 +301,31 @@ class _DocumentTable:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.schema = pa.schema([
-            ("doc_id", pa.int64()), ("source", pa.string()), ("shard", pa.int32()),
-            ("offset", pa.int64()), ("tokens", pa.int64()), ("bytes", pa.int64()),
-            ("sha256", pa.string()),
-        ])  # fmt: skip
+        self.schema = pa.schema(
+            [
+                ("doc_id", pa.int64()),
+                ("source", pa.string()),
+                ("shard", pa.int32()),
+                ("offset", pa.int64()),
+                ("tokens", pa.int64()),
+                ("bytes", pa.int64()),
+                ("sha256", pa.string()),
+            ]
+        )
         self.writer = pq.ParquetWriter(path, self.schema)
         self.pending: dict[str, list] = {name: [] for name in self.COLUMNS}
         self.rows = 0
 
     def add(self, document: Document, placement) -> None:
-        values = (self.rows, document.source, placement.shard, placement.offset,
-                  placement.tokens, document.nbytes, document.sha256)  # fmt: skip
+        values = (
+            self.rows,
+            document.source,
+            placement.shard,
+            placement.offset,
+            placement.tokens,
+            document.nbytes,
+            document.sha256,
+        )
         for name, value in zip(self.COLUMNS, values):
             self.pending[name].append(value)
         self.rows += 1
@@ -351,13 +395,30 @@ def _fingerprint_options(options: TokenizeOptions) -> dict:
     }
 
 
-def _fingerprint(options: TokenizeOptions, entries: list[Entry], tokenizer: bytes | None) -> str:
-    """sha256 over the options, the tokenizer and every input file's path, size and mtime."""
+def _scan(options: TokenizeOptions, tokenizer: bytes | None) -> _Scan:
+    """One walk: the fingerprint (sha256 over the options, the tokenizer and every input
+    file's path, size and mtime) and the corpus size."""
     digest = hashlib.sha256(json.dumps(_fingerprint_options(options), sort_keys=True).encode())
     digest.update(hashlib.sha256(tokenizer or b"").digest())
-    for e in entries:
+    files = file_bytes = 0
+    for e in _walk(options):
         digest.update(f"{e.path}\0{e.rel}\0{e.size}\0{e.mtime_ns}\0{e.group}\n".encode())
-    return digest.hexdigest()
+        files += 1
+        file_bytes += 0 if e.compressed else e.size
+    return _Scan(digest.hexdigest(), files, file_bytes)
+
+
+class _SkipLog:
+    """Skipped items: counted by reason, the first SKIP_EXAMPLES kept (bounded memory)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.examples: list[Skip] = []
+
+    def add(self, skip: Skip) -> None:
+        self.counts[skip.reason] += 1
+        if len(self.examples) < SKIP_EXAMPLES:
+            self.examples.append(skip)
 
 
 def _current_result(out: Path, fingerprint: str, started: float) -> TokenizeResult | None:
@@ -377,18 +438,31 @@ def _current_result(out: Path, fingerprint: str, started: float) -> TokenizeResu
 
 def _result(out, manifest, up_to_date, started, trained) -> TokenizeResult:
     return TokenizeResult(
-        out=str(out), up_to_date=up_to_date, documents=manifest["documents"],
-        tokens=manifest["tokens"], bytes=manifest["bytes"], shards=len(manifest["shards"]),
-        vocab_size=manifest["vocab_size"], tokenizer_sha256=manifest["tokenizer_sha256"],
-        skipped=manifest["skipped"]["counts"], seconds=time.perf_counter() - started,
+        out=str(out),
+        up_to_date=up_to_date,
+        documents=manifest["documents"],
+        tokens=manifest["tokens"],
+        bytes=manifest["bytes"],
+        shards=len(manifest["shards"]),
+        vocab_size=manifest["vocab_size"],
+        tokenizer_sha256=manifest["tokenizer_sha256"],
+        skipped=manifest["skipped"]["counts"],
+        seconds=time.perf_counter() - started,
         trained_tokenizer=trained,
-    )  # fmt: skip
+    )
 
 
-def _progress(entries: list[Entry], enabled: bool):
+def _progress(total: int, enabled: bool):
     """A tqdm bar over source bytes on stderr (a no-op object when disabled)."""
     from tqdm import tqdm
 
-    total = sum(e.size for e in entries if not e.compressed) or None
-    return tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=not enabled,
-                dynamic_ncols=True, leave=False)  # fmt: skip
+    total = total or None
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="tokenize",
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=False,
+    )

@@ -295,25 +295,15 @@ class _DocumentTable:
     """documents.parquet written in row groups as documents complete (bounded memory)."""
 
     ROW_GROUP = 1 << 16
-    COLUMNS = ("doc_id", "source", "shard", "offset", "tokens", "bytes", "sha256")
 
     def __init__(self, path: Path) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.schema = pa.schema(
-            [
-                ("doc_id", pa.int64()),
-                ("source", pa.string()),
-                ("shard", pa.int32()),
-                ("offset", pa.int64()),
-                ("tokens", pa.int64()),
-                ("bytes", pa.int64()),
-                ("sha256", pa.string()),
-            ]
-        )
+        from longnet_cli.data.shards import DOCUMENTS_SCHEMA
+
+        self.schema = DOCUMENTS_SCHEMA
         self.writer = pq.ParquetWriter(path, self.schema)
-        self.pending: dict[str, list] = {name: [] for name in self.COLUMNS}
+        self.pending: dict[str, list] = {name: [] for name in self.schema.names}
         self.rows = 0
 
     def add(self, document: Document, placement) -> None:
@@ -326,7 +316,7 @@ class _DocumentTable:
             document.nbytes,
             document.sha256,
         )
-        for name, value in zip(self.COLUMNS, values):
+        for name, value in zip(self.schema.names, values):
             self.pending[name].append(value)
         self.rows += 1
         if len(self.pending["doc_id"]) >= self.ROW_GROUP:
@@ -336,7 +326,7 @@ class _DocumentTable:
         import pyarrow as pa
 
         self.writer.write_table(pa.table(self.pending, schema=self.schema))
-        self.pending = {name: [] for name in self.COLUMNS}
+        self.pending = {name: [] for name in self.schema.names}
 
     def close(self) -> None:
         self._flush()

@@ -252,32 +252,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_
             _recipe(corpus, train__steps=steps, train__grad_accum=1, train__micro_batch_size=1)
         )
     )
-    # On a CPU-only machine `--multi_gpu` is what starts N processes (gloo); `--cpu` alone
-    # starts one unless MPI is set up.
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "longnet_cli",
-        "train",
-        str(double),
-        "--out",
-        str(tmp_path / "two"),
-        "--quiet",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
+    _launch(double, tmp_path / "two")
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert [r["step"] for r in two] == list(range(1, steps + 1))
     for a, b in zip(one, two):

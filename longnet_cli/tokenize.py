@@ -315,6 +315,7 @@ class _DocumentTable:
             placement.tokens,
             document.nbytes,
             document.sha256,
+            "train",
         )
         for name, value in zip(self.schema.names, values):
             self.pending[name].append(value)

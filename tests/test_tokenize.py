@@ -33,7 +33,7 @@ from longnet_cli.errors import InputError
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 MANIFEST_KEYS = {"format", "tokenizer_sha256", "vocab_size", "dtype", "eos_id", "bos_id",
                  "documents", "tokens", "shards", "skipped"}  # fmt: skip
-COLUMNS = ["doc_id", "source", "shard", "offset", "tokens", "bytes", "sha256"]
+COLUMNS = ["doc_id", "source", "shard", "offset", "tokens", "bytes", "sha256", "split"]
 
 PROSE = (
     "Chapter 1\r\n\r\nIt was a bright cold day in April,   and the clocks were striking "

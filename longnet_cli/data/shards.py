@@ -60,8 +60,12 @@ DOCUMENTS_SCHEMA = pa.schema(
         ("tokens", pa.int64()),
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
+        ("split", pa.string()),
     ]
 )
+# documents.parquet written before held-out splits existed lacks ``split``: read as all "train"
+LEGACY_DOCUMENTS_NAMES = DOCUMENTS_SCHEMA.names[:-1]
+SPLITS = ("train", "heldout")  # a document's split; decided at tokenize time by its content hash
 
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 _HASH_CHUNK_BYTES = 8 << 20  # bounded memory for full verification
@@ -315,10 +319,19 @@ class ShardWriter:
 def write_documents_table(directory: Path, rows: dict[str, list] | pa.Table) -> None:
     """Write ``documents.parquet`` atomically; ``rows`` maps each DOCUMENTS_SCHEMA column to values.
 
-    Columns are cast to the schema (int64 ids, offsets, counts; int32 shard; string source, sha256).
+    Columns are cast to the schema (int64 ids, offsets, counts; int32 shard; string source, sha256,
+    split). Rows without a ``split`` column are all "train".
     """
     names = DOCUMENTS_SCHEMA.names
     given = rows.column_names if isinstance(rows, pa.Table) else list(rows)
+    if "split" not in given:
+        count = rows.num_rows if isinstance(rows, pa.Table) else len(rows["doc_id"])
+        train = pa.array(["train"] * count, pa.string())
+        if isinstance(rows, pa.Table):
+            rows = rows.append_column("split", train)
+        else:
+            rows = {**rows, "split": train}
+        given = [*given, "split"]
     if sorted(given) != sorted(names):
         missing = sorted(set(names) - set(given))
         extra = sorted(set(given) - set(names))
@@ -446,6 +459,7 @@ class TokenizedCorpus:
         self._documents: pa.Table | None = None
         self._starts: np.ndarray | None = None
         self._lengths: np.ndarray | None = None
+        self._heldout: np.ndarray | None = None
 
     @classmethod
     def open(cls, directory: Path, verify: str = "sizes") -> TokenizedCorpus:
@@ -478,7 +492,7 @@ class TokenizedCorpus:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_memmaps={}, _documents=None, _starts=None, _lengths=None)
+        state.update(_memmaps={}, _documents=None, _starts=None, _lengths=None, _heldout=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -487,7 +501,7 @@ class TokenizedCorpus:
     def close(self) -> None:
         """Drop the memory maps and cached tables (they re-open on next use)."""
         self._memmaps.clear()
-        self._documents = self._starts = self._lengths = None
+        self._documents = self._starts = self._lengths = self._heldout = None
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -542,6 +556,9 @@ class TokenizedCorpus:
                 table = pq.read_table(path)
             except (OSError, pa.ArrowException) as err:
                 raise CorpusError(f"{path}: cannot read: {err}") from None
+            if table.schema.names == LEGACY_DOCUMENTS_NAMES:
+                train = pa.array(["train"] * table.num_rows, pa.string())
+                table = table.append_column("split", train)
             if table.schema.names != DOCUMENTS_SCHEMA.names:
                 raise CorpusError(
                     f"{path}: columns {table.schema.names}, expected {DOCUMENTS_SCHEMA.names}"
@@ -570,6 +587,29 @@ class TokenizedCorpus:
         if self._lengths is None:
             self._lengths = self.documents().column("tokens").to_numpy().astype(np.int64)
         return self._lengths
+
+    @property
+    def has_splits(self) -> bool:
+        """Whether the corpus records a held-out split (tokenized with ``--holdout`` > 0 support).
+
+        Corpora tokenized before splits existed read as all "train"."""
+        return "splits" in self.manifest
+
+    def heldout_mask(self) -> np.ndarray:
+        """bool per document: True where the document is held out (never trained on)."""
+        if self._heldout is None:
+            column = self.documents().column("split")
+            self._heldout = np.asarray(column.to_pylist(), dtype=object) == "heldout"
+        return self._heldout
+
+    def split_documents(self, split: str) -> np.ndarray:
+        """int64 ids, ascending, of the documents of ``split``: "train", "heldout" or "all"."""
+        if split == "all":
+            return np.arange(self.num_documents, dtype=np.int64)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {(*SPLITS, 'all')}, got {split!r}")
+        mask = self.heldout_mask()
+        return np.flatnonzero(mask if split == "heldout" else ~mask).astype(np.int64)
 
     def document(self, doc_id: int) -> np.ndarray:
         """The tokens of document ``doc_id`` without its EOS."""
@@ -658,7 +698,7 @@ class TokenizedCorpus:
         except (OSError, pa.ArrowException) as err:
             problems.append(f"{path}: cannot read: {err}")
             return False
-        if names != DOCUMENTS_SCHEMA.names:
+        if names != DOCUMENTS_SCHEMA.names and names != LEGACY_DOCUMENTS_NAMES:
             problems.append(f"{path}: columns {names}, expected {DOCUMENTS_SCHEMA.names}")
             return False
         if rows != self.num_documents:

@@ -273,9 +273,10 @@ def test_documents_table_schema(tmp_path):
         "tokens",
         "bytes",
         "sha256",
+        "split",
     ]
     assert [str(t) for t in table.schema.types] == [
-        "int64", "string", "int32", "int64", "int64", "int64", "string",
+        "int64", "string", "int32", "int64", "int64", "int64", "string", "string",
     ]  # fmt: skip
     # stream: 2 3 | EOS EOS | 4 EOS  -> documents start at (0, 0), (1, 1), (2, 0)
     assert table.column("shard").to_pylist() == [0, 1, 2]

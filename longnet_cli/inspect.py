@@ -23,6 +23,9 @@ class InspectReport:
     dtype: str
     tokenizer_sha256: str
     skipped: dict[str, int] = field(default_factory=dict)
+    # {"holdout": f, "train": {"documents", "tokens"}, "heldout": {...}}; None: not recorded
+    # (a corpus tokenized before held-out splits existed: every document is train)
+    splits: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     doc_id: int | None = None
     text: str | None = None
@@ -65,15 +68,40 @@ def inspect_corpus(directory: Path, doc_id: int | None = None) -> InspectReport:
         dtype=manifest["dtype"],
         tokenizer_sha256=manifest["tokenizer_sha256"],
         skipped=dict(skipped) if isinstance(skipped, dict) else {},
+        splits=manifest.get("splits") if isinstance(manifest.get("splits"), dict) else None,
         doc_id=doc_id,
     )
     if doc_id is not None and not 0 <= doc_id < corpus.num_documents:
         valid = f"0..{corpus.num_documents - 1}" if corpus.num_documents else "none (it is empty)"
         raise InputError(f"--doc {doc_id} is out of range: documents of {directory} are {valid}")
     report.problems = corpus.verify(full=True)
+    if report.splits is not None and not report.problems:
+        report.problems.extend(_check_splits(corpus, report.splits))
     if doc_id is not None:
         report.text = _decode(corpus, doc_id, report.problems)
     return report
+
+
+def _check_splits(corpus: TokenizedCorpus, splits: dict[str, Any]) -> list[str]:
+    """The manifest's per-split documents and tokens agree with documents.parquet's column."""
+    import numpy as np
+
+    try:
+        heldout = corpus.heldout_mask()
+    except CorpusError as err:
+        return [str(err)]
+    stream_tokens = corpus.document_lengths() + 1  # each document with its EOS
+    problems = []
+    for name, mask in (("train", ~heldout), ("heldout", heldout)):
+        found = {"documents": int(mask.sum()), "tokens": int(np.sum(stream_tokens[mask]))}
+        recorded = splits.get(name)
+        if not isinstance(recorded, dict) or any(recorded.get(k) != v for k, v in found.items()):
+            problems.append(
+                f"{corpus.directory / 'manifest.json'}: splits.{name} is {recorded}, but "
+                f"documents.parquet has {found['documents']} {name} documents of "
+                f"{found['tokens']} tokens"
+            )
+    return problems
 
 
 def _decode(corpus: TokenizedCorpus, doc_id: int, problems: list[str]) -> str | None:

@@ -10,6 +10,13 @@ interrupted run never leaves a manifest that describes incomplete data.
 Output is byte-identical for any number of workers: documents are cut into pieces by their
 text alone, pieces are encoded independently, and the tokenizer is trained with a fixed
 thread count.
+
+Held-out split: every document goes to "train" or "heldout" by its content hash (the sha256 of
+its text): held out when ``int(sha256[:16], 16) < holdout * 2**64``. Content, not name or
+position, so a growing corpus, inserted records or renamed files never move a document between
+splits, and identical documents always land on the same side. When the fraction selects no
+document in a corpus of at least two, the documents with the smallest hash (one content, all
+its copies) are held out instead, unless that would leave nothing to train on.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from longnet_cli.errors import InputError, LongnetError
 DEFAULT_VOCAB_SIZE = 32000
 DEFAULT_SAMPLE_BYTES = 32 << 20
 DEFAULT_SHARD_TOKENS = 1 << 28
+DEFAULT_HOLDOUT = 0.01  # fraction of documents (by content hash) held out of training
 MIN_VOCAB_SIZE = 320  # 256 byte-fallback pieces, specials, and some room to learn
 BATCH_CHARS = 4 << 20  # characters handed to one multi-threaded encode call
 SKIP_EXAMPLES = 100  # skipped items listed by name in the manifest (all are counted)
@@ -62,6 +70,7 @@ class TokenizeOptions:
     sample_bytes: int = DEFAULT_SAMPLE_BYTES
     seed: int = 0
     shard_tokens: int = DEFAULT_SHARD_TOKENS
+    holdout: float = DEFAULT_HOLDOUT  # fraction of documents held out of training, by content
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     force: bool = False
     progress: bool = True
@@ -82,6 +91,9 @@ class TokenizeResult:
     skipped: dict[str, int]
     seconds: float
     trained_tokenizer: bool = False
+    holdout: float = 0.0  # the --holdout fraction
+    splits: dict = field(default_factory=dict)  # {"train"|"heldout": {"documents", "tokens"}}
+    heldout_fallback: bool = False  # the fraction selected none: the smallest hash was taken
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,6 +116,8 @@ def validate_options(options: TokenizeOptions) -> None:
         raise InputError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}")
     if options.shard_tokens < 1 or options.sample_bytes < 1 or options.workers < 1:
         raise InputError("--shard-tokens, --sample-bytes and --workers must be positive")
+    if not 0.0 <= options.holdout < 1.0:
+        raise InputError(f"--holdout must be a fraction in [0, 1), got {options.holdout}")
     if options.out.exists() and not options.out.is_dir():
         raise InputError(f"--out exists and is not a directory: {options.out}")
 
@@ -169,7 +183,7 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
         errors=options.errors,
         on_skip=skips.add,
     )
-    table = _DocumentTable(staging / "documents.parquet")
+    table = _DocumentTable(staging / "documents.parquet", options.holdout)
     total_bytes = 0
     with ShardWriter(staging, dtype, options.shard_tokens, processor.eos_id()) as writer:
         bar = _progress(scan.file_bytes, options.progress)
@@ -186,6 +200,7 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
         bar.close()
         shards = writer.close()
     table.close()
+    splits = table.finish_splits()
     counts = dict(sorted(skips.counts.items()))
     manifest = {
         "format": 1,
@@ -204,6 +219,7 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
         },
         "fingerprint": scan.fingerprint,
         "options": _fingerprint_options(options),
+        "splits": splits,
     }
     _commit(staging, options.out, [s["file"] for s in shards])
     write_manifest(options.out, manifest)
@@ -282,6 +298,17 @@ def _sample_texts(options: TokenizeOptions, scan: _Scan) -> Iterator[str]:
         share = budget  # the top-up pass may take more from each file
 
 
+def heldout_threshold(holdout: float) -> int:
+    """Documents whose ``int(sha256[:16], 16)`` is below this integer are held out."""
+    return int(holdout * 2**64)
+
+
+def document_split(sha256: str, holdout: float) -> str:
+    """The split of a document with this content hash (hex sha256 of its text):
+    "heldout" or "train"."""
+    return "heldout" if int(sha256[:16], 16) < heldout_threshold(holdout) else "train"
+
+
 def _uniform(seed: int, rel: str) -> float:
     """A number in [0, 1) fixed by (seed, path)."""
     digest = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
@@ -292,21 +319,29 @@ def _uniform(seed: int, rel: str) -> float:
 
 
 class _DocumentTable:
-    """documents.parquet written in row groups as documents complete (bounded memory)."""
+    """documents.parquet written in row groups as documents complete (bounded memory), with
+    each document's split and the per-split totals for the manifest."""
 
     ROW_GROUP = 1 << 16
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, holdout: float) -> None:
         import pyarrow.parquet as pq
 
         from longnet_cli.data.shards import DOCUMENTS_SCHEMA
 
+        self.path = path
         self.schema = DOCUMENTS_SCHEMA
         self.writer = pq.ParquetWriter(path, self.schema)
         self.pending: dict[str, list] = {name: [] for name in self.schema.names}
         self.rows = 0
+        self.holdout = holdout
+        self.totals = {split: {"documents": 0, "tokens": 0} for split in ("train", "heldout")}
+        self.smallest: str | None = None  # the smallest content hash seen (fallback)
+        self.smallest_totals = {"documents": 0, "tokens": 0}  # documents with that hash
 
     def add(self, document: Document, placement) -> None:
+        sha = document.sha256
+        split = document_split(sha, self.holdout)
         values = (
             self.rows,
             document.source,
@@ -314,12 +349,20 @@ class _DocumentTable:
             placement.offset,
             placement.tokens,
             document.nbytes,
-            document.sha256,
-            "train",
+            sha,
+            split,
         )
         for name, value in zip(self.schema.names, values):
             self.pending[name].append(value)
         self.rows += 1
+        stream_tokens = placement.tokens + 1  # with its EOS: the splits sum to the stream
+        self.totals[split]["documents"] += 1
+        self.totals[split]["tokens"] += stream_tokens
+        if self.smallest is None or sha < self.smallest:
+            self.smallest, self.smallest_totals = sha, {"documents": 0, "tokens": 0}
+        if sha == self.smallest:
+            self.smallest_totals["documents"] += 1
+            self.smallest_totals["tokens"] += stream_tokens
         if len(self.pending["doc_id"]) >= self.ROW_GROUP:
             self._flush()
 
@@ -332,6 +375,47 @@ class _DocumentTable:
     def close(self) -> None:
         self._flush()
         self.writer.close()
+
+    def finish_splits(self) -> dict:
+        """The manifest's ``splits``; after ``close``. When the fraction selected nothing in a
+        corpus of at least 2 documents, the documents with the smallest content hash are held
+        out (rewriting the split column, one row group at a time), unless they are all of it."""
+        train, heldout = self.totals["train"], self.totals["heldout"]
+        fallback = (
+            self.holdout > 0
+            and self.rows >= 2
+            and heldout["documents"] == 0
+            and self.smallest_totals["documents"] < self.rows
+        )
+        if fallback:
+            self._hold_out_smallest()
+            for key in ("documents", "tokens"):
+                heldout[key] = self.smallest_totals[key]
+                train[key] -= self.smallest_totals[key]
+        return {
+            "holdout": self.holdout,
+            "train": dict(train),
+            "heldout": dict(heldout),
+            "fallback": fallback,
+        }
+
+    def _hold_out_smallest(self) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        rewritten = self.path.with_name(self.path.name + ".split")
+        with (
+            pq.ParquetFile(self.path) as source,
+            pq.ParquetWriter(rewritten, self.schema) as writer,
+        ):
+            for index in range(source.num_row_groups):
+                group = source.read_row_group(index)
+                chosen = pc.equal(group.column("sha256"), pa.scalar(self.smallest))
+                split = pc.if_else(chosen, "heldout", group.column("split"))
+                position = self.schema.get_field_index("split")
+                writer.write_table(group.set_column(position, "split", split).cast(self.schema))
+        os.replace(rewritten, self.path)
 
 
 def _commit(staging: Path, out: Path, shard_files: list[str]) -> None:
@@ -383,6 +467,7 @@ def _fingerprint_options(options: TokenizeOptions) -> dict:
         "sample_bytes": None if options.tokenizer else options.sample_bytes,
         "seed": options.seed,
         "shard_tokens": options.shard_tokens,
+        "holdout": options.holdout,
     }
 
 
@@ -428,6 +513,7 @@ def _current_result(out: Path, fingerprint: str, started: float) -> TokenizeResu
 
 
 def _result(out, manifest, up_to_date, started, trained) -> TokenizeResult:
+    splits = manifest.get("splits", {})
     return TokenizeResult(
         out=str(out),
         up_to_date=up_to_date,
@@ -440,6 +526,9 @@ def _result(out, manifest, up_to_date, started, trained) -> TokenizeResult:
         skipped=manifest["skipped"]["counts"],
         seconds=time.perf_counter() - started,
         trained_tokenizer=trained,
+        holdout=float(splits.get("holdout", 0.0)),
+        splits={key: dict(splits[key]) for key in ("train", "heldout") if key in splits},
+        heldout_fallback=bool(splits.get("fallback", False)),
     )
 
 

@@ -25,6 +25,7 @@ from longnet_cli.errors import LongnetError
 def inspect(directory: Path, doc_id: int | None, as_json: bool) -> None:
     """Show totals of the tokenized corpus DIRECTORY and verify it completely.
 
+    Shows documents and tokens (EOS included) per split: train, and held out of training.
     Checks the sha256 of every shard and of tokenizer.model, that every token id is below the
     vocabulary size and that documents.parquet matches the token stream. Exit code 1 when a
     problem is found.
@@ -55,6 +56,7 @@ def _summary_lines(report) -> list[str]:
         f"bytes/token {report.bytes_per_token:.2f} (EOS excluded)",
         f"vocab       {report.vocab_size:,} ({report.dtype})",
         f"tokenizer   sha256 {report.tokenizer_sha256}",
+        *_split_lines(report.splits),
     ]
     if report.skipped:
         skipped = ", ".join(
@@ -67,4 +69,21 @@ def _summary_lines(report) -> list[str]:
         lines.append(f"OK: all {report.shards} shards verified")
     else:
         lines.extend(f"PROBLEM: {problem}" for problem in report.problems)
+    return lines
+
+
+def _split_lines(splits) -> list[str]:
+    if splits is None:
+        return ["split       none recorded (tokenized before held-out splits: all train)"]
+    lines = []
+    for name, label in (("train", "trained on"), ("heldout", "never trained on")):
+        figures = splits.get(name, {})
+        lines.append(
+            f"{name:<11} {figures.get('documents', 0):,} documents, "
+            f"{figures.get('tokens', 0):,} tokens ({label})"
+        )
+    note = f"holdout     {splits.get('holdout', 0):g} of documents, by content hash"
+    if splits.get("fallback"):
+        note += " (selected none: the smallest hash was held out)"
+    lines.append(note)
     return lines

@@ -75,6 +75,17 @@ from longnet_cli.commands.common import CONTEXT, length_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the tokenizer sample.")
 @length_option("--shard-tokens", default="256M", help="Tokens per shard file at most.")
 @click.option(
+    "--holdout",
+    type=float,
+    default=0.01,
+    show_default=True,
+    metavar="FRACTION",
+    help="Fraction of documents held out of training, chosen by a hash of their content (the "
+    "same document always lands on the same side, however the corpus grows or files are "
+    "renamed); 0 holds none out. If it selects none, the document with the smallest hash is "
+    "held out.",
+)
+@click.option(
     "--workers",
     "-j",
     type=click.IntRange(min=1),
@@ -86,8 +97,8 @@ from longnet_cli.commands.common import CONTEXT, length_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, errors, tokenizer,
-             vocab_size, sample_bytes, seed, shard_tokens, workers, force, quiet,
-             as_json) -> None:  # fmt: skip
+             vocab_size, sample_bytes, seed, shard_tokens, holdout, workers, force,
+             quiet, as_json) -> None:  # fmt: skip
     """Tokenize corpus PATHS (directories walked recursively, or files) into --out.
 
     Reads text, markdown and source files (one document each), .jsonl and .parquet (one per
@@ -95,6 +106,9 @@ def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, er
     corrupt zstd streams and malformed jsonl lines are skipped and counted, never fatal.
     Writes shard-NNNNN.bin, documents.parquet, tokenizer.model, and manifest.json last;
     re-running on an unchanged corpus writes nothing.
+
+    Every document is assigned to the train or the held-out split (--holdout) by its content
+    hash; training never reads held-out documents, evaluation scores them.
 
     --stdlib instead of PATHS: the built-in corpus, present wherever Python is. With
     --group repo each standard-library package is one long document (top-level modules stay
@@ -116,7 +130,8 @@ def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, er
         paths=tuple(paths), out=out, group=group, include=tuple(include),
         exclude=tuple(exclude), hidden=hidden, text_field=text_field, errors=errors,
         tokenizer=tokenizer, vocab_size=vocab_size, sample_bytes=sample_bytes, seed=seed,
-        shard_tokens=shard_tokens, workers=workers, force=force, progress=not quiet,
+        shard_tokens=shard_tokens, holdout=holdout, workers=workers, force=force,
+        progress=not quiet,
     )  # fmt: skip
     result = tokenize_corpus(options)
     if as_json:
@@ -136,6 +151,26 @@ def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, er
             f"{result.tokens / seconds:,.0f} tokens/s; vocabulary {result.vocab_size:,}"
             + (" (trained)" if result.trained_tokenizer else "")
         )
+    click.echo(_splits_line(result))
     if result.skipped:
         listed = ", ".join(f"{reason} {count}" for reason, count in result.skipped.items())
         click.echo(f"skipped: {listed} (details in {out / 'manifest.json'})")
+
+
+def _splits_line(result) -> str:
+    """One line: documents and tokens per split, and how the held-out ones were chosen."""
+    if not result.splits:
+        return "split: none recorded (all documents train)"
+    train, heldout = result.splits["train"], result.splits["heldout"]
+    line = (
+        f"split: {train['documents']:,} train documents ({train['tokens']:,} tokens), "
+        f"{heldout['documents']:,} held out ({heldout['tokens']:,} tokens; --holdout "
+        f"{result.holdout:g})"
+    )
+    if result.heldout_fallback:
+        line += "; the fraction selected none, so the smallest content hash was held out"
+    elif result.holdout > 0 and heldout["documents"] == 0:
+        line += "; nothing held out (a single document, or every document has the same content)"
+    elif result.holdout == 0:
+        line += "; nothing held out: evaluation will score training documents"
+    return line

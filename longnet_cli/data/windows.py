@@ -102,10 +102,12 @@ class TrainingWindows:
         self.piece_offsets = np.cumsum(self.piece_lengths) - self.piece_lengths
         self.num_tokens = int(self.piece_lengths.sum())
         if self.num_tokens < self.window_tokens:
+            held = split == "train" and bool(corpus.heldout_mask().any())
             raise CorpusTooSmallError(
-                f"corpus {corpus.directory} holds {self.num_tokens} tokens (to train on), too few "
-                f"for one training window of seq_len + 1 = {self.window_tokens} tokens; lower "
-                "seq_len or tokenize more data"
+                f"corpus {corpus.directory} holds {self.num_tokens} tokens to train on"
+                f"{' (held-out documents excluded)' if held else ''}, too few for one training "
+                f"window of seq_len + 1 = {self.window_tokens} tokens; lower seq_len or tokenize "
+                "more data"
             )
         self._document_starts: np.ndarray | None = None  # "document": candidate starts, sorted
         self._epoch: int | None = None  # the epoch whose order is cached

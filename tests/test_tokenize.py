@@ -332,7 +332,8 @@ def test_workers_and_batching_give_byte_identical_output(corpus, tmp_path, monke
         assert first[name] == second[name], name
     trained = sentencepiece.SentencePieceProcessor(model_file=str(one / "tokenizer.model"))
     assert trained.vocab_size() == 400
-    check_output(one, expected, skipped, trained)
+    manifest = check_output(one, expected, skipped, trained)
+    assert manifest["splits"]["heldout"]["documents"] >= 1  # the split column is compared too
 
 
 # --------------------------------------------------------------------------- re-runs
@@ -553,6 +554,8 @@ def test_bad_options_are_usage_errors(tmp_path, model_file):
     assert tokenize([tmp_path / "in"], tmp_path / "o1", "--vocab-size", "10") == 2
     assert tokenize([tmp_path / "in"], tmp_path / "o2", "--shard-tokens", "0") == 2
     assert tokenize([tmp_path / "in"], tmp_path / "o3", "--group", "dir") == 2
+    for bad in ("1", "-0.1", "1.5"):
+        assert tokenize([tmp_path / "in"], tmp_path / "o4", "--holdout", bad, model=model_file) == 2
     write(tmp_path / "file-not-dir", "x")
     assert tokenize([tmp_path / "in"], tmp_path / "file-not-dir", model=model_file) == 2
 
@@ -596,3 +599,125 @@ def test_peak_memory_bounded_for_one_large_document(tmp_path, model_file):
     # held whole, the 56 MB more of text would show here at least once
     growth = peaks[64] - peaks[8]
     assert growth < 24 << 20, f"peak RSS grew by {growth >> 20} MiB: {peaks}"
+
+
+# --------------------------------------------------------------------------- held-out split
+
+
+def is_heldout(text: str, fraction: float) -> bool:
+    """The rule, restated: the first 16 hex digits of the content's sha256 as a fraction."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:16], 16) / 2**64 < fraction
+
+
+def splits_by_content(out: Path) -> dict[str, set[str]]:
+    """{sha256: {splits}} from documents.parquet (one split per content, or it leaks)."""
+    found: dict[str, set[str]] = {}
+    for row in pq.read_table(out / "documents.parquet").to_pylist():
+        found.setdefault(row["sha256"], set()).add(row["split"])
+    return found
+
+
+def test_split_by_content_is_stable_when_documents_are_appended_renamed_or_copied(
+    tmp_path, model_file
+):
+    texts = [f"document {i}: " + "words and more words " * (i % 5) + "\n" for i in range(60)]
+    root = tmp_path / "v1"
+    for i, text in enumerate(texts):
+        write(root / f"doc{i:03d}.txt", text)
+    first = tmp_path / "out1"
+    assert tokenize([root], first, "--holdout", "0.25", model=model_file) == 0
+    rows = pq.read_table(first / "documents.parquet").to_pylist()
+    assert [row["split"] == "heldout" for row in rows] == [is_heldout(t, 0.25) for t in texts]
+    manifest = json.loads((first / "manifest.json").read_text())
+    held = [row for row in rows if row["split"] == "heldout"]
+    assert 5 <= len(held) <= 25
+    assert manifest["splits"] == {
+        "holdout": 0.25,
+        "train": {"documents": 60 - len(held),
+                  "tokens": sum(r["tokens"] + 1 for r in rows if r["split"] == "train")},
+        "heldout": {"documents": len(held), "tokens": sum(r["tokens"] + 1 for r in held)},
+        "fallback": False,
+    }  # fmt: skip
+    assert manifest["options"]["holdout"] == 0.25
+    reader = TokenizedCorpus.open(first, verify="full")
+    assert reader.has_splits
+    assert reader.split_documents("heldout").tolist() == [r["doc_id"] for r in held]
+
+    # the corpus grows (new files sort first and between), files are renamed, one is copied
+    grown = tmp_path / "v2"
+    for i, text in enumerate(texts):
+        write(grown / f"renamed-{59 - i:03d}.txt", text)
+    for i in range(40):
+        write(grown / f"aa-new{i:02d}.txt", f"a new document {i} arrives\n")
+    train_id = next(row["doc_id"] for row in rows if row["split"] == "train")
+    write(grown / "zz-copy.txt", texts[held[0]["doc_id"]])
+    write(grown / "zz-copy2.txt", texts[train_id])
+    second = tmp_path / "out2"
+    assert tokenize([grown], second, "--holdout", "0.25", model=model_file) == 0
+    before, after = splits_by_content(first), splits_by_content(second)
+    for sha, split in before.items():
+        assert after[sha] == split  # every original document keeps its split
+    assert all(len(split) == 1 for split in after.values())  # copies never on both sides
+    assert sum(len(s) for s in after.values()) < len(texts) + 42  # the copies share a hash
+
+
+def test_fraction_selecting_nothing_holds_out_the_smallest_hash(
+    tmp_path, model_file, capsys, monkeypatch
+):
+    import longnet_cli.tokenize as stage
+
+    monkeypatch.setattr(stage._DocumentTable, "ROW_GROUP", 2)  # the rewrite spans row groups
+    texts = ["alpha text\n", "beta text\n", "gamma text\n", "delta text\n"]
+    root = tmp_path / "in"
+    for i, text in enumerate(texts):
+        write(root / f"{i}.txt", text)
+    write(root / "copy.txt", texts[0])
+    smallest = min(hashlib.sha256(t.encode()).hexdigest() for t in texts)
+    assert not any(is_heldout(t, 1e-9) for t in texts)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert tokenize([root], out, "--holdout", "1e-9", model=model_file) == 0
+    assert pq.ParquetFile(out / "documents.parquet").num_row_groups == 3
+    summary = capsys.readouterr().out
+    copies = 2 if smallest == hashlib.sha256(texts[0].encode()).hexdigest() else 1
+    assert "smallest content hash" in summary and f"{copies} held out" in summary
+    rows = pq.read_table(out / "documents.parquet").to_pylist()
+    held = [row["sha256"] for row in rows if row["split"] == "heldout"]
+    assert held and set(held) == {smallest}  # every copy of that content, nothing else
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["fallback"] is True
+    assert manifest["splits"]["heldout"]["documents"] == len(held)
+    assert manifest["splits"]["heldout"]["tokens"] == sum(
+        r["tokens"] + 1 for r in rows if r["split"] == "heldout"
+    )
+    TokenizedCorpus.open(out, verify="full")
+    assert tokenize([root], out, "--holdout", "1e-9", "--json", model=model_file) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["up_to_date"] and result["heldout_fallback"] is True
+    assert result["splits"] == {k: manifest["splits"][k] for k in ("train", "heldout")}
+
+
+def test_holdout_zero_single_document_and_fingerprint(tmp_path, model_file, capsys):
+    root = tmp_path / "in"
+    write(root / "a.txt", "alpha text\n")
+    out = tmp_path / "out"
+    assert tokenize([root], out, model=model_file) == 0  # one document: nothing to hold out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["heldout"] == {"documents": 0, "tokens": 0}
+    write(root / "b.txt", "beta text\n")
+    write(root / "c.txt", "gamma text\n")
+    assert tokenize([root], out, "--holdout", "0", model=model_file) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"] == {
+        "holdout": 0.0,
+        "train": {"documents": 3, "tokens": manifest["tokens"]},
+        "heldout": {"documents": 0, "tokens": 0},
+        "fallback": False,
+    }
+    assert set(pq.read_table(out / "documents.parquet").column("split").to_pylist()) == {"train"}
+    capsys.readouterr()
+    assert tokenize([root], out, "--holdout", "0", model=model_file) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert tokenize([root], out, "--holdout", "0.5", model=model_file) == 0  # part of the
+    assert "up to date" not in capsys.readouterr().out  # fingerprint: rebuilt
+    assert json.loads((out / "manifest.json").read_text())["splits"]["holdout"] == 0.5

@@ -25,9 +25,7 @@ the bucket table of its own window and ``final``: the figures over the last
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import resource
 import sys
 import time
@@ -40,6 +38,7 @@ import numpy as np
 
 from longnet_cli.errors import InputError, LongnetError
 from longnet_cli.lengths import format_length
+from longnet_cli.probe import DEFAULT_DISTANCES, PROBES, CopyFigure, copy_probe
 
 if TYPE_CHECKING:
     import torch
@@ -47,23 +46,28 @@ if TYPE_CHECKING:
     from longnet_cli.checkpoints import Checkpoint
     from longnet_cli.data.shards import TokenizedCorpus
     from longnet_cli.model.transformer import LongNetTransformer
+    from longnet_cli.recipes import Recipe
 
 DEFAULT_RUNS = Path("runs")
 FIRST_BUCKET = 1024  # default buckets: [0, 1K), then doubling
 LN2 = math.log(2)
+EVAL_SPLITS = ("heldout", "train", "all")
 
 
 @dataclass
 class EvalOptions:
     """What ``evaluate`` scores. ``None`` and ``[]`` mean "choose a default" (see ``evaluate``)."""
 
-    checkpoint: Path | None = None  # a checkpoint or run directory; None: the most recent run
-    data: Path | None = None  # a tokenized corpus; None: the run's recipe's eval data
-    contexts: list[int] = field(default_factory=list)  # []: the run's train.seq_len
-    docs: int | None = None  # the first N documents with at least 2 tokens; None: all
-    min_tokens: int = 2  # only documents of at least this many tokens (EOS not counted)
+    checkpoints: list[Path] = field(default_factory=list)  # runs or checkpoints; []: latest run
+    data: Path | None = None  # a tokenized corpus; None: the first run's recipe's eval data
+    split: str = "heldout"  # "heldout", "train" or "all" documents of the corpus
+    contexts: list[int] = field(default_factory=list)  # []: the runs' (common) train.seq_len
+    docs: int | None = None  # the first N documents of the split long enough; None: all
+    min_tokens: int | None = None  # None: the largest context when several, else 2
     windows: bool = False  # score long documents whole, in non-overlapping windows
     buckets: list[int] | None = None  # bucket boundaries; None: 1K, 2K, 4K, ...
+    probe: str | None = None  # "copy": the copy probe (probe.py) at ``distances``
+    distances: list[int] = field(default_factory=lambda: list(DEFAULT_DISTANCES))
     runs_dir: Path = DEFAULT_RUNS
     device: str | None = None  # None: cuda when available, else cpu
     chunk_size: int = 1024  # positions per head + cross-entropy chunk
@@ -134,123 +138,322 @@ class ContextReport:
 
 
 @dataclass
-class EvalResult:
-    """What ``evaluate`` measured; ``reports`` in ascending context order."""
+class RunResult:
+    """One run's figures: a report per context (ascending) and, when asked, the copy probe."""
 
+    run: str  # the run directory (the checkpoint itself when it lies in no run's checkpoints/)
     checkpoint: str
-    data: str
+    recipe: str | None  # the recipe's name, when the checkpoint records where it came from
     step: int
-    documents: int
+    tokens_trained: int | None
+    seq_len: int  # train.seq_len
+    reach: int  # the longest segment: a token reads only inside its block of this many tokens
     reports: list[ContextReport]
+    probe: list[CopyFigure] | None
     tokens_per_s: float
     model_seconds: float
-    peak_memory_bytes: int
-    chosen: list[str] = field(default_factory=list)
 
     @property
     def main(self) -> ContextReport:
-        """The report of the largest context (the top level of the JSON)."""
+        """The report of the largest context."""
         return self.reports[-1]
 
+    @property
+    def label(self) -> str:
+        """The run directory and, when known, its recipe's name: ``runs/a (dense_2k)``."""
+        return self.run if self.recipe is None else f"{self.run} ({self.recipe})"
+
     def to_json(self) -> dict[str, Any]:
-        main = self.main
-        out = {
+        return {
+            "run": self.run,
             "checkpoint": self.checkpoint,
+            "recipe": self.recipe,
+            "step": self.step,
+            "tokens_trained": self.tokens_trained,
+            "seq_len": self.seq_len,
+            "reach": self.reach,
+            "contexts": [report.to_json() for report in self.reports],
+            "probe": None if self.probe is None else [f.to_json() for f in self.probe],
+            "tokens_per_s": self.tokens_per_s,
+            "model_seconds": self.model_seconds,
+        }
+
+
+@dataclass
+class EvalResult:
+    """What ``evaluate`` measured: every run on the same documents of one corpus."""
+
+    data: str
+    split: str  # the split scored: "heldout", "train" or "all"
+    documents: int  # documents scored
+    skipped: int  # documents of the split passed over: shorter than ``min_tokens``
+    min_tokens: int
+    runs: list[RunResult]
+    peak_memory_bytes: int
+    chosen: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    # the first run's figures: the whole result when one run was scored
+    @property
+    def checkpoint(self) -> str:
+        return self.runs[0].checkpoint
+
+    @property
+    def step(self) -> int:
+        return self.runs[0].step
+
+    @property
+    def reports(self) -> list[ContextReport]:
+        return self.runs[0].reports
+
+    @property
+    def main(self) -> ContextReport:
+        return self.runs[0].main
+
+    @property
+    def contexts(self) -> list[int]:
+        return [report.context for report in self.runs[0].reports]
+
+    def to_json(self) -> dict[str, Any]:
+        """One run: the single-run report (``checkpoint``, ``context``, ``overall``, ``buckets``,
+        ``contexts`` when several, ``probe`` when asked ...). Several: the shared keys only. Both
+        carry ``runs``, one object per run (``RunResult.to_json``)."""
+        shared = {
+            "data": self.data,
+            "split": self.split,
+            "documents": self.documents,
+            "skipped": self.skipped,
+            "min_tokens": self.min_tokens,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "chosen": list(self.chosen),
+            "warnings": list(self.warnings),
+        }
+        runs = [run.to_json() for run in self.runs]
+        if len(self.runs) > 1:
+            probe = self.runs[0].probe
+            distances = None if probe is None else [figure.distance for figure in probe]
+            return {**shared, "context_lengths": self.contexts, "distances": distances,
+                    "runs": runs}  # fmt: skip
+        run, main = self.runs[0], self.main
+        out = {
+            "checkpoint": run.checkpoint,
             "data": self.data,
             "context": main.context,
             "overall": main.overall.to_json(),
             "buckets": [bucket.to_json() for bucket in main.buckets],
-            "tokens_per_s": self.tokens_per_s,
-            "peak_memory_bytes": self.peak_memory_bytes,
-            "documents": self.documents,
-            "step": self.step,
-            "chosen": list(self.chosen),
+            "tokens_per_s": run.tokens_per_s,
+            **shared,
+            "step": run.step,
+            "reach": run.reach,
         }
-        if len(self.reports) > 1:
-            out["contexts"] = [report.to_json() for report in self.reports]
+        if len(run.reports) > 1:
+            out["contexts"] = runs[0]["contexts"]
+        if run.probe is not None:
+            out["probe"] = runs[0]["probe"]
+        out["runs"] = runs
         return out
+
+
+@dataclass
+class _Run:
+    """A run resolved for scoring: its checkpoint, recipe and where it is shown."""
+
+    checkpoint: Checkpoint
+    recipe: Recipe
+    name: str
+
+    @property
+    def reach(self) -> int:
+        return max(self.recipe.model.segment_lengths)
 
 
 # -- the stage ------------------------------------------------------------------------------------
 
 
-def evaluate(options: EvalOptions, on_choice: Callable[[str], None] | None = None) -> EvalResult:
-    """Score the documents of a corpus with a checkpoint; see the module docstring.
+def evaluate(
+    options: EvalOptions,
+    on_choice: Callable[[str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """Score the documents of a corpus with one or several checkpoints; see the module docstring.
 
     Defaults, each reported in ``EvalResult.chosen`` (and to ``on_choice`` as soon as it is
     made): no checkpoint -> the latest checkpoint of the most recent run under ``runs_dir`` (the
-    run whose latest checkpoint is newest); no data -> the run's recipe ``eval.data``, else
-    ``data.eval_shards``, else ``data.shards``; no contexts -> the run's ``train.seq_len``. On a
-    CPU the run's ``train.threads``, when set, is applied. Raises InputError (exit 2) for a
-    missing checkpoint, a corpus failing verification or made with another tokenizer, and bad
+    run whose latest checkpoint is newest); no data -> the first run's recipe ``eval.data``, else
+    ``data.eval_shards``, else ``data.shards``; no contexts -> the runs' ``train.seq_len``; no
+    ``min_tokens`` -> the largest context when several (shorter documents are skipped and
+    counted), else 2. On a CPU the first run's ``train.threads``, when set, is applied.
+
+    ``on_note`` hears what is scored (data, split, documents, skips); ``on_warning`` hears what
+    makes the figures mean less than they seem (training-set figures, contexts beyond a model's
+    reach); warnings are also kept in ``EvalResult.warnings``. Raises InputError (exit 2) for a
+    missing checkpoint, runs with different tokenizers or (without ``contexts``) different
+    ``train.seq_len``, a corpus failing verification or made with another tokenizer, and bad
     numbers.
     """
     import torch
 
-    from longnet_cli.checkpoints import load_model_weights
     from longnet_cli.data.shards import TokenizedCorpus
-    from longnet_cli.recipes import Recipe
     from longnet_cli.runtime import keep_freed_memory
 
-    if options.docs is not None and options.docs < 1:
-        raise InputError(f"--docs must be at least 1, got {options.docs}")
-    if options.min_tokens < 2:
-        raise InputError(f"--min-tokens must be at least 2, got {options.min_tokens}")
-    if any(c < 2 for c in options.contexts):
-        raise InputError(f"contexts must be at least 2 tokens, got {options.contexts}")
-    if options.chunk_size < 1:
-        raise InputError(f"chunk_size must be positive, got {options.chunk_size}")
+    _check_options(options)
     chosen = _Choices(on_choice)
-    checkpoint = _resolve_checkpoint(options.checkpoint, Path(options.runs_dir), chosen)
-    recipe = Recipe.from_saved(checkpoint.state["recipe"], source=str(checkpoint.path))
-    data = _resolve_data(options.data, recipe, chosen)
+    warnings = _Choices(on_warning)
+    note = on_note or (lambda message: None)
+    runs = _resolve_runs(options.checkpoints, Path(options.runs_dir), chosen)
+    _check_same_tokenizer(runs)
+    data = _resolve_data(options.data, runs[0].recipe, chosen)
     corpus = TokenizedCorpus.open(data, verify="sizes")
-    _check_tokenizer(checkpoint, corpus)
-    contexts = sorted(set(options.contexts))
-    if not contexts:
-        contexts = [recipe.train.seq_len]
-        chosen.append(f"context: {format_length(contexts[0])} (the run's train.seq_len)")
+    for run in runs:
+        _check_tokenizer(run.checkpoint, corpus)
+    contexts = _resolve_contexts(options.contexts, runs, chosen)
+    min_tokens = options.min_tokens
+    if min_tokens is None:
+        min_tokens = contexts[-1] if len(contexts) > 1 else 2
+        if len(contexts) > 1:
+            chosen.append(
+                f"min tokens: {format_length(min_tokens)} (the largest context; shorter "
+                "documents are skipped)"
+            )
     boundaries = _check_boundaries(options.buckets)
     device = _resolve_device(options.device)
 
-    if device.type == "cpu" and recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
+    selection = select_documents(corpus, options.split, options.docs, min_tokens)
+    if selection.fallback:
+        warnings.append(
+            f"{data} has no held-out documents (tokenized before held-out splits existed, or "
+            "with --holdout 0): scoring its training documents; these are training-set figures"
+        )
+    if not selection.doc_ids:
+        longest = int(corpus.document_lengths()[selection.candidates].max(initial=0))
+        raise InputError(
+            f"{data}: no {selection.split} document has at least {min_tokens:,} tokens "
+            f"(--min-tokens); the longest has {longest:,}"
+        )
+    note(
+        f"eval: data {data}, split {selection.split} "
+        f"({_count(len(selection.doc_ids), 'document')})"
+        + (" (training-set figures)" if selection.split == "train" else "")
+    )
+    if selection.skipped:
+        note(
+            f"eval: skipped {_count(selection.skipped, 'document')} shorter than "
+            f"{format_length(min_tokens)} tokens (--min-tokens)"
+        )
+    for run in runs:
+        if contexts[-1] > run.reach:
+            warnings.append(
+                f"{run.name}: --context {format_length(contexts[-1])} exceeds its reach "
+                f"{format_length(run.reach)} (its longest segment): figures beyond "
+                f"{format_length(run.reach)} are those of independent blocks of "
+                f"{format_length(run.reach)} tokens"
+            )
+
+    if device.type == "cpu" and runs[0].recipe.train.threads:
+        torch.set_num_threads(runs[0].recipe.train.threads)
     keep_freed_memory()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = recipe.model.build(corpus.vocab_size)
-    try:
-        load_model_weights(checkpoint.path, model)
-    except Exception as err:  # a truncated or foreign file: name it
-        weights = checkpoint.path / "model.safetensors"
-        raise LongnetError(f"{weights}: cannot load the model weights: {err}") from err
-    model.to(device).eval()
     token_bytes = token_byte_lengths(corpus)
-    doc_ids = scorable_documents(corpus, options.docs, options.min_tokens)
-    if not doc_ids:
-        raise InputError(
-            f"{data}: no document has at least {options.min_tokens:,} tokens "
-            f"(--min-tokens); the longest has {int(corpus.document_lengths().max(initial=0)):,}"
-        )
-    scorer = _Scorer(model, contexts, boundaries, token_bytes, options.chunk_size)
-    documents = _progress(doc_ids, options.progress)
-    reports = scorer.run((corpus.document(i) for i in documents), options.windows)
+    results = []
+    for run in runs:
+        scorer = _Scorer(_load_model(run, corpus, device), contexts, boundaries, token_bytes,
+                         options.chunk_size)  # fmt: skip
+        results.append(_score_run(run, scorer, corpus, selection.doc_ids, options, len(runs) > 1))
+        del scorer
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
     else:
         peak = _peak_rss_bytes()
-    scored = sum(report.overall.tokens for report in reports)
-    seconds = scorer.model_seconds
     return EvalResult(
-        checkpoint=str(checkpoint.path),
         data=str(data),
-        step=checkpoint.step,
-        documents=len(doc_ids),
-        reports=reports,
-        tokens_per_s=scored / seconds if seconds > 0 else 0.0,
-        model_seconds=seconds,
+        split=selection.split,
+        documents=len(selection.doc_ids),
+        skipped=selection.skipped,
+        min_tokens=min_tokens,
+        runs=results,
         peak_memory_bytes=peak,
         chosen=list(chosen),
+        warnings=list(warnings),
+    )
+
+
+def _score_run(
+    run: _Run,
+    scorer: _Scorer,
+    corpus: TokenizedCorpus,
+    doc_ids: list[int],
+    options: EvalOptions,
+    named: bool,
+) -> RunResult:
+    """Score the documents with one run's model, then (when asked) probe it."""
+    import torch
+
+    label = run.name if named else "eval"
+    documents = _progress(doc_ids, options.progress, label)
+    reports = scorer.run((corpus.document(i) for i in documents), options.windows)
+    scored = sum(report.overall.tokens for report in reports)
+    seconds = scorer.model_seconds
+    probe = None
+    if options.probe == "copy":
+        documents = _progress(doc_ids, options.progress, f"{label}: copy probe")
+        with torch.inference_mode():
+            probe = copy_probe(
+                scorer.token_nll, (corpus.document(i) for i in documents), options.distances,
+                run.reach,
+            )  # fmt: skip
+    return RunResult(
+        run=run.name,
+        checkpoint=str(run.checkpoint.path),
+        recipe=_recipe_name(run.checkpoint.state),
+        step=run.checkpoint.step,
+        tokens_trained=_int_or_none(run.checkpoint.state.get("tokens")),
+        seq_len=run.recipe.train.seq_len,
+        reach=run.reach,
+        reports=reports,
+        probe=probe,
+        tokens_per_s=scored / seconds if seconds > 0 else 0.0,
+        model_seconds=seconds,
+    )
+
+
+@dataclass
+class DocumentSelection:
+    """The documents ``select_documents`` chose to score."""
+
+    split: str  # the split scored (may be "train" where "heldout" was asked: ``fallback``)
+    doc_ids: list[int]
+    skipped: int  # documents of the split passed over for being shorter than ``min_tokens``
+    candidates: np.ndarray  # every document id of the split
+    fallback: bool = False  # held-out asked, none in the corpus: the training documents instead
+
+
+def select_documents(
+    corpus: TokenizedCorpus, split: str, docs: int | None, min_tokens: int = 2
+) -> DocumentSelection:
+    """The first ``docs`` documents (all when None) of ``split`` with at least ``min_tokens``
+    tokens (and at least 2), in order, and how many shorter ones were passed over on the way.
+
+    ``split`` "heldout" on a corpus without held-out documents (tokenized before splits existed,
+    or with ``--holdout 0``) selects the training documents (``fallback``)."""
+    if split not in EVAL_SPLITS:
+        raise InputError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    fallback = False
+    candidates = corpus.split_documents(split)
+    if split == "heldout" and (not corpus.has_splits or len(candidates) == 0):
+        split, fallback = "train", True
+        candidates = corpus.split_documents("train" if corpus.has_splits else "all")
+    lengths = corpus.document_lengths()[candidates]
+    long_enough = np.flatnonzero(lengths >= max(min_tokens, 2))
+    chosen = long_enough if docs is None else long_enough[:docs]
+    considered = len(candidates) if docs is None or len(chosen) < docs else int(chosen[-1]) + 1
+    return DocumentSelection(
+        split=split,
+        doc_ids=[int(i) for i in candidates[chosen]],
+        skipped=considered - len(chosen),
+        candidates=candidates,
+        fallback=fallback,
     )
 
 
@@ -337,7 +540,7 @@ class _Scorer:
             return
         final_targets = min(self.contexts[0], len(span)) - 1  # the same for every context
         for context in self.contexts:
-            nll = self._token_nll(span[-context:])  # (n-1,) float64; target p at index p-1
+            nll = self.token_nll(span[-context:])  # (n-1,) float64; target p at index p-1
             targets = np.asarray(span[-len(nll) :], dtype=np.int64)
             target_bytes = self.token_bytes[targets]
             self._add(context, nll, target_bytes)
@@ -347,7 +550,7 @@ class _Scorer:
             final.bytes += int(target_bytes[-final_targets:].sum())
             self.sequences[context] += 1
 
-    def _token_nll(self, sequence: np.ndarray) -> np.ndarray:
+    def token_nll(self, sequence: np.ndarray) -> np.ndarray:
         """Per-target NLL (n-1,) of one sequence of n tokens, timed."""
         import torch
 
@@ -441,6 +644,93 @@ class _Choices(list):
         super().append(message)
         if self.callback is not None:
             self.callback(message)
+
+
+def _check_options(options: EvalOptions) -> None:
+    if options.docs is not None and options.docs < 1:
+        raise InputError(f"--docs must be at least 1, got {options.docs}")
+    if options.min_tokens is not None and options.min_tokens < 2:
+        raise InputError(f"--min-tokens must be at least 2, got {options.min_tokens}")
+    if any(c < 2 for c in options.contexts):
+        raise InputError(f"contexts must be at least 2 tokens, got {options.contexts}")
+    if options.chunk_size < 1:
+        raise InputError(f"chunk_size must be positive, got {options.chunk_size}")
+    if options.split not in EVAL_SPLITS:
+        raise InputError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {options.split!r}")
+    if options.probe is not None and options.probe not in PROBES:
+        raise InputError(f"--probe must be one of {', '.join(PROBES)}, got {options.probe!r}")
+    if options.probe is not None and (not options.distances or min(options.distances) < 2):
+        raise InputError(f"--distances must be lengths of at least 2, got {options.distances}")
+
+
+def _resolve_runs(paths: Sequence[Path], runs_dir: Path, chosen: list[str]) -> list[_Run]:
+    """Each checkpoint or run directory (the most recent run when none), with its recipe."""
+    from longnet_cli.recipes import Recipe
+
+    checkpoints = [_resolve_checkpoint(Path(p), runs_dir, chosen) for p in paths] or [
+        _resolve_checkpoint(None, runs_dir, chosen)
+    ]
+    runs = []
+    for checkpoint in checkpoints:
+        path = checkpoint.path
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
+        recipe = Recipe.from_saved(checkpoint.state["recipe"], source=str(path))
+        runs.append(_Run(checkpoint, recipe, str(run_dir)))
+    return runs
+
+
+def _check_same_tokenizer(runs: list[_Run]) -> None:
+    first = next((run for run in runs if run.checkpoint.state.get("tokenizer_sha256")), None)
+    if first is None:
+        return
+    expected = first.checkpoint.state["tokenizer_sha256"]
+    for run in runs:
+        other = run.checkpoint.state.get("tokenizer_sha256")
+        if other is not None and other != expected:
+            raise InputError(
+                f"tokenizers differ: {first.name} was trained with tokenizer sha256 {expected}, "
+                f"{run.name} with {other}; runs compared side by side must share a tokenizer"
+            )
+
+
+def _resolve_contexts(contexts: list[int], runs: list[_Run], chosen: list[str]) -> list[int]:
+    if contexts:
+        return sorted(set(contexts))
+    seq_lens = {run.name: run.recipe.train.seq_len for run in runs}
+    if len(set(seq_lens.values())) > 1:
+        shown = ", ".join(f"{name} {format_length(n)}" for name, n in seq_lens.items())
+        raise InputError(
+            f"--context is required: the runs' train.seq_len differ ({shown}); give the "
+            "contexts to compare them at, e.g. --context 2K,8K,32K"
+        )
+    seq_len = runs[0].recipe.train.seq_len
+    chosen.append(f"context: {format_length(seq_len)} (the run's train.seq_len)")
+    return [seq_len]
+
+
+def _load_model(run: _Run, corpus: TokenizedCorpus, device: torch.device) -> LongNetTransformer:
+    from longnet_cli.checkpoints import load_model_weights
+
+    model = run.recipe.model.build(corpus.vocab_size)
+    try:
+        load_model_weights(run.checkpoint.path, model)
+    except Exception as err:  # a truncated or foreign file: name it
+        weights = run.checkpoint.path / "model.safetensors"
+        raise LongnetError(f"{weights}: cannot load the model weights: {err}") from err
+    return model.to(device).eval()
+
+
+def _recipe_name(state: dict[str, Any]) -> str | None:
+    """The recipe's name (its file's stem) when the checkpoint records its source file."""
+    for key in ("recipe_name", "recipe_source", "recipe_path"):
+        value = state.get(key)
+        if isinstance(value, str) and value and not value.startswith("<"):
+            return Path(value).stem if key != "recipe_name" else value
+    return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _resolve_checkpoint(path: Path | None, runs_dir: Path, chosen: list[str]) -> Checkpoint:
@@ -537,27 +827,15 @@ def _peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _progress(doc_ids: list[int], enabled: bool) -> Iterator[int]:
+def _progress(doc_ids: list[int], enabled: bool, label: str = "eval") -> Iterator[int]:
     if not enabled:
         return iter(doc_ids)
     from tqdm import tqdm
 
-    return iter(tqdm(doc_ids, desc="eval", unit="doc", file=sys.stderr, dynamic_ncols=True))
+    return iter(tqdm(doc_ids, desc=label, unit="doc", file=sys.stderr, dynamic_ncols=True))
 
 
-# -- output ---------------------------------------------------------------------------------------
-
-
-def write_json(result: EvalResult, path: Path) -> None:
-    """``result.to_json()`` to ``path`` atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        temp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+# -- output helpers (the report itself: eval_report.py) -------------------------------------------
 
 
 def plot_available() -> bool:
@@ -567,78 +845,5 @@ def plot_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def plot(result: EvalResult, path: Path) -> None:
-    """Perplexity against position (bucket midpoints, log axis), one line per context, as PNG."""
-    if not plot_available():
-        raise InputError("--plot needs matplotlib: pip install 'longnet-cli[plot]'")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    try:
-        for report in result.reports:
-            points = [
-                ((b.start + b.end) / 2, b.stats.ppl) for b in report.buckets if b.stats.tokens
-            ]
-            if points:
-                xs, ys = zip(*points)
-                axes.plot(xs, ys, marker="o", label=f"context {format_length(report.context)}")
-        axes.set_xscale("log")
-        axes.set_xlabel("position in the sequence (tokens, bucket midpoint)")
-        axes.set_ylabel("perplexity")
-        axes.set_title(f"{Path(result.checkpoint).name} on {Path(result.data).name}")
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-    finally:
-        plt.close(figure)
-
-
-def table_lines(result: EvalResult) -> list[str]:
-    """The stdout report: a bucket table per context, then the final-tokens comparison."""
-    lines: list[str] = []
-    header = f"{'positions':<14}{'tokens':>12}{'loss':>9}{'ppl':>11}{'bpb':>8}"
-    for report in result.reports:
-        overall = report.overall
-        lines.append(
-            f"context {format_length(report.context)}: {_count(result.documents, 'document')}, "
-            f"{_count(report.sequences, 'sequence')}, {overall.tokens:,} tokens scored"
-        )
-        lines.append(header)
-        for bucket in report.buckets:
-            span = f"{format_length(bucket.start)}-{format_length(bucket.end)}"
-            lines.append(_row(span, bucket.stats))
-        lines.append(_row("overall", overall))
-        lines.append("")
-    if len(result.reports) > 1:
-        last = result.reports[0].context - 1
-        lines.append(
-            f"final tokens: the same last {last:,} positions of each span, scored with more and "
-            "more preceding context"
-        )
-        lines.append(f"{'context':<14}{'tokens':>12}{'loss':>9}{'ppl':>11}{'bpb':>8}")
-        for report in result.reports:
-            lines.append(_row(format_length(report.context), report.final))
-        lines.append("")
-    lines.append(
-        f"{result.tokens_per_s:,.0f} tokens/s ({result.model_seconds:.1f} s in the model), "
-        f"peak memory {result.peak_memory_bytes / 2**30:.2f} GiB"
-    )
-    return lines
-
-
 def _count(number: int, noun: str) -> str:
     return f"{number:,} {noun}{'' if number == 1 else 's'}"
-
-
-def _row(label: str, stats: Stats) -> str:
-    def number(value: float | None, width: int, digits: int) -> str:
-        return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
-
-    return (
-        f"{label:<14}{stats.tokens:>12,}{number(stats.loss, 9, 4)}{number(stats.ppl, 11, 2)}"
-        f"{number(stats.bpb, 8, 4)}"
-    )

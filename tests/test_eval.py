@@ -1,5 +1,6 @@
 """``longnet eval``: bucketed perplexity against an independent computation, windows, several
-contexts, defaults, the JSON report, refusals (exit 2), the plot and ``evaluate_model``."""
+contexts, defaults, the JSON report, refusals (exit 2), the plot and ``evaluate_model``; the
+held-out split, a model's reach, several runs side by side and the copy probe."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ import yaml
 
 from longnet_cli.checkpoints import latest_checkpoint, load_model_weights
 from longnet_cli.cli import main
-from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.data.shards import (
+    LEGACY_DOCUMENTS_NAMES,
+    TokenizedCorpus,
+    read_manifest,
+    write_documents_table,
+    write_manifest,
+)
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.evaluate import bucket_starts, evaluate_model, token_byte_lengths
 from longnet_cli.recipes import Recipe
@@ -24,7 +31,11 @@ from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
 REQUIRED_KEYS = {
     "checkpoint", "data", "context", "overall", "buckets", "tokens_per_s", "peak_memory_bytes",
-    "documents", "step", "chosen",
+    "documents", "step", "chosen", "split", "skipped", "min_tokens", "warnings", "reach", "runs",
+}  # fmt: skip
+RUN_KEYS = {
+    "run", "checkpoint", "recipe", "step", "tokens_trained", "seq_len", "reach", "contexts",
+    "probe", "tokens_per_s", "model_seconds",
 }  # fmt: skip
 FILES = ("json/decoder.py", "json/encoder.py", "csv.py")
 
@@ -43,10 +54,33 @@ def _tokenize(out: Path, vocab_size: int) -> Path:
     return out
 
 
+def _set_splits(directory: Path, heldout: set[int] | None) -> Path:
+    """Mark documents ``heldout`` as held out, the others as training documents (manifest
+    ``splits`` and the documents table's ``split``); None: a corpus tokenized before splits
+    existed (no ``split`` column, no ``splits`` in the manifest)."""
+    data = TokenizedCorpus.open(directory)
+    table, lengths = data.documents(), data.document_lengths()
+    manifest = read_manifest(directory)
+    manifest.pop("splits", None)
+    if heldout is None:
+        write_documents_table(directory, table.select(LEGACY_DOCUMENTS_NAMES))
+    else:
+        names = ["heldout" if i in heldout else "train" for i in range(table.num_rows)]
+        write_documents_table(directory, table.drop(["split"]).append_column("split", [names]))
+        manifest["splits"] = {"holdout": 0.5, **{
+            split: {"documents": names.count(split),
+                    "tokens": int(sum(n + 1 for n, s in zip(lengths, names) if s == split))}
+            for split in ("train", "heldout")
+        }}  # fmt: skip
+    write_manifest(directory, manifest)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
-    """A few standard-library modules (thousands of tokens each), 600-token vocabulary."""
-    return _tokenize(tmp_path_factory.mktemp("eval-corpus") / "data", 600)
+    """A few standard-library modules (thousands of tokens each), 600-token vocabulary;
+    documents 0 and 1 held out, document 2 for training."""
+    return _set_splits(_tokenize(tmp_path_factory.mktemp("eval-corpus") / "data", 600), {0, 1})
 
 
 @pytest.fixture(scope="session")
@@ -258,3 +292,207 @@ def test_evaluate_model_gives_the_cli_loss(run, corpus, model, capsys):
     for entry in report["contexts"]:
         got = summary["contexts"][str(entry["context"])]
         assert got == pytest.approx({key: entry["overall"][key] for key in got}, rel=1e-9)
+
+
+# -- the held-out split ---------------------------------------------------------------------------
+
+
+def _eval_err(capsys, *args: str) -> tuple[dict, str]:
+    assert _cli("eval", *args, "--json", "-") == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def test_heldout_documents_by_default_and_split_option(run, corpus, model, capsys):
+    report, err = _eval_err(capsys, str(run), "--context", "64")
+    assert report["split"] == "heldout" and report["documents"] == 2  # documents 0 and 1
+    assert f"eval: data {corpus}, split heldout (2 documents)" in err
+    assert "warning" not in err
+    report, err = _eval_err(capsys, str(run), "--context", "64", "--split", "train")
+    assert report["split"] == "train" and report["documents"] == 1
+    assert "split train (1 document) (training-set figures)" in err
+    data = TokenizedCorpus.open(corpus)
+    assert report["overall"]["loss"] == pytest.approx(_nll(model, data.document(2)[:64]).mean())
+    report = _eval_json(capsys, str(run), "--context", "64", "--split", "all", "--docs", "3")
+    assert (report["split"], report["documents"]) == ("all", 3)
+    report = _eval_json(capsys, str(run), "--context", "64", "--docs", "1")
+    assert report["documents"] == 1 and report["overall"]["tokens"] == 63  # first of the split
+
+
+@pytest.mark.parametrize("heldout", [None, set()], ids=["before-splits", "holdout-0"])
+def test_corpus_without_heldout_documents_warns_training_set_figures(
+    run, corpus, tmp_path, capsys, heldout
+):
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    _set_splits(data, heldout)
+    assert TokenizedCorpus.open(data).has_splits is (heldout is not None)
+    report, err = _eval_err(capsys, str(run), "--data", str(data), "--context", "32", "--quiet")
+    assert report["split"] == "train" and report["documents"] == 3
+    (line,) = err.splitlines()  # the warning, even with --quiet
+    assert line.startswith("warning: ") and "training-set figures" in line and str(data) in line
+    assert report["warnings"] == [line.removeprefix("warning: ")]
+
+
+# -- reach ----------------------------------------------------------------------------------------
+
+
+def test_reach_is_printed_and_a_context_beyond_it_warned(run, capsys):
+    report, err = _eval_err(capsys, str(run), "--context", "32,64", "--docs", "1")
+    assert report["reach"] == 64 and report["runs"][0]["reach"] == 64
+    assert "warning" not in err and report["warnings"] == []
+    report, err = _eval_err(capsys, str(run), "--context", "16,256", "--docs", "1")
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert "--context 256 exceeds its reach 64" in warning
+    assert "independent blocks of 64 tokens" in warning
+    assert _cli("eval", str(run), "--context", "16,256", "--docs", "1", "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "reach: 64 tokens" in out and "256*" in out and "beyond the model's reach" in out
+
+
+def test_min_tokens_defaults_to_the_largest_context_and_counts_skips(run, corpus, capsys):
+    lengths = TokenizedCorpus.open(corpus).document_lengths()
+    assert lengths[0] < 5600 <= lengths[1]  # the held-out documents
+    report, err = _eval_err(capsys, str(run), "--context", "16,5600")
+    assert (report["documents"], report["skipped"], report["min_tokens"]) == (1, 1, 5600)
+    assert "eval: skipped 1 document shorter than 5600 tokens (--min-tokens)" in err
+    assert "using min tokens: 5600 (the largest context" in err
+    assert report["contexts"][-1]["overall"]["tokens"] == 5599  # never less context
+    report = _eval_json(capsys, str(run), "--context", "16,5600", "--min-tokens", "2")
+    assert (report["documents"], report["skipped"], report["min_tokens"]) == (2, 0, 2)
+    report = _eval_json(capsys, str(run), "--context", "64", "--min-tokens", "5600", "--docs", "1")
+    assert (report["documents"], report["skipped"]) == (1, 1)  # passed over on the way
+
+
+# -- several runs side by side --------------------------------------------------------------------
+
+
+def _copy_run(run: Path, to: Path, change) -> Path:
+    """A copy of ``run`` whose latest checkpoint's state.json is edited by ``change(state)``."""
+    shutil.copytree(run, to)
+    (state_file,) = (to / "checkpoints").glob("step-*/state.json")
+    state = json.loads(state_file.read_text())
+    change(state)
+    state_file.write_text(json.dumps(state))
+    return to
+
+
+def _wider(state: dict) -> None:
+    state["recipe"]["model"]["segment_lengths"] = [32, 128]  # the same weights, reach 128
+    state["recipe_source"] = "recipes/study/wider.yaml"
+
+
+def test_runs_side_by_side_on_the_same_final_tokens(run, corpus, model, tmp_path, capsys):
+    other = _copy_run(run, tmp_path / "wider", _wider)
+    args = ["--context", "16,64,256", "--docs", "2", "--buckets", "32"]
+    report = _eval_json(capsys, str(run), str(other), *args)
+    assert set(report) == {
+        "data", "split", "documents", "skipped", "min_tokens", "peak_memory_bytes", "chosen",
+        "warnings", "context_lengths", "distances", "runs",
+    }  # fmt: skip
+    assert report["context_lengths"] == [16, 64, 256] and report["distances"] is None
+    assert (report["split"], report["documents"]) == ("heldout", 2)
+    first, second = report["runs"]
+    assert set(first) == set(second) == RUN_KEYS
+    assert (first["run"], first["recipe"], first["reach"], first["step"]) == (str(run), None, 64, 3)
+    assert (second["run"], second["recipe"], second["reach"]) == (str(other), "wider", 128)
+    assert [c["context"] for c in first["contexts"]] == [16, 64, 256]
+    assert {c["final"]["tokens"] for r in (first, second) for c in r["contexts"]} == {2 * 15}
+    single = _eval_json(capsys, str(run), *args)
+    assert single["runs"][0]["contexts"] == first["contexts"]  # as when scored alone
+    data = TokenizedCorpus.open(corpus)
+    tail = np.concatenate([_nll(model, data.document(doc)[:256][-64:])[-15:] for doc in (0, 1)])
+    assert first["contexts"][1]["final"]["loss"] == pytest.approx(tail.mean(), rel=1e-6)
+    for got, expected in zip(second["contexts"][:2], first["contexts"][:2]):  # within both reaches
+        assert got["final"]["loss"] == pytest.approx(expected["final"]["loss"], rel=1e-5)
+    warnings = report["warnings"]
+    assert len(warnings) == 2 and "reach 64" in warnings[0] and "reach 128" in warnings[1]
+
+    assert _cli("eval", str(run), str(other), *args, "--quiet") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["run", "recipe", "step", "reach", "16", "64", "256"]
+    row_a, row_b = lines[2].split(), lines[3].split()
+    assert row_a[:4] == [str(run), "-", "3", "64"] and row_b[:4] == [
+        str(other),
+        "wider",
+        "3",
+        "128",
+    ]
+    assert float(row_a[5]) == pytest.approx(first["contexts"][1]["final"]["ppl"], abs=0.01)
+    assert row_a[6].endswith("*") and row_b[6].endswith("*") and not row_a[5].endswith("*")
+    assert (
+        f"== {run}, step 3, reach 64" in lines and f"== {other} (wider), step 3, reach 128" in lines
+    )
+
+
+def test_runs_need_a_context_when_seq_len_differ(run, tmp_path, capsys):
+    longer = _copy_run(run, tmp_path / "longer", lambda s: s["recipe"]["train"].update(seq_len=128))
+    assert _cli("eval", str(run), str(longer), "--docs", "1", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "--context is required" in err and "seq_len" in err
+    assert f"{run} 64" in err and f"{longer} 128" in err
+    assert _cli("eval", str(run), str(longer), "--docs", "1", "--context", "64", "--quiet") == 0
+
+
+def test_runs_with_different_tokenizers_exit_2_naming_two(run, tmp_path, capsys):
+    foreign = _copy_run(run, tmp_path / "foreign", lambda s: s.update(tokenizer_sha256="0" * 64))
+    assert _cli("eval", str(run), str(foreign), "--context", "16", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "tokenizers differ" in err and str(run) in err and str(foreign) in err
+
+
+def test_plot_of_several_runs_names_each_run(run, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    labels = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "plot",
+        lambda self, *a, **k: labels.append(k.get("label")) or original(self, *a, **k),
+    )
+    other = _copy_run(run, tmp_path / "wider", _wider)
+    path = tmp_path / "ppl.png"
+    args = ["--context", "16,64", "--docs", "1", "--buckets", "8,32", "--quiet"]
+    assert _cli("eval", str(run), str(other), *args, "--plot", str(path)) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert labels == [f"{run}, context 16", f"{run}, context 64",
+                      f"{other} (wider), context 16", f"{other} (wider), context 64"]  # fmt: skip
+
+
+# -- the copy probe -------------------------------------------------------------------------------
+
+
+def test_copy_probe_against_an_independent_computation(run, corpus, model, tmp_path, capsys):
+    args = ["--context", "64", "--docs", "2", "--probe", "copy", "--distances", "16,64"]
+    report = _eval_json(capsys, str(run), *args)
+    data = TokenizedCorpus.open(corpus)
+    probe = {figure["distance"]: figure for figure in report["probe"]}
+    assert report["runs"][0]["probe"] == report["probe"]
+    for distance, within in ((16, True), (64, False)):  # 2d <= reach 64, then 2d > 64
+        first = second = 0.0
+        for doc in (0, 1):
+            span = data.document(doc)[:distance]
+            nll = _nll(model, np.concatenate([span, span]))
+            first += nll[: distance - 1].sum()  # positions 1 .. d-1
+            second += nll[distance:].sum()  # positions d+1 .. 2d-1: the same tokens again
+        figure = probe[distance]
+        assert (figure["documents"], figure["tokens"]) == (2, 2 * (distance - 1))
+        assert figure["within_reach"] is within
+        assert figure["first_loss"] == pytest.approx(first / figure["tokens"], rel=1e-6)
+        assert figure["second_loss"] == pytest.approx(second / figure["tokens"], rel=1e-6)
+        assert figure["ratio"] == pytest.approx(second / first, rel=1e-6)
+
+    other = _copy_run(run, tmp_path / "wider", _wider)
+    assert _cli("eval", str(run), str(other), *args, "--quiet") == 0
+    out = capsys.readouterr().out
+    table = out[out.index("copy probe") :].splitlines()
+    assert table[1].split() == ["run", "d=16", "d=64"]
+    assert table[2].split()[0] == str(run) and table[2].split()[2].endswith("*")
+    assert not table[3].split()[2].endswith("*")  # reach 128: 2 x 64 fits
+    assert table[4].split() == ["documents", "2", "2"]
+    assert "2d > the model's reach" in table[5]
+    both = _eval_json(capsys, str(run), str(other), *args)
+    assert both["distances"] == [16, 64]
+    assert both["runs"][0]["probe"] == report["probe"]

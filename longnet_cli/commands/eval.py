@@ -31,28 +31,38 @@ class LengthsParam(click.ParamType):
 
 @click.command("eval", context_settings=CONTEXT)
 @click.argument(
-    "checkpoint", required=False, type=click.Path(path_type=Path), metavar="[RUN_DIR|CHECKPOINT]"
+    "checkpoints", nargs=-1, type=click.Path(path_type=Path), metavar="[RUN_DIR|CHECKPOINT]..."
 )
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Tokenized corpus to score (default: the run's recipe eval.data, data.eval_shards, "
-    "else data.shards).",
+    help="Tokenized corpus to score (default: the first run's recipe eval.data, "
+    "data.eval_shards, else data.shards).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["heldout", "train", "all"]),
+    default="heldout",
+    show_default=True,
+    help="Which documents of the corpus to score. A corpus without held-out documents is "
+    "scored on its training documents, with a warning.",
 )
 @click.option(
     "--context",
     "contexts",
     type=LengthsParam(),
     help="Tokens per sequence, e.g. 1M; several (4K,64K,1M) score the same final tokens with "
-    "more and more preceding context. Default: the run's train.seq_len.",
+    "more and more preceding context. Default: the runs' train.seq_len (required when it "
+    "differs between runs).",
 )
-@click.option("--docs", type=click.IntRange(min=1), help="Score only the first N documents.")
+@click.option(
+    "--docs", type=click.IntRange(min=1), help="Score only the first N documents of the split."
+)
 @click.option(
     "--min-tokens",
     type=LengthParam(),
-    default="2",
-    help="Score only documents of at least this many tokens, e.g. 8K: with the context, "
-    "every position bucket is then filled by every document.",
+    help="Score only documents of at least this many tokens, e.g. 8K; shorter ones are skipped "
+    "and counted. Default: the largest context when several are given, else 2.",
 )
 @click.option(
     "--windows",
@@ -66,6 +76,19 @@ class LengthsParam(click.ParamType):
     help="Position bucket boundaries, e.g. 1K,2K,8K (default: powers of two from 1K).",
 )
 @click.option(
+    "--probe",
+    type=click.Choice(["copy"]),
+    help="Also run a probe. copy: feed the first d tokens of each document twice in a row and "
+    "report loss(second copy) / loss(first copy) for each of --distances.",
+)
+@click.option(
+    "--distances",
+    type=LengthsParam(),
+    default="512,2K,8K,16K",
+    show_default=True,
+    help="Span lengths d of the copy probe (the copies are d tokens apart).",
+)
+@click.option(
     "--json",
     "json_file",
     metavar="FILE",
@@ -75,7 +98,8 @@ class LengthsParam(click.ParamType):
     "--plot",
     "plot_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write a PNG of perplexity against position (needs the plot extra: matplotlib).",
+    help="Write a PNG of perplexity against position, one line per run and context (needs the "
+    "plot extra: matplotlib).",
 )
 @click.option(
     "--runs-dir",
@@ -85,10 +109,12 @@ class LengthsParam(click.ParamType):
     help="Where to look for the most recent run when no checkpoint is given.",
 )
 @click.option("--device", help="Torch device, e.g. cpu or cuda:0 (default: cuda when available).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no notes on stderr.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bar and no notes on stderr (warnings stay)."
+)
 def eval_command(
-    checkpoint, data, contexts, docs, min_tokens, windows, buckets, json_file, plot_file,
-    runs_dir, device, quiet,
+    checkpoints, data, split, contexts, docs, min_tokens, windows, buckets, probe, distances,
+    json_file, plot_file, runs_dir, device, quiet,
 ) -> None:  # fmt: skip
     """Score documents as single long sequences and report the loss by position.
 
@@ -96,36 +122,44 @@ def eval_command(
     with the model's chunked loss under inference mode. Position p is the index of the
     predicted token in its sequence (1 .. context-1). Per position bucket and overall: scored
     tokens, mean loss (nats), perplexity and bits per byte of source text; token-weighted.
+    Held-out documents by default (--split).
+
+    Several runs (RUN_A RUN_B ...) are scored on the same documents and the same final tokens
+    and shown side by side: a row per run, a column per context. A model reads only inside
+    blocks of its reach (its longest segment); a warning says when a context exceeds it.
 
     With no RUN_DIR|CHECKPOINT: the latest checkpoint of the most recent run under --runs-dir.
-    Exit code 2 for a missing checkpoint, a corpus failing verification or tokenized with
+    Exit code 2 for a missing checkpoint, runs with different tokenizers or (without
+    --context) different train.seq_len, a corpus failing verification or tokenized with
     another tokenizer, and bad option values.
     """
     from longnet_cli.errors import InputError
-    from longnet_cli.evaluate import (
-        EvalOptions,
-        evaluate,
-        plot,
-        plot_available,
-        table_lines,
-        write_json,
-    )
+    from longnet_cli.eval_report import plot, table_lines, write_json
+    from longnet_cli.evaluate import EvalOptions, evaluate, plot_available
 
     if plot_file is not None and not plot_available():
         raise InputError("--plot needs matplotlib: pip install 'longnet-cli[plot]'")
     options = EvalOptions(
-        checkpoint=checkpoint,
+        checkpoints=list(checkpoints),
         data=data,
+        split=split,
         contexts=contexts or [],
         docs=docs,
         min_tokens=min_tokens,
         windows=windows,
         buckets=buckets,
+        probe=probe,
+        distances=distances,
         runs_dir=runs_dir,
         device=device,
         progress=not quiet,
     )
-    result = evaluate(options, on_choice=None if quiet else _note)
+    result = evaluate(
+        options,
+        on_choice=None if quiet else _choice,
+        on_note=None if quiet else _note,
+        on_warning=_warning,
+    )
     if json_file == "-":
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -136,5 +170,13 @@ def eval_command(
         plot(result, plot_file)
 
 
-def _note(message: str) -> None:
+def _choice(message: str) -> None:
     click.echo(f"using {message}", err=True)
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _warning(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)

@@ -173,3 +173,47 @@ def test_inspect_corpus_stage(corpus_dir, tokenizer_model):
     assert report.dtype == "uint16" and report.shards == len(list(corpus_dir.glob("shard-*.bin")))
     with pytest.raises(InputError, match=r"0\.\.4"):
         inspect_corpus(corpus_dir, doc_id=5)
+
+
+def _add_splits(directory: Path, heldout: set[int], recorded: dict | None = None) -> dict:
+    """Give the corpus a split column (``heldout`` ids held out) and a manifest "splits"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(directory / "documents.parquet").drop_columns(["split"])
+    splits = ["heldout" if i in heldout else "train" for i in range(table.num_rows)]
+    write_documents_table(directory, table.append_column("split", pa.array(splits)))
+    lengths = table.column("tokens").to_pylist()
+    figures = {
+        name: {
+            "documents": sum(1 for s in splits if s == name),
+            "tokens": sum(n + 1 for n, s in zip(lengths, splits) if s == name),
+        }
+        for name in ("train", "heldout")
+    }
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["splits"] = recorded or {"holdout": 0.25, **figures, "fallback": False}
+    write_manifest(directory, manifest)
+    return figures
+
+
+def test_inspect_shows_documents_and_tokens_per_split(corpus_dir, capsys):
+    code, out, _ = _run(capsys, "inspect", str(corpus_dir))
+    assert code == 0 and "split       none recorded" in out  # an old corpus: all train
+    figures = _add_splits(corpus_dir, {0, 3})
+    code, out, err = _run(capsys, "inspect", str(corpus_dir))
+    assert code == 0, err
+    heldout, train = figures["heldout"], figures["train"]
+    assert f"heldout     {heldout['documents']} documents, {heldout['tokens']} tokens" in out
+    assert f"train       {train['documents']} documents, {train['tokens']} tokens" in out
+    assert "holdout     0.25" in out
+    code, out, _ = _run(capsys, "inspect", str(corpus_dir), "--json")
+    assert json.loads(out)["splits"]["heldout"] == heldout
+
+
+def test_inspect_reports_splits_that_disagree_with_the_documents_table(corpus_dir, capsys):
+    wrong = {"holdout": 0.25, "train": {"documents": 5, "tokens": 1}, "heldout": {}}
+    _add_splits(corpus_dir, {1}, recorded=wrong)
+    code, out, _ = _run(capsys, "inspect", str(corpus_dir))
+    assert code == 1
+    assert "splits.train" in out and "splits.heldout" in out

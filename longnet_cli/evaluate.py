@@ -1,4 +1,4 @@
-"""Stage: a checkpoint and a tokenized corpus -> perplexity by position (``longnet eval``).
+"""Stage: checkpoints and a tokenized corpus -> perplexity by position (``longnet eval``).
 
 Each document is read as ONE sequence of up to ``context`` tokens and scored with the model's
 chunked per-token loss (``LongNetTransformer.token_nll``), under ``torch.inference_mode``.
@@ -20,7 +20,21 @@ the same final tokens scored with different amounts of preceding context. Each d
 its first ``max(contexts)`` tokens (with ``windows``, each window of ``max(contexts)`` tokens);
 context ``c`` scores the last ``c`` tokens of the span as its own sequence. Each context reports
 the bucket table of its own window and ``final``: the figures over the last
-``min(contexts) - 1`` targets of the span, the same tokens for every context.
+``min(contexts) - 1`` targets of the span, the same tokens for every context. Documents shorter
+than ``min_tokens`` (by default the largest context, when there are several) are skipped and
+counted, never scored with less context.
+
+Documents: the corpus's held-out split by default (``split``: "heldout", "train" or "all"); a
+corpus without held-out documents (tokenized before splits existed, or with ``--holdout 0``) is
+scored on its training documents, with a warning that the figures are training-set figures.
+
+Reach: a model's longest segment length. Segments start at multiples of their length and the
+shorter ones divide the longest, so a token reads only inside its own block of ``reach`` tokens,
+through every layer; figures at a context beyond the reach are those of independent blocks.
+
+Several runs: every run is scored on the same documents at the same contexts, so each context's
+``final`` figures cover the same tokens for every run (the LongNet paper's Table 2). The copy
+probe (``probe.py``) runs on the same documents.
 """
 
 from __future__ import annotations

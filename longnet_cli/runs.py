@@ -13,7 +13,11 @@ Per run:
   ``eval`` key (evaluation during training; its largest context) and (b) an ``eval.json``
   written by ``longnet eval --json`` inside the run directory or beside it (the pipelines write
   ``WORKDIR/eval.json`` next to ``WORKDIR/run``), used only when the checkpoint it names lies in
-  this run; on equal steps ``eval.json`` wins (it is the full ``longnet eval``);
+  this run; on equal steps held-out figures win, then ``eval.json`` (the full ``longnet eval``);
+  its ``split`` says which documents it scored: "heldout" (never trained on), "train"
+  (training-set figures), "tail" (the last documents of the training corpus, cut from training
+  by position: runs started before held-out splits existed), "all" (every document of the
+  evaluation data), or None: an evaluation written before splits were recorded;
 - modified: the newest modification time of the run directory, ``metrics.jsonl``, the latest
   checkpoint and the eval file.
 
@@ -44,6 +48,7 @@ class EvalSummary:
     loss: float | None
     ppl: float | None
     bpb: float | None
+    split: str | None = None  # "heldout", "train", "tail", "all"; None: not recorded (old runs)
 
 
 @dataclass
@@ -171,9 +176,13 @@ def _latest_eval(run_dir: Path, records: list[dict]) -> tuple[EvalSummary | None
             break
     if not candidates:
         return None, None
-    # the latest step wins; on a tie the later candidate (eval.json) does
-    best = max(enumerate(candidates), key=lambda item: (item[1][0].step or -1, item[0]))[1]
-    return best
+
+    # the latest step wins; on a tie held-out figures, then the later candidate (eval.json)
+    def rank(item: tuple[int, tuple[EvalSummary, Path]]) -> tuple[int, bool, int]:
+        index, (summary, _) = item
+        return (summary.step or -1, summary.split == "heldout", index)
+
+    return max(enumerate(candidates), key=rank)[1]
 
 
 def _from_metrics(record: dict) -> EvalSummary | None:
@@ -189,6 +198,7 @@ def _from_metrics(record: dict) -> EvalSummary | None:
         loss=_number(figures.get("loss")),
         ppl=_number(figures.get("ppl")),
         bpb=_number(figures.get("bpb")),
+        split=_split(record["eval"].get("split")),
     )
 
 
@@ -201,7 +211,12 @@ def _from_report(report: dict, path: Path) -> EvalSummary:
         loss=_number(overall.get("loss")),
         ppl=_number(overall.get("ppl")),
         bpb=_number(overall.get("bpb")),
+        split=_split(report.get("split")),
     )
+
+
+def _split(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _belongs_to(checkpoint: Any, report_path: Path, run_dir: Path) -> bool:

@@ -137,3 +137,29 @@ def test_no_runs_is_friendly(tmp_path, capsys, monkeypatch):
 def test_missing_runs_dir_given_explicitly_is_exit_2(tmp_path, capsys):
     code, out, err = _cli(capsys, "runs", "--runs-dir", str(tmp_path / "nope"))
     assert code == 2 and out == "" and "nope" in err and len(err.splitlines()) == 1
+
+
+def test_eval_split_is_shown_held_out_preferred_on_a_tie(tmp_path, capsys):
+    run = tmp_path / "w" / "run"
+    checkpoint = _checkpoint(run, 8, 8)
+    heldout = _eval_line(8, 40.0)
+    heldout["eval"]["split"] = "heldout"
+    _metrics(run, heldout)
+    report = {"checkpoint": str(checkpoint), "step": 8, "context": 256, "split": "train",
+              "overall": {"tokens": 5, "loss": 2.0, "ppl": 30.0, "bpb": 0.7}}  # fmt: skip
+    (tmp_path / "w" / "eval.json").write_text(json.dumps(report))
+    (summary,) = [r.eval for r in list_runs(tmp_path)]
+    assert (summary.source, summary.split, summary.ppl) == ("metrics.jsonl", "heldout", 40.0)
+    code, out, _ = _cli(capsys, "runs", "--runs-dir", str(tmp_path))
+    assert code == 0 and "(step 8, training, held-out)" in out
+    code, out, _ = _cli(capsys, "runs", "--runs-dir", str(tmp_path), "--json")
+    assert json.loads(out)["runs"][0]["eval"]["split"] == "heldout"
+
+    report["step"] = 9  # a later training-set evaluation is shown, and said to be one
+    (tmp_path / "w" / "eval.json").write_text(json.dumps(report))
+    code, out, _ = _cli(capsys, "runs", "--runs-dir", str(tmp_path))
+    assert "ppl 30.00" in out and "(step 9, eval.json, train-set)" in out
+
+    _metrics(run, _eval_line(10, 50.0))  # written before splits were recorded
+    code, out, _ = _cli(capsys, "runs", "--runs-dir", str(tmp_path))
+    assert "ppl 50.00" in out and "(step 10, training, unknown split)" in out

@@ -10,6 +10,14 @@ import click
 
 from longnet_cli.commands.common import CONTEXT
 
+SPLIT_LABELS = {  # which documents an evaluation scored (runs.EvalSummary.split)
+    "heldout": "held-out",
+    "train": "train-set",
+    "tail": "last docs",
+    "all": "all docs",
+    None: "unknown split",
+}
+
 
 @click.command("runs", context_settings=CONTEXT)
 @click.option(
@@ -28,8 +36,11 @@ def runs(ctx: click.Context, runs_dir: Path, as_json: bool) -> None:
     step over the recipe's train.steps; LOSS the last logged training loss (metrics.jsonl);
     EVAL the evaluation of the latest step: the last metrics.jsonl line with an "eval" key
     (evaluation during training) or an eval.json written by `longnet eval --json` in the run
-    directory or beside it, whichever is of a later step (eval.json on a tie); perplexity and
-    bits per byte at its largest context.
+    directory or beside it, whichever is of a later step (held-out figures, then eval.json, on
+    a tie); perplexity and bits per byte at its largest context, and which documents it scored:
+    held-out (never trained on), train-set, last docs (cut from training by position, runs
+    started before held-out splits), all docs, or unknown split (written before splits were
+    recorded).
     """
     from longnet_cli.errors import InputError
     from longnet_cli.runs import list_runs
@@ -82,7 +93,8 @@ def _eval(run) -> str:
         parts.append(f"@{format_length(summary.context)}")
     origin = "eval.json" if summary.source != "metrics.jsonl" else "training"
     step = "" if summary.step is None else f"step {summary.step}, "
-    return f"{' '.join(parts) or '?'} ({step}{origin})"
+    split = SPLIT_LABELS.get(summary.split, f"{summary.split} split")
+    return f"{' '.join(parts) or '?'} ({step}{origin}, {split})"
 
 
 def _time(seconds: float) -> str:

@@ -8,6 +8,17 @@ Exact resume: the batch of every (step, micro-step, rank) is a pure function of 
 (``TrainingWindows``), the learning rate a pure function of the step, and checkpoints restore
 weights, optimizer state and every rank's RNG state. A run killed after a checkpoint and started
 again reproduces the uninterrupted run's losses bit for bit on a CPU.
+
+Which windows a run reads (its window scheme, recorded as ``"windows"`` in every checkpoint's
+state.json and kept on resume):
+
+- ``"train-split"`` (new runs on a corpus with a recorded split): windows read the corpus's
+  training documents only; evaluation during training scores the held-out split. The windows
+  do not depend on ``eval.*``.
+- ``"before-eval-tail"`` (runs started before held-out splits existed, i.e. checkpoints without
+  the record, and new runs on a corpus tokenized before them): the whole stream, cut before the
+  last ``eval.docs`` documents when evaluation during training uses the training corpus; those
+  documents are the ones evaluated.
 """
 
 from __future__ import annotations
@@ -16,12 +27,14 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +43,9 @@ from longnet_cli.errors import InputError, LongnetError
 from longnet_cli.recipes import Recipe, check_against_corpus, safe_to_change_on_resume
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+WINDOWS_TRAIN_SPLIT = "train-split"
+WINDOWS_BEFORE_EVAL_TAIL = "before-eval-tail"
+WINDOW_SCHEMES = (WINDOWS_TRAIN_SPLIT, WINDOWS_BEFORE_EVAL_TAIL)
 EXIT_ON_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
@@ -175,13 +191,18 @@ def train(
         if rng is not None:
             ckpt.set_rng_state(rng)
         start = existing.step
-    evaluation = _Evaluation.plan(recipe, corpus)
+    scheme = window_scheme(existing.state if existing is not None else None, corpus)
+    evaluation = _Evaluation.plan(recipe, corpus, scheme)
+    if evaluation is not None and evaluation.warning and accelerator.is_main_process:
+        print(f"warning: {evaluation.warning}", file=sys.stderr)
+    tail = scheme == WINDOWS_BEFORE_EVAL_TAIL
     windows = TrainingWindows(
         corpus,
         recipe.train.seq_len,
         seed=recipe.train.seed,
         sampling=recipe.data.sampling,
-        end=evaluation.train_end if evaluation else None,
+        split="all" if tail else "train",
+        end=evaluation.train_end if evaluation and tail else None,
     )
     metrics = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, start)
     if accelerator.log_with:
@@ -199,6 +220,7 @@ def train(
         windows,
         metrics,
         corpus.manifest["tokenizer_sha256"],
+        scheme,
     )
     try:
         with _signals_recorded() as received:
@@ -233,8 +255,10 @@ class _Loop:
         windows,
         metrics,
         tokenizer_sha256,
+        window_scheme,
     ) -> None:
         self.evaluation = evaluation
+        self.window_scheme = window_scheme
         self.accelerator, self.recipe, self.run_dir = accelerator, recipe, run_dir
         self.model, self.loss_module, self.optimizer = model, loss_module, optimizer
         self.windows, self.metrics, self.tokenizer_sha256 = windows, metrics, tokenizer_sha256
@@ -365,6 +389,7 @@ class _Loop:
                 "dp_size": self.dp_size,
                 "sequence_parallel": self.layout.sequence_size,
                 "tokenizer_sha256": self.tokenizer_sha256,
+                "windows": self.window_scheme,
                 "scheduler": {
                     "name": "warmup-cosine",
                     "step": step,
@@ -469,22 +494,41 @@ def _check_resumable(existing, recipe: Recipe, corpus, layout: _Layout) -> None:
         )
 
 
+def window_scheme(state: dict | None, corpus) -> str:
+    """The window scheme of a run: the one its checkpoint ``state`` records; for a checkpoint
+    written before schemes were recorded, the pre-split one (so it keeps its windows); for a new
+    run, "train-split", unless the corpus was tokenized before held-out splits existed."""
+    if state is not None:
+        scheme = state.get("windows", WINDOWS_BEFORE_EVAL_TAIL)
+        if scheme not in WINDOW_SCHEMES:
+            raise InputError(
+                f"checkpoint state records windows {scheme!r}; this longnet knows "
+                f"{', '.join(WINDOW_SCHEMES)} (a newer longnet wrote it?)"
+            )
+        return scheme
+    return WINDOWS_TRAIN_SPLIT if corpus.has_splits else WINDOWS_BEFORE_EVAL_TAIL
+
+
 @dataclass
 class _Evaluation:
-    """Evaluation during training: which documents, at which contexts, and what training may
-    read (held-out documents of the training corpus are never trained on)."""
+    """Evaluation during training: which documents, at which contexts, which split they are
+    (recorded in metrics.jsonl), and, under the pre-split scheme, where training stops."""
 
     corpus: object
     doc_ids: list[int]
     contexts: list[int]
-    train_end: int | None  # training windows end here (None: separate evaluation data)
+    train_end: int | None  # "before-eval-tail": training windows end here (None: no cut)
     chunk_size: int
+    split: str  # "heldout", "train" (training-set figures), "tail" or "all" (eval data)
+    warning: str | None = None  # one line for stderr when the figures are not held-out ones
     token_bytes: object = None
 
     @classmethod
-    def plan(cls, recipe: Recipe, corpus) -> _Evaluation | None:
-        """None unless ``eval.every`` > 0. Data: ``eval.data``, else ``data.eval_shards``, else
-        the last ``eval.docs`` documents of the training corpus, held out of training."""
+    def plan(cls, recipe: Recipe, corpus, scheme: str = WINDOWS_TRAIN_SPLIT) -> _Evaluation | None:
+        """None unless ``eval.every`` > 0. Data: ``eval.data``, else ``data.eval_shards`` (its
+        first ``eval.docs`` documents), else the training corpus: under "train-split" its first
+        ``eval.docs`` held-out documents (training documents, with a warning, when it holds
+        none); under "before-eval-tail" its last ``eval.docs`` documents, cut from training."""
         from longnet_cli.data.shards import TokenizedCorpus
         from longnet_cli.evaluate import scorable_documents
 
@@ -492,11 +536,36 @@ class _Evaluation:
         if not cfg.every:
             return None
         contexts = cfg.context_lengths(recipe.train.seq_len)
+        chunk = recipe.train.loss_chunk
         source = cfg.data or recipe.data.eval_shards
+        if source is None and scheme == WINDOWS_BEFORE_EVAL_TAIL:
+            tail = scorable_documents(corpus, None)[-cfg.docs :]
+            end = int(corpus.document_starts()[tail[0]]) if tail else None
+            warning = (
+                f"{corpus.directory} records no held-out split (tokenized before longnet "
+                f"tokenize --holdout): evaluation scores its last {len(tail)} document(s), cut "
+                "from training by position, not a held-out split; re-tokenize to get one"
+            )
+            if corpus.has_splits:
+                warning = (
+                    "this run started before held-out splits existed and keeps its windows: "
+                    f"evaluation scores the last {len(tail)} document(s) of {corpus.directory}, "
+                    "and training may read its held-out documents"
+                )
+            return cls(corpus, tail, contexts, end, chunk, "tail", warning)
         if source is None:
-            held_out = scorable_documents(corpus, None)[-cfg.docs :]
-            end = int(corpus.document_starts()[held_out[0]]) if held_out else None
-            return cls(corpus, held_out, contexts, end, recipe.train.loss_chunk)
+            scorable = np.asarray(scorable_documents(corpus, None), dtype=np.int64)
+            heldout = scorable[corpus.heldout_mask()[scorable]] if scorable.size else scorable
+            if heldout.size:
+                ids = [int(i) for i in heldout[: cfg.docs]]
+                return cls(corpus, ids, contexts, None, chunk, "heldout")
+            ids = [int(i) for i in scorable[: cfg.docs]]
+            warning = (
+                f"{corpus.directory} has no held-out documents to evaluate (tokenized with "
+                f"--holdout 0, or too small): evaluation scores {len(ids)} training "
+                "document(s); these are training-set figures"
+            )
+            return cls(corpus, ids, contexts, None, chunk, "train", warning)
         eval_corpus = TokenizedCorpus.open(Path(source), verify="sizes")
         if eval_corpus.manifest["tokenizer_sha256"] != corpus.manifest["tokenizer_sha256"]:
             raise InputError(
@@ -505,14 +574,14 @@ class _Evaluation:
                 f"{corpus.manifest['tokenizer_sha256']})"
             )
         ids = scorable_documents(eval_corpus, cfg.docs)
-        return cls(eval_corpus, ids, contexts, None, recipe.train.loss_chunk)
+        return cls(eval_corpus, ids, contexts, None, chunk, "all")
 
     def run(self, model: nn.Module) -> dict:
         from longnet_cli.evaluate import evaluate_model, token_byte_lengths
 
         if self.token_bytes is None:
             self.token_bytes = token_byte_lengths(self.corpus)
-        return evaluate_model(
+        figures = evaluate_model(
             model,
             self.corpus,
             self.contexts,
@@ -521,6 +590,7 @@ class _Evaluation:
             token_bytes=self.token_bytes,
             chunk_size=self.chunk_size,
         )
+        return {"split": self.split, "documents": len(self.doc_ids), **figures}
 
 
 def _trackers(recipe: Recipe) -> list[str] | None:
@@ -528,7 +598,6 @@ def _trackers(recipe: Recipe) -> list[str] | None:
     if not recipe.log.tensorboard:
         return None
     import importlib.util
-    import sys
 
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         return ["tensorboard"]

@@ -278,6 +278,7 @@ def test_tensorboard_tracker_logs_or_warns(corpus, tmp_path, capsys):
 
 def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
     from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.windows import TrainingWindows
     from longnet_cli.evaluate import scorable_documents
     from longnet_cli.recipes import load_recipe
     from longnet_cli.train import _Evaluation
@@ -290,14 +291,72 @@ def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
     evals = [r for r in _metrics(run) if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4]
     for record in evals:
+        assert record["eval"]["split"] == "heldout" and record["eval"]["documents"] == 1
         figures = record["eval"]["contexts"]
         assert set(figures) == {"32", "64"}
         assert all(f["tokens"] > 0 and 0 < f["loss"] < 20 for f in figures.values())
-    # The held-out document is the corpus's last one, and training stops before it.
+    state = json.loads((run / "checkpoints" / "step-0000004" / "state.json").read_text())
+    assert state["windows"] == "train-split"
+    # The evaluated document is the corpus's first held-out one; training never reads it, and
+    # its windows do not depend on eval.*.
     tokenized = TokenizedCorpus.open(corpus)
+    heldout = tokenized.split_documents("heldout").tolist()
+    assert tokenized.has_splits and len(heldout) == 1  # 3 documents: the smallest hash
     plan = _Evaluation.plan(load_recipe(recipe), tokenized)
-    assert plan.doc_ids == scorable_documents(tokenized, None)[-1:]
-    assert plan.train_end == int(tokenized.document_starts()[plan.doc_ids[0]])
+    assert plan.doc_ids == [i for i in scorable_documents(tokenized, None) if i in heldout][:1]
+    assert plan.split == "heldout" and plan.train_end is None and plan.warning is None
+    windows = TrainingWindows(tokenized, 64, seed=1)
+    assert windows.num_tokens == tokenized.num_tokens - tokenized.document_lengths()[heldout[0]] - 1
+
+
+def _strip_splits(directory: Path) -> None:
+    """Make ``directory`` a corpus as tokenized before held-out splits existed."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(directory / "documents.parquet").drop_columns(["split"])
+    pq.write_table(table, directory / "documents.parquet")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    del manifest["splits"]
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_run_started_before_splits_keeps_its_windows_on_resume(corpus, tmp_path, capsys):
+    """A checkpoint without a "windows" record resumes with the pre-split scheme (training
+    stops before the last eval.docs documents), bit for bit, even once the corpus has a split."""
+    import shutil
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(corpus, legacy)
+    _strip_splits(legacy)
+    changes = {"train__steps": 4, "checkpoint__every": 2, "eval__every": 2, "eval__docs": 2}
+    changes["eval__contexts"] = [32]
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    recipe = _write_recipe(reference, legacy, **changes)
+    assert _cli("train", str(recipe), "--out", str(reference / "run"), "--quiet") == 0
+    assert "no held-out split" in capsys.readouterr().err  # the one-line warning
+    state = json.loads((reference / "run/checkpoints/step-0000004/state.json").read_text())
+    assert state["windows"] == "before-eval-tail"  # a new run on an old corpus: old scheme
+    assert {r["eval"]["split"] for r in _metrics(reference / "run") if "eval" in r} == {"tail"}
+
+    data = tmp_path / "data"
+    shutil.copytree(legacy, data)
+    recipe = _write_recipe(tmp_path, data, **changes)
+    run = tmp_path / "run"
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=2") == 0
+    state_file = run / "checkpoints" / "step-0000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["windows"]  # as written before window schemes were recorded
+    state_file.write_text(json.dumps(state))
+    for name in ("documents.parquet", "manifest.json"):  # the corpus now records its split
+        shutil.copyfile(corpus / name, data / name)
+    capsys.readouterr()
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert "keeps its windows" in capsys.readouterr().err
+    expected = [r["loss"] for r in _metrics(reference / "run") if "loss" in r]
+    assert [r["loss"] for r in _metrics(run) if "loss" in r] == expected
+    final = json.loads((run / "checkpoints/step-0000004/state.json").read_text())
+    assert final["windows"] == "before-eval-tail"
 
 
 def _launch(recipe: Path, run: Path, *extra: str, processes: int = 2) -> None:

@@ -17,6 +17,7 @@ from longnet_cli.errors import InputError
 from longnet_cli.evaluate import EvalResult, RunResult, Stats, plot_available
 from longnet_cli.lengths import format_length
 
+LINE_STYLES = ("-", "--", ":", "-.")  # several runs: a colour per run, a line style per context
 SPLIT_WORDS = {"heldout": "held-out", "train": "training", "all": "all"}
 
 
@@ -43,9 +44,10 @@ def plot(result: EvalResult, path: Path) -> None:
 
     several = len(result.runs) > 1
     figure, axes = plt.subplots(figsize=(8, 5) if several else (7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     try:
-        for run in result.runs:
-            for report in run.reports:
+        for index, run in enumerate(result.runs):
+            for order, report in enumerate(run.reports):
                 points = [
                     ((b.start + b.end) / 2, b.stats.ppl) for b in report.buckets if b.stats.tokens
                 ]
@@ -54,7 +56,11 @@ def plot(result: EvalResult, path: Path) -> None:
                 context = f"context {format_length(report.context)}"
                 label = f"{run.label}, {context}" if several else context
                 xs, ys = zip(*points)
-                axes.plot(xs, ys, marker="o", label=label)
+                style = {}
+                if several:
+                    style["color"] = colors[index % len(colors)]
+                    style["linestyle"] = LINE_STYLES[order % len(LINE_STYLES)]
+                axes.plot(xs, ys, marker="o", label=label, **style)
         axes.set_xscale("log")
         axes.set_xlabel("position in the sequence (tokens, bucket midpoint)")
         axes.set_ylabel("perplexity")
@@ -143,10 +149,11 @@ def _reach_line(run: RunResult) -> str:
 def _comparison(result: EvalResult) -> list[str]:
     """A row per run, a column per context: perplexity over the same final tokens."""
     first = result.runs[0].reports[0]
+    documents = _count(result.documents, SPLIT_WORDS[result.split] + " document")
     lines = [
-        f"perplexity on the same final tokens ({first.final.tokens:,} over "
-        f"{_count(result.documents, SPLIT_WORDS[result.split] + ' document')}) with more and "
-        f"more preceding context; data {result.data}"
+        f"perplexity on the same final tokens (the last {first.context - 1:,} positions of each "
+        f"span: {first.final.tokens:,} tokens of {documents} of {result.data}) with more and "
+        "more preceding context"
     ]
     header = ["run", "recipe", "step", "reach"] + [format_length(c) for c in result.contexts]
     rows = [header]

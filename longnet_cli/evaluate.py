@@ -718,7 +718,8 @@ def _resolve_contexts(contexts: list[int], runs: list[_Run], chosen: list[str]) 
             "contexts to compare them at, e.g. --context 2K,8K,32K"
         )
     seq_len = runs[0].recipe.train.seq_len
-    chosen.append(f"context: {format_length(seq_len)} (the run's train.seq_len)")
+    whose = "the run's" if len(runs) == 1 else "the runs'"
+    chosen.append(f"context: {format_length(seq_len)} ({whose} train.seq_len)")
     return [seq_len]
 
 

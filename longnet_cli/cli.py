@@ -33,6 +33,7 @@ def _register_commands() -> None:
     from longnet_cli.commands.eval import eval_command
     from longnet_cli.commands.inspect import inspect
     from longnet_cli.commands.runs import runs
+    from longnet_cli.commands.study_report import study_report
     from longnet_cli.commands.tokenize import tokenize
     from longnet_cli.commands.train import train
 
@@ -42,6 +43,7 @@ def _register_commands() -> None:
     cli.add_command(bench)
     cli.add_command(eval_command)
     cli.add_command(runs)
+    cli.add_command(study_report)
 
 
 _register_commands()

@@ -34,35 +34,8 @@ batch_pipeline() {
         echo "$PIPELINE: recipe not found: $recipe" >&2
         exit 2
     fi
-    if ! command -v flock >/dev/null 2>&1; then
-        echo "$PIPELINE: needs flock (util-linux) to keep two runs apart; install it" >&2
-        exit 2
-    fi
     require_longnet
-    mkdir -p "$workdir/logs"
-
-    local lock="$workdir/.pipeline.lock"
-    exec 9>>"$lock"
-    if ! flock --nonblock 9; then
-        echo "$PIPELINE: another run holds $lock; not starting (exit $LOCKED_EXIT)" >&2
-        exit "$LOCKED_EXIT"
-    fi
-
-    local stamp log n=1
-    stamp=$(date +%Y%m%d-%H%M%S)
-    log="$workdir/logs/$stamp.log"
-    while [[ -e $log ]]; do # a second run within the same second
-        n=$((n + 1))
-        log="$workdir/logs/$stamp-$n.log"
-    done
-    if [[ -t 1 ]]; then
-        echo "$PIPELINE: logging to $log"
-    fi
-    exec 3>&2 # the caller's stderr, for the one-line failure notice
-    exec >>"$log" 2>&1
-    CURRENT_STEP=start
-    BATCH_LOG=$log
-    trap batch_exit EXIT
+    batch_begin "$workdir"
 
     local tokenize_args train_args eval_args
     read -r -a tokenize_args <<<"${LONGNET_TOKENIZE_ARGS:-}"
@@ -93,6 +66,42 @@ batch_pipeline() {
 
     CURRENT_STEP=done
     echo "$PIPELINE: done in $((SECONDS - started)) s $(date '+%Y-%m-%d %H:%M:%S')"
+}
+
+# Take WORKDIR's lock (exit 75 when another run holds it), send this run's stdout and stderr to
+# a new log in WORKDIR/logs/, and report a failure on the caller's stderr in one line on exit.
+# Sets BATCH_LOG; the caller sets PIPELINE and updates CURRENT_STEP as it goes.
+batch_begin() {
+    local workdir=$1
+    if ! command -v flock >/dev/null 2>&1; then
+        echo "$PIPELINE: needs flock (util-linux) to keep two runs apart; install it" >&2
+        exit 2
+    fi
+    mkdir -p "$workdir/logs"
+
+    local lock="$workdir/.pipeline.lock"
+    exec 9>>"$lock"
+    if ! flock --nonblock 9; then
+        echo "$PIPELINE: another run holds $lock; not starting (exit $LOCKED_EXIT)" >&2
+        exit "$LOCKED_EXIT"
+    fi
+
+    local stamp log n=1
+    stamp=$(date +%Y%m%d-%H%M%S)
+    log="$workdir/logs/$stamp.log"
+    while [[ -e $log ]]; do # a second run within the same second
+        n=$((n + 1))
+        log="$workdir/logs/$stamp-$n.log"
+    done
+    if [[ -t 1 ]]; then
+        echo "$PIPELINE: logging to $log"
+    fi
+    exec 3>&2 # the caller's stderr, for the one-line failure notice
+    exec 4>&1 # the caller's stdout, for what a pipeline prints when done
+    exec >>"$log" 2>&1
+    CURRENT_STEP=start
+    BATCH_LOG=$log
+    trap batch_exit EXIT
 }
 
 # On exit: a failure is logged and reported on the caller's stderr in one line; the exit code

@@ -1,0 +1,50 @@
+"""``longnet study-report``: the context study's table from a side-by-side ``longnet eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from longnet_cli.commands.common import CONTEXT
+
+
+@click.command("study-report", context_settings=CONTEXT)
+@click.argument("eval_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as markdown to this file (study.md).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report's figures as JSON to this file (study.json).",
+)
+@click.option("--quiet", is_flag=True, help="Print nothing on stdout (the files only).")
+def study_report(
+    eval_json: Path, markdown_path: Path | None, json_path: Path | None, quiet: bool
+) -> None:
+    """Render the context study from EVAL_JSON, written by
+
+        longnet eval RUN_A RUN_B ... --context 2K,8K,32K --probe copy --json EVAL_JSON
+
+    One row per run: perplexity on the same final tokens of the same held-out documents with
+    each amount of context (the LongNet paper's Table 2), the run's reach (longest segment),
+    the copy probe, and training tokens, tokens/s and wall time (from each run's
+    metrics.jsonl). Runs named dense_2k and longnet_8k (pipelines/context_study.sh) also get
+    the study's claims, each marked shown or not shown by the figures measured.
+    """
+    from longnet_cli.study import markdown, study_report, write_text_atomically
+
+    study = study_report(eval_json)
+    text = markdown(study)
+    if json_path is not None:
+        write_text_atomically(json_path, json.dumps(study, indent=2) + "\n")
+    if markdown_path is not None:
+        write_text_atomically(markdown_path, text)
+    if not quiet:
+        click.echo(text, nl=False)

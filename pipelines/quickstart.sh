@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quickstart: the built-in corpus (this interpreter's standard library, each package one
-# long document) -> a small LongNet trained on 8K-token sequences -> perplexity by position.
+# long document) -> a small LongNet trained on 8K-token sequences -> perplexity by position on
+# held-out packages (5% of the packages, chosen by a hash of their content, never trained on).
 #
 #   pipelines/quickstart.sh [WORKDIR]          (default: runs/quickstart)
 #
@@ -14,7 +15,8 @@
 #   LONGNET_QUICKSTART_STEPS         train.steps (default: the recipe's, 100; warm-up 10%)
 #   LONGNET_QUICKSTART_SEQ_LEN       train.seq_len (default: the recipe's, 8K)
 #   LONGNET_QUICKSTART_CONTEXT       eval --context and --min-tokens (default: SEQ_LEN, else 8K)
-#   LONGNET_QUICKSTART_DOCS          documents evaluated (default 4)
+#   LONGNET_QUICKSTART_DOCS          held-out documents evaluated (default 4)
+#   LONGNET_QUICKSTART_HOLDOUT       fraction of the documents held out (default 0.05)
 #   LONGNET_QUICKSTART_VOCAB_SIZE    tokenizer vocabulary (default 8192)
 #   LONGNET_QUICKSTART_SAMPLE_BYTES  text sampled to train the tokenizer (default 32M)
 #   LONGNET_QUICKSTART_INCLUDE       files of the standard library to read, globs separated by
@@ -38,6 +40,7 @@ STEPS=${LONGNET_QUICKSTART_STEPS:-}
 SEQ_LEN=${LONGNET_QUICKSTART_SEQ_LEN:-}
 CONTEXT=${LONGNET_QUICKSTART_CONTEXT:-${SEQ_LEN:-8K}}
 DOCS=${LONGNET_QUICKSTART_DOCS:-4}
+HOLDOUT=${LONGNET_QUICKSTART_HOLDOUT:-0.05}
 VOCAB_SIZE=${LONGNET_QUICKSTART_VOCAB_SIZE:-8192}
 SAMPLE_BYTES=${LONGNET_QUICKSTART_SAMPLE_BYTES:-32M}
 read -r -a INCLUDE <<<"${LONGNET_QUICKSTART_INCLUDE:-*.py}"
@@ -54,7 +57,7 @@ for pattern in "${INCLUDE[@]}"; do
     include+=(--include "$pattern")
 done
 longnet tokenize --stdlib --group repo "${include[@]}" --vocab-size "$VOCAB_SIZE" \
-    --sample-bytes "$SAMPLE_BYTES" --out "$WORKDIR/data" ${TOKENIZE_ARGS[@]+"${TOKENIZE_ARGS[@]}"}
+    --holdout "$HOLDOUT" --sample-bytes "$SAMPLE_BYTES" --out "$WORKDIR/data" ${TOKENIZE_ARGS[@]+"${TOKENIZE_ARGS[@]}"}
 
 step "[2/3] train recipes/quickstart.yaml into $WORKDIR/run"
 overrides=(--set "data.shards=$WORKDIR/data")
@@ -67,14 +70,14 @@ fi
 longnet train "$ROOT/recipes/quickstart.yaml" --out "$WORKDIR/run" "${overrides[@]}" \
     ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
 
-step "[3/3] evaluate: perplexity by position, $CONTEXT tokens of context"
+step "[3/3] evaluate on held-out documents: perplexity by position, $CONTEXT tokens of context"
 plot=()
 if have_matplotlib; then
     plot=(--plot "$WORKDIR/eval.png")
 else
     echo "$PIPELINE: matplotlib is not installed: no plot (pip install '.[plot]' adds it)" >&2
 fi
-longnet eval "$WORKDIR/run" --data "$WORKDIR/data" --context "$CONTEXT" --min-tokens "$CONTEXT" \
-    --docs "$DOCS" --json "$WORKDIR/eval.json" ${plot[@]+"${plot[@]}"}
+longnet eval "$WORKDIR/run" --data "$WORKDIR/data" --split heldout --context "$CONTEXT" \
+    --min-tokens "$CONTEXT" --docs "$DOCS" --json "$WORKDIR/eval.json" ${plot[@]+"${plot[@]}"}
 
 echo "$PIPELINE: done in $((SECONDS - started)) s: $WORKDIR/eval.json${plot[*]:+, $WORKDIR/eval.png}; list runs with: longnet runs --runs-dir $WORKDIR" >&2

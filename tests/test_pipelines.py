@@ -67,6 +67,8 @@ def test_quickstart_end_to_end_then_second_run_skips(tmp_path):
 
     manifest = json.loads((workdir / "data" / "manifest.json").read_text())
     assert manifest["documents"] == 2 and manifest["vocab_size"] == 400  # json/, email/
+    # --holdout 0.05 of two documents selects by content hash; if none, the smallest hash
+    assert manifest["splits"]["heldout"]["documents"] == 1
     state = json.loads((workdir / "run/checkpoints/step-0000004/state.json").read_text())
     assert state["step"] == 4 and state["recipe"]["train"]["seq_len"] == 128
     metrics = [
@@ -75,9 +77,9 @@ def test_quickstart_end_to_end_then_second_run_skips(tmp_path):
     assert metrics[-1]["step"] == 4 and metrics[-1]["loss"] > 0
     report = json.loads((workdir / "eval.json").read_text())
     assert set(report) >= EVAL_KEYS
-    assert report["context"] == 128 and report["documents"] == 2 and report["step"] == 4
-    assert report["overall"]["tokens"] == 2 * 127
-    for line in ("positions", "overall", "tokens/s"):
+    assert report["context"] == 128 and report["documents"] == 1 and report["step"] == 4
+    assert report["split"] == "heldout" and report["overall"]["tokens"] == 127
+    for line in ("positions", "overall", "tokens/s", "held-out"):
         assert line in first.stdout
     assert (workdir / "eval.png").exists() == plot_available()
     (run,) = list_runs(workdir)
@@ -209,3 +211,56 @@ def test_readme_set_up_commands():
     readme = (ROOT / "README.md").read_text()
     assert f"\n   {one_line}\n" in readme
     assert "\n   pip install torch==2.13.0 && pip install . && pipelines/quickstart.sh\n" in readme
+
+
+def test_context_study_smoke_end_to_end_then_no_op(tmp_path):
+    """context_study.sh at its smoke scale: one held-out corpus, three runs on the same number
+    of training tokens, scored side by side on held-out documents; the report agrees with the
+    evaluation it renders; a second run trains and scores nothing; the lock keeps runs apart."""
+    workdir = tmp_path / "study"
+    env = {"LONGNET_STUDY_SCALE": "smoke"}
+    first, first_seconds = _run("context_study.sh", workdir, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "| `longnet_8k` |" in first.stdout  # the table, printed when done
+
+    manifest = json.loads((workdir / "data" / "manifest.json").read_text())
+    assert manifest["splits"]["holdout"] == 0.2 and manifest["splits"]["heldout"]["documents"]
+    evaluation = json.loads((workdir / "eval.json").read_text())
+    study = json.loads((workdir / "study.json").read_text())
+    assert evaluation["split"] == study["split"] == "heldout"
+    assert study["contexts"] == [32, 128, 512] and study["distances"] == [8, 32, 128, 256]
+    names = [row["name"] for row in study["runs"]]
+    assert names == ["dense_2k", "longnet_8k", "dense_8k"]
+    for row, run in zip(study["runs"], evaluation["runs"]):
+        final = {str(c["context"]): c["final"]["ppl"] for c in run["contexts"]}
+        assert row["ppl"] == final and row["reach"] == run["reach"]
+        metrics = (Path(run["run"]) / "metrics.jsonl").read_text().splitlines()
+        assert row["train_tokens"] == json.loads(metrics[-1])["tokens"]
+    assert len({row["train_tokens"] for row in study["runs"]}) == 1  # same training tokens
+    assert [row["reach"] for row in study["runs"]] == [1024, 512, 1024]
+    assert len(study["claims"]) == 8 and all(c["measured"] is not None for c in study["claims"])
+    assert (workdir / "study.md").read_text() == first.stdout
+    assert (workdir / "study.png").exists() == plot_available()
+
+    written = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()
+               and "logs" not in p.parts}  # fmt: skip
+    second, second_seconds = _run("context_study.sh", workdir, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout == first.stdout
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # nothing rewritten
+    (log,) = [p for p in (workdir / "logs").glob("*.log") if "up to date" in p.read_text()]
+    assert "the study is up to date" in log.read_text()
+    assert second_seconds < first_seconds
+
+    with open(workdir / ".pipeline.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked, _ = _run("context_study.sh", workdir, env=env)
+    assert locked.returncode == 75 and "another run holds" in locked.stderr
+
+
+def test_context_study_usage_errors(tmp_path):
+    result, _ = _run("context_study.sh", tmp_path / "a", tmp_path / "b")
+    assert result.returncode == 2 and "usage: pipelines/context_study.sh" in result.stderr
+    result, _ = _run("context_study.sh", tmp_path / "a", env={"LONGNET_STUDY_SCALE": "huge"})
+    assert result.returncode == 2 and "LONGNET_STUDY_SCALE" in result.stderr
+    assert not (tmp_path / "a").exists()

@@ -397,6 +397,7 @@ class _Loop:
                 },
                 "loss": self.last_loss,
                 "recipe": self.recipe.to_dict(),
+                "recipe_source": self.recipe.source,  # the YAML file: eval names runs by it
             }
             final = ckpt.checkpoint_dir(self.run_dir) / ckpt.step_name(step)
             ckpt.finish_checkpoint(staging, final, state)

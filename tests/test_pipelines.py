@@ -231,6 +231,7 @@ def test_context_study_smoke_end_to_end_then_no_op(tmp_path):
     assert study["contexts"] == [32, 128, 512] and study["distances"] == [8, 32, 128, 256]
     names = [row["name"] for row in study["runs"]]
     assert names == ["dense_2k", "longnet_8k", "dense_8k"]
+    assert [run["recipe"] for run in evaluation["runs"]] == names  # from the checkpoints
     for row, run in zip(study["runs"], evaluation["runs"]):
         final = {str(c["context"]): c["final"]["ppl"] for c in run["contexts"]}
         assert row["ppl"] == final and row["reach"] == run["reach"]

@@ -134,7 +134,44 @@ def train(
     force: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``recipe`` into ``run_dir``, resuming from its latest checkpoint when there is one."""
+    """Train ``recipe`` into ``run_dir``, resuming from its latest checkpoint when there is one.
+
+    The run holds ``run_dir``'s lock (``runlock.RunLock``, taken by the main process before any
+    rank writes) from start to end: a second ``train`` on the same directory, ``--no-resume
+    --force`` included, raises RunLockedError (exit 75) and touches nothing.
+    """
+    held: list = []  # the lock, once taken (released however the run ends)
+    try:
+        return _train(recipe, Path(run_dir), resume, force, progress, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _take_run_lock(accelerator, run_dir: Path, held: list) -> None:
+    """The main process takes the run's lock; every rank raises RunLockedError when it is held."""
+    from longnet_cli.runlock import RunLock, RunLockedError
+
+    refusal = None
+    if accelerator.is_main_process:
+        try:
+            held.append(RunLock(run_dir).acquire())
+        except RunLockedError as err:
+            refusal = str(err)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [refusal]
+        broadcast_object_list(box, from_process=0)
+        refusal = box[0]
+    if refusal is not None:
+        raise RunLockedError(refusal)
+
+
+def _train(
+    recipe: Recipe, run_dir: Path, resume: bool, force: bool, progress: bool, held: list
+) -> TrainResult:
+    """``train``'s body; ``held`` receives the run lock."""
     from accelerate import Accelerator
 
     from longnet_cli.data.shards import TokenizedCorpus
@@ -149,7 +186,6 @@ def train(
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
-    run_dir = Path(run_dir)
     accelerator = Accelerator(
         mixed_precision=PRECISIONS[recipe.train.precision],
         gradient_accumulation_steps=recipe.train.grad_accum,
@@ -157,6 +193,7 @@ def train(
         log_with=_trackers(recipe),
         project_dir=str(run_dir),
     )
+    _take_run_lock(accelerator, run_dir, held)
     existing = _prepare_run_dir(accelerator, run_dir, resume, force)
     layout = _Layout.of(accelerator, recipe)
     if existing is not None:

@@ -152,7 +152,8 @@ def test_resume_after_sigkill_is_bitwise_exact(reference_run, corpus, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert not (run / "checkpoints" / "step-0000012").exists()
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert f"pid={process.pid}" in (run / ".train.lock").read_text()  # the file stays ...
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0  # ... the lock does not
     assert _metrics(run) == [
         {**r, "tokens_per_s": m["tokens_per_s"], "elapsed_s": m["elapsed_s"]}
         for r, m in zip(_metrics(reference_run), _metrics(run))
@@ -184,6 +185,62 @@ def test_no_resume_refuses_to_overwrite_without_force(reference_run, corpus, tmp
     assert "--force" in capsys.readouterr().err
     assert _cli("train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet") == 0
     assert [r["step"] for r in _metrics(run)] == [1, 2]
+
+
+def _wait_for_lock(run: Path, process: subprocess.Popen) -> None:
+    """Until ``process`` holds ``run``'s training lock (it writes its pid there once held)."""
+    lock = run / ".train.lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and f"pid={process.pid}" in lock.read_text()):
+        assert process.poll() is None, process.communicate()[1].decode()
+        assert time.monotonic() < deadline, "the run never took its lock"
+        time.sleep(0.01)
+
+
+def test_second_train_on_a_running_run_exits_75(corpus, tmp_path, capsys):
+    """While a run trains, a second train on its directory is refused at once (75) and the first
+    finishes with the losses it has alone; reading the run (eval) stays free."""
+    steps = 40
+    recipe = _write_recipe(tmp_path, corpus, train__steps=steps, checkpoint__every=2)
+    alone = tmp_path / "alone"
+    assert _cli("train", str(recipe), "--out", str(alone), "--quiet") == 0
+    run = tmp_path / "run"
+    first = _train_subprocess(str(recipe), "--out", str(run))
+    _wait_for_lock(run, first)
+    started = time.monotonic()
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 75
+    refused_after = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert f"pid={first.pid}" in err and str(run) in err and len(err.strip().splitlines()) == 1
+    assert _cli("train", str(recipe), "--out", str(run), "--no-resume", "--force",
+                "--quiet") == 75  # fmt: skip
+    _wait_for(run / "checkpoints" / "step-0000002", first)
+    assert _cli("eval", str(run), "--split", "all", "--docs", "1", "--quiet") == 0
+    assert first.poll() is None, "the first run ended before the checks: make it longer"
+    _, stderr = first.communicate()
+    assert first.returncode == 0, stderr.decode()
+    assert refused_after < 10
+    steps_logged = [r["step"] for r in _metrics(run)]
+    assert steps_logged == list(range(1, steps + 1))  # one history, strictly increasing
+    assert [r["loss"] for r in _metrics(run)] == [r["loss"] for r in _metrics(alone)]
+
+
+def test_no_resume_force_is_refused_while_the_lock_is_held(corpus, tmp_path, capsys):
+    import fcntl
+
+    recipe = _write_recipe(tmp_path, corpus, train__steps=2)
+    run = tmp_path / "run"
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with open(run / ".train.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train holds it
+        handle.write("otherhost pid=4242 started=now\n")
+        handle.flush()
+        code = _cli("train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet")
+    assert code == 75
+    assert "otherhost pid=4242" in capsys.readouterr().err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing deleted
+    assert _cli("train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet") == 0
 
 
 def test_resume_refuses_an_unsafe_recipe_change_but_takes_more_steps(corpus, tmp_path, capsys):

@@ -394,7 +394,7 @@ def test_runs_side_by_side_on_the_same_final_tokens(run, corpus, model, tmp_path
     assert (report["split"], report["documents"]) == ("heldout", 2)
     first, second = report["runs"]
     assert set(first) == set(second) == RUN_KEYS
-    assert (first["run"], first["recipe"], first["reach"], first["step"]) == (str(run), None, 64, 3)
+    assert (first["run"], first["recipe"], first["reach"], first["step"]) == (str(run), "recipe", 64, 3)
     assert (second["run"], second["recipe"], second["reach"]) == (str(other), "wider", 128)
     assert [c["context"] for c in first["contexts"]] == [16, 64, 256]
     assert {c["final"]["tokens"] for r in (first, second) for c in r["contexts"]} == {2 * 15}
@@ -412,7 +412,7 @@ def test_runs_side_by_side_on_the_same_final_tokens(run, corpus, model, tmp_path
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["run", "recipe", "step", "reach", "16", "64", "256"]
     row_a, row_b = lines[2].split(), lines[3].split()
-    assert row_a[:4] == [str(run), "-", "3", "64"] and row_b[:4] == [
+    assert row_a[:4] == [str(run), "recipe", "3", "64"] and row_b[:4] == [
         str(other),
         "wider",
         "3",
@@ -421,7 +421,7 @@ def test_runs_side_by_side_on_the_same_final_tokens(run, corpus, model, tmp_path
     assert float(row_a[5]) == pytest.approx(first["contexts"][1]["final"]["ppl"], abs=0.01)
     assert row_a[6].endswith("*") and row_b[6].endswith("*") and not row_a[5].endswith("*")
     assert (
-        f"== {run}, step 3, reach 64" in lines and f"== {other} (wider), step 3, reach 128" in lines
+        f"== {run} (recipe), step 3, reach 64" in lines and f"== {other} (wider), step 3, reach 128" in lines
     )
 
 
@@ -457,7 +457,7 @@ def test_plot_of_several_runs_names_each_run(run, tmp_path, capsys, monkeypatch)
     args = ["--context", "16,64", "--docs", "1", "--buckets", "8,32", "--quiet"]
     assert _cli("eval", str(run), str(other), *args, "--plot", str(path)) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert labels == [f"{run}, context 16", f"{run}, context 64",
+    assert labels == [f"{run} (recipe), context 16", f"{run} (recipe), context 64",
                       f"{other} (wider), context 16", f"{other} (wider), context 64"]  # fmt: skip
 
 

@@ -394,7 +394,12 @@ def test_runs_side_by_side_on_the_same_final_tokens(run, corpus, model, tmp_path
     assert (report["split"], report["documents"]) == ("heldout", 2)
     first, second = report["runs"]
     assert set(first) == set(second) == RUN_KEYS
-    assert (first["run"], first["recipe"], first["reach"], first["step"]) == (str(run), "recipe", 64, 3)
+    assert (first["run"], first["recipe"], first["reach"], first["step"]) == (
+        str(run),
+        "recipe",
+        64,
+        3,
+    )
     assert (second["run"], second["recipe"], second["reach"]) == (str(other), "wider", 128)
     assert [c["context"] for c in first["contexts"]] == [16, 64, 256]
     assert {c["final"]["tokens"] for r in (first, second) for c in r["contexts"]} == {2 * 15}
@@ -421,7 +426,8 @@ def test_runs_side_by_side_on_the_same_final_tokens(run, corpus, model, tmp_path
     assert float(row_a[5]) == pytest.approx(first["contexts"][1]["final"]["ppl"], abs=0.01)
     assert row_a[6].endswith("*") and row_b[6].endswith("*") and not row_a[5].endswith("*")
     assert (
-        f"== {run} (recipe), step 3, reach 64" in lines and f"== {other} (wider), step 3, reach 128" in lines
+        f"== {run} (recipe), step 3, reach 64" in lines
+        and f"== {other} (wider), step 3, reach 128" in lines
     )
 
 

@@ -54,6 +54,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SAFE_ON_RESUME = (
     "train.steps",
     "train.threads",
+    "train.deterministic",  # kernel choice, not the math: bit-exact on a CPU either way
     "checkpoint.every",
     "checkpoint.keep_last",
     "log",
@@ -354,6 +355,8 @@ class TrainConfig(_Section):
     loss_chunk: int = field(default=1024, metadata=_kind("length"))
     # torch CPU threads
     threads: int | None = field(default=None, metadata=_kind("int", minimum=1, optional=True))
+    # deterministic kernels where they exist (torch.use_deterministic_algorithms, cuDNN, cuBLAS)
+    deterministic: bool = field(default=False, metadata=_kind("bool"))
 
     def _check(self) -> None:
         if self.lr <= 0:

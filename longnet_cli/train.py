@@ -1,8 +1,9 @@
 """Stage: recipe -> checkpoints. A resumable training loop on HF accelerate.
 
-One process, one GPU, or ``accelerate launch --num_processes N`` (data parallel; ``--cpu`` uses
-gloo) run the same code. The loop itself is plain PyTorch; accelerate places the model, wraps it
-for data parallelism, applies mixed precision and gradient accumulation.
+One process, one GPU, or one process per device (``longnet train --devices N`` starts them
+through ``launch.py``; ``accelerate launch`` or ``torchrun`` work too; gloo on a CPU) run the same
+code. The loop itself is plain PyTorch; accelerate places the model, wraps it for data
+parallelism, applies mixed precision and gradient accumulation.
 
 Exact resume: the batch of every (step, micro-step, rank) is a pure function of the seed
 (``TrainingWindows``), the learning rate a pure function of the step, and checkpoints restore
@@ -149,11 +150,16 @@ def train(
 
 
 def _take_run_lock(accelerator, run_dir: Path, held: list) -> None:
-    """The main process takes the run's lock; every rank raises RunLockedError when it is held."""
+    """The main process takes the run's lock; every rank raises RunLockedError when it is held.
+
+    When ``longnet train`` launched this process, the launcher took the lock before starting
+    the workers and holds it until they end: the main process does not take it again.
+    """
+    from longnet_cli.launch import launcher_holds_lock
     from longnet_cli.runlock import RunLock, RunLockedError
 
     refusal = None
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not launcher_holds_lock(run_dir):
         try:
             held.append(RunLock(run_dir).acquire())
         except RunLockedError as err:
@@ -168,23 +174,46 @@ def _take_run_lock(accelerator, run_dir: Path, held: list) -> None:
         raise RunLockedError(refusal)
 
 
+def check_inputs(recipe: Recipe):
+    """The recipe's corpus, opened and checked against the recipe: (corpus, vocab_size).
+
+    Cheap (sizes, not hashes): ``longnet train`` runs it before launching its workers too, so
+    that a bad input exits 2 once, before any process starts.
+    """
+    from longnet_cli.data.shards import TokenizedCorpus
+
+    corpus = TokenizedCorpus.open(Path(recipe.data.shards), verify="sizes")
+    vocab_size = check_against_corpus(recipe, corpus)
+    if recipe.train.precision == "fp16" and not torch.cuda.is_available():
+        raise InputError("train.precision: fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    return corpus, vocab_size
+
+
+def use_deterministic_kernels() -> None:
+    """``train.deterministic``: deterministic kernels wherever torch has them (cuBLAS workspace,
+    cuDNN); ops without one warn once instead of failing (flash-attn's backward and CUDA
+    embedding backward stay non-deterministic). Call before the first CUDA operation."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def _train(
     recipe: Recipe, run_dir: Path, resume: bool, force: bool, progress: bool, held: list
 ) -> TrainResult:
     """``train``'s body; ``held`` receives the run lock."""
     from accelerate import Accelerator
 
-    from longnet_cli.data.shards import TokenizedCorpus
     from longnet_cli.data.windows import TrainingWindows
     from longnet_cli.runtime import keep_freed_memory
 
     started = time.perf_counter()
-    corpus = TokenizedCorpus.open(Path(recipe.data.shards), verify="sizes")
-    vocab_size = check_against_corpus(recipe, corpus)
-    if recipe.train.precision == "fp16" and not torch.cuda.is_available():
-        raise InputError("train.precision: fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    corpus, vocab_size = check_inputs(recipe)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    if recipe.train.deterministic:
+        use_deterministic_kernels()
     keep_freed_memory()
     accelerator = Accelerator(
         mixed_precision=PRECISIONS[recipe.train.precision],
@@ -194,6 +223,7 @@ def _train(
         project_dir=str(run_dir),
     )
     _take_run_lock(accelerator, run_dir, held)
+    _check_shared_run_dir(accelerator, run_dir)
     existing = _prepare_run_dir(accelerator, run_dir, resume, force)
     layout = _Layout.of(accelerator, recipe)
     if existing is not None:
@@ -389,15 +419,29 @@ class _Loop:
         return float(mean), float(grad_norm), lr
 
     def _evaluate(self, step: int) -> None:
-        """Score the held-out documents (main process; the others wait) into metrics.jsonl."""
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            self.model.use_sequence_parallel(None)  # one process scores whole documents
-            try:
+        """Score the held-out documents into metrics.jsonl, every rank its share.
+
+        Each rank scores whole documents alone (no sequence parallelism), a share balanced by
+        length, so no rank waits much longer than the longest document takes; the summed
+        negative log-likelihoods, tokens and bytes are then added up over the ranks.
+        """
+        accelerator = self.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        self.model.use_sequence_parallel(None)
+        try:
+            if world == 1:
                 self.metrics.write(step=step, eval=self.evaluation.run(self.model))
-            finally:
-                self.model.use_sequence_parallel(self.layout.sequence_group)
-        self.accelerator.wait_for_everyone()
+                return
+            share = self.evaluation.shares(world)[rank]
+            sums = self.evaluation.sums(self.model, share)  # (contexts, 3): nll, tokens, bytes
+        finally:
+            self.model.use_sequence_parallel(self.layout.sequence_group)
+        import torch.distributed as dist
+
+        total = torch.from_numpy(sums).to(accelerator.device)
+        dist.all_reduce(total)  # sum over every rank
+        if accelerator.is_main_process:
+            self.metrics.write(step=step, eval=self.evaluation.figures(total.cpu().numpy()))
 
     def _signal_agreed(self, received: list[int]) -> int:
         """The signal any rank received (all ranks stop at the same step), or 0."""
@@ -478,6 +522,39 @@ class _Layout:
 
 
 # --------------------------------------------------------------------------- run directory
+
+
+def _check_shared_run_dir(accelerator, run_dir: Path, patience_s: float = 10.0) -> None:
+    """Every rank must see the run directory the main process writes into (several nodes: one
+    filesystem they all share). The main process writes a marker there; a rank that does not
+    see it within ``patience_s`` makes every rank raise InputError (exit 2)."""
+    if accelerator.num_processes == 1:
+        return
+    import socket
+    import uuid
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    box = [f".shared-check-{uuid.uuid4().hex}"]
+    broadcast_object_list(box, from_process=0)
+    marker = run_dir / box[0]
+    if accelerator.is_main_process:
+        marker.write_text(f"{socket.gethostname()}\n")
+    accelerator.wait_for_everyone()
+    deadline = time.monotonic() + patience_s
+    while not (seen := marker.exists()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    views = gather_object([(accelerator.process_index, socket.gethostname(), seen)])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker.unlink(missing_ok=True)
+    blind = [f"rank {rank} on {host}" for rank, host, saw in views if not saw]
+    if blind:
+        raise InputError(
+            f"the run directory {run_dir} must be on a filesystem every node shares: "
+            f"{', '.join(blind)} cannot see the file rank 0 wrote there; put --out on a shared "
+            "filesystem (NFS, Lustre ...) mounted at the same path on every node"
+        )
 
 
 def _prepare_run_dir(accelerator, run_dir: Path, resume: bool, force: bool):
@@ -614,7 +691,8 @@ class _Evaluation:
         ids = scorable_documents(eval_corpus, cfg.docs)
         return cls(eval_corpus, ids, contexts, None, chunk, "all")
 
-    def run(self, model: nn.Module) -> dict:
+    def run(self, model: nn.Module, doc_ids: list[int] | None = None) -> dict:
+        """``evaluate_model``'s figures on ``doc_ids`` (default: all of this plan's documents)."""
         from longnet_cli.evaluate import evaluate_model, token_byte_lengths
 
         if self.token_bytes is None:
@@ -624,11 +702,53 @@ class _Evaluation:
             self.corpus,
             self.contexts,
             None,
-            doc_ids=self.doc_ids,
+            doc_ids=self.doc_ids if doc_ids is None else doc_ids,
             token_bytes=self.token_bytes,
             chunk_size=self.chunk_size,
         )
         return {"split": self.split, "documents": len(self.doc_ids), **figures}
+
+    def shares(self, world: int) -> list[list[int]]:
+        """The documents each of ``world`` ranks scores: longest first, each to the rank with
+        the least work so far (work: the tokens scored, at most the longest context)."""
+        lengths = self.corpus.document_lengths()
+        longest = max(self.contexts)
+        work = [0] * world
+        shares: list[list[int]] = [[] for _ in range(world)]
+        for doc in sorted(self.doc_ids, key=lambda i: (-min(int(lengths[i]), longest), i)):
+            rank = min(range(world), key=lambda r: (work[r], r))
+            shares[rank].append(doc)
+            work[rank] += min(int(lengths[doc]), longest)
+        return shares
+
+    def sums(self, model: nn.Module, doc_ids: list[int]) -> np.ndarray:
+        """Summed (nll, tokens, bytes) per context, ascending, over ``doc_ids`` (zeros for none)."""
+        from longnet_cli.evaluate import LN2
+
+        contexts = sorted(set(self.contexts))
+        sums = np.zeros((len(contexts), 3), dtype=np.float64)
+        if not doc_ids:
+            return sums
+        figures = self.run(model, doc_ids)["contexts"]
+        for row, context in enumerate(contexts):
+            entry = figures[str(context)]
+            tokens = entry["tokens"] or 0
+            nll = (entry["loss"] or 0.0) * tokens
+            nbytes = round(nll / LN2 / entry["bpb"]) if entry.get("bpb") else 0
+            sums[row] = (nll, tokens, nbytes)
+        return sums
+
+    def figures(self, sums: np.ndarray) -> dict:
+        """The figures of summed (nll, tokens, bytes), as ``run`` reports them."""
+        from longnet_cli.evaluate import LN2
+
+        contexts = {}
+        for context, (nll, tokens, nbytes) in zip(sorted(set(self.contexts)), sums):
+            loss = float(nll / tokens) if tokens else None
+            ppl = None if loss is None else (math.exp(loss) if loss < 700 else math.inf)
+            bpb = float(nll / LN2 / nbytes) if nbytes else None
+            contexts[str(context)] = {"loss": loss, "ppl": ppl, "bpb": bpb, "tokens": int(tokens)}
+        return {"split": self.split, "documents": len(self.doc_ids), "contexts": contexts}
 
 
 def _trackers(recipe: Recipe) -> list[str] | None:

@@ -13,7 +13,9 @@
 #   run is finished, eval runs again and replaces WORKDIR/eval.json.
 # Environment: LONGNET_PYTHON (see _lib.sh); LONGNET_TOKENIZE_ARGS, LONGNET_TRAIN_ARGS and
 # LONGNET_EVAL_ARGS add arguments to a step (split on whitespace, e.g. "--vocab-size 16000");
-# LONGNET_EVAL_DOCS: documents evaluated (default 16).
+# LONGNET_EVAL_DOCS: documents evaluated (default 16); LONGNET_DEVICES: processes per node for
+# train (--devices N|auto: one per GPU by default, N CPU processes on a machine without GPUs), so
+# that a sequence-parallel recipe (parallel.sequence > 1) starts its whole layout.
 
 LOCKED_EXIT=75
 
@@ -41,6 +43,9 @@ batch_pipeline() {
     read -r -a tokenize_args <<<"${LONGNET_TOKENIZE_ARGS:-}"
     read -r -a train_args <<<"${LONGNET_TRAIN_ARGS:-}"
     read -r -a eval_args <<<"${LONGNET_EVAL_ARGS:-}"
+    if [[ -n ${LONGNET_DEVICES:-} ]]; then
+        train_args+=(--devices "$LONGNET_DEVICES")
+    fi
     echo "$PIPELINE $corpus $recipe $workdir: started $(date '+%Y-%m-%d %H:%M:%S') (pid $$)"
     local started=$SECONDS
 

@@ -35,6 +35,8 @@
 #   LONGNET_STUDY_DISTANCES    copy-probe distances (default 512,2K,8K,16K)
 #   LONGNET_STUDY_DOCS         held-out documents scored (default: all that are long enough)
 #   LONGNET_STUDY_TRAIN_ARGS   more train arguments for all three, e.g. "--set train.threads=2"
+#   LONGNET_DEVICES            train --devices (processes per node: N, or auto = one per GPU);
+#                              unset: longnet train's default
 set -euo pipefail
 
 PIPELINE=context_study.sh
@@ -96,6 +98,9 @@ if [[ -n ${LONGNET_STUDY_STEPS:-} ]]; then
         --set "train.warmup_steps=$((LONGNET_STUDY_STEPS / 20))")
 fi
 read -r -a TRAIN_ARGS <<<"${LONGNET_STUDY_TRAIN_ARGS:-}"
+if [[ -n ${LONGNET_DEVICES:-} ]]; then
+    TRAIN_ARGS+=(--devices "$LONGNET_DEVICES")
+fi
 if [[ -n ${LONGNET_STUDY_CORPUS:-} ]]; then
     if [[ ! -d $LONGNET_STUDY_CORPUS ]]; then
         echo "$PIPELINE: LONGNET_STUDY_CORPUS is not a directory: $LONGNET_STUDY_CORPUS" >&2

@@ -265,3 +265,28 @@ def test_context_study_usage_errors(tmp_path):
     result, _ = _run("context_study.sh", tmp_path / "a", env={"LONGNET_STUDY_SCALE": "huge"})
     assert result.returncode == 2 and "LONGNET_STUDY_SCALE" in result.stderr
     assert not (tmp_path / "a").exists()
+
+
+def test_books_pipeline_starts_a_sequence_parallel_layout_with_longnet_devices(
+    batch_setup, tmp_path
+):
+    """LONGNET_DEVICES=2: books.sh trains a parallel.sequence=2 recipe on two processes (one
+    command), end to end; without it the recipe's layout is refused with the fix named."""
+    corpus, recipe, env = batch_setup
+    parallel = tmp_path / "parallel.yaml"
+    parallel.write_text(yaml.safe_dump({**yaml.safe_load(recipe.read_text()),
+                                        "parallel": {"sequence": 2}}))  # fmt: skip
+    refused, _ = _run("books.sh", corpus, parallel, tmp_path / "alone", env=env)
+    assert refused.returncode == 2 and "train failed (exit 2)" in refused.stderr
+    (log,) = (tmp_path / "alone" / "logs").glob("*.log")
+    assert "--devices 2" in log.read_text()  # the override that fits
+
+    workdir = tmp_path / "work"
+    result, _ = _run("books.sh", corpus, parallel, workdir, env={**env, "LONGNET_DEVICES": "2"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""
+    state = json.loads((workdir / "run/checkpoints/step-0000002/state.json").read_text())
+    assert (state["world_size"], state["sequence_parallel"], state["dp_size"]) == (2, 2, 1)
+    assert json.loads((workdir / "eval.json").read_text())["step"] == 2
+    (log,) = (workdir / "logs").glob("*.log")
+    assert log.read_text().count(f"trained {workdir}/run to step 2") == 1  # rank 0's only

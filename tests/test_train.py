@@ -479,3 +479,27 @@ def test_sequence_parallel_degree_must_divide_the_processes(corpus, tmp_path, ca
     recipe = _write_recipe(tmp_path, corpus, parallel__sequence=2)
     assert _cli("train", str(recipe), "--out", str(tmp_path / "run"), "--quiet") == 2
     assert "parallel.sequence" in capsys.readouterr().err
+
+
+def test_deterministic_kernels_switch_on_at_resume_and_keep_the_losses(
+    reference_run, corpus, tmp_path
+):
+    """``train.deterministic`` is safe to change on resume; on a CPU the losses stay bit-exact."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    shutil.rmtree(run / "checkpoints" / "step-0000012")  # resume from step 8
+    recipe = _write_recipe(tmp_path, corpus)
+    try:
+        code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set",
+                    "train.deterministic=true")  # fmt: skip
+        assert code == 0
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert [r["loss"] for r in _metrics(run)] == [r["loss"] for r in _metrics(reference_run)]
+    state = json.loads((run / "checkpoints/step-0000012/state.json").read_text())
+    assert state["recipe"]["train"]["deterministic"] is True

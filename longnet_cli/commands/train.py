@@ -36,23 +36,117 @@ DEFAULT_RUNS = Path("runs")
     help="Continue from the run's latest checkpoint; --no-resume starts over.",
 )
 @click.option("--force", is_flag=True, help="With --no-resume: overwrite an existing run.")
+@click.option(
+    "--devices",
+    default="auto",
+    show_default=True,
+    envvar="LONGNET_DEVICES",
+    metavar="N|auto",
+    help="Processes per node, one per device: auto = every visible GPU, or 1 without GPUs; "
+    "N on a machine without GPUs starts N CPU (gloo) processes. Env: LONGNET_DEVICES.",
+)
+@click.option(
+    "--nnodes",
+    type=click.IntRange(min=1),
+    help="Nodes in the run, one `longnet train` per node (default 1, or SLURM's step).",
+)
+@click.option(
+    "--node-rank",
+    type=click.IntRange(min=0),
+    help="This node's index, 0 .. nnodes-1 (default 0, or SLURM_NODEID).",
+)
+@click.option(
+    "--master-addr",
+    metavar="HOST",
+    help="Node 0's address, reachable from every node (default: MASTER_ADDR).",
+)
+@click.option(
+    "--master-port",
+    type=click.IntRange(min=1, max=65535),
+    help="A free port on node 0 for the rendezvous (default: MASTER_PORT, else 29500).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def train(recipe, run_dir, overrides, resume, force, quiet, as_json) -> None:
+def train(
+    recipe,
+    run_dir,
+    overrides,
+    resume,
+    force,
+    devices,
+    nnodes,
+    node_rank,
+    master_addr,
+    master_port,
+    quiet,
+    as_json,
+) -> None:
     """Train the model of RECIPE on its tokenized corpus, writing checkpoints and metrics.
 
     Running the same command again resumes from the latest complete checkpoint (a finished
-    run does nothing). SIGTERM or Ctrl-C saves a checkpoint and stops. Multi-process:
-    `accelerate launch --num_processes N -m longnet_cli train RECIPE` (add --cpu on a CPU).
-    Writes RUN_DIR/metrics.jsonl (one JSON line per logged step) and
-    RUN_DIR/checkpoints/step-NNNNNNN/.
+    run does nothing). SIGTERM or Ctrl-C saves a checkpoint and stops. One process per device:
+    the command starts them itself (--devices; world = devices x nodes = parallel.sequence x
+    data-parallel degree), or runs as one of them under accelerate launch, torchrun or srun.
+    Several nodes: one `longnet train --nnodes N --node-rank I --master-addr HOST` per node, the
+    run directory on a filesystem they share. Writes RUN_DIR/metrics.jsonl (one JSON line per
+    logged step) and RUN_DIR/checkpoints/step-NNNNNNN/.
     """
+    from longnet_cli import launch
     from longnet_cli.recipes import load_recipe
-    from longnet_cli.train import train as train_stage
 
     loaded = load_recipe(recipe, list(overrides))
     run_dir = run_dir or DEFAULT_RUNS / recipe.stem
-    result = train_stage(loaded, run_dir, resume=resume, force=force, progress=not quiet)
+    if launch.under_launcher():
+        launch.adopt_slurm_ranks()
+        launch.worker_setup()
+        _train_here(loaded, run_dir, resume, force, quiet, as_json, worker=True)
+        return
+    plan = launch.plan_launch(
+        loaded.parallel.sequence,
+        launch.parse_devices(devices),
+        gpus=launch.visible_gpus(),
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+    )
+    if plan.in_process:
+        _train_here(loaded, run_dir, resume, force, quiet, as_json, worker=False)
+        return
+    from longnet_cli.train import check_inputs
+
+    check_inputs(loaded)  # a bad corpus exits 2 here, once, before any worker starts
+    worker_args = [str(recipe), "--out", str(run_dir)]
+    worker_args += [f"--set={override}" for override in overrides]
+    worker_args += [] if resume else ["--no-resume"]
+    worker_args += ["--force"] * force + ["--quiet"] * quiet + ["--json"] * as_json
+    launch.launch(plan, worker_args, run_dir)
+
+
+def _train_here(loaded, run_dir, resume, force, quiet, as_json, *, worker: bool) -> None:
+    """Train in this process; only rank 0 shows the result. A worker reports a failure to its
+    launcher (one line and the exit code); when that launcher is ``longnet train``, it prints
+    the line once for all ranks and the worker only exits with the code."""
+    import sys
+
+    from longnet_cli import launch
+    from longnet_cli.errors import LongnetError
+    from longnet_cli.train import train as train_stage
+
+    try:
+        result = train_stage(loaded, run_dir, resume=resume, force=force, progress=not quiet)
+    except LongnetError as err:
+        if worker:
+            launch.report_error(f"error: {err}", err.exit_code)
+            if launch.launched_by_longnet():
+                sys.exit(err.exit_code)
+        raise
+    except Exception as err:
+        if worker:
+            launch.report_error(f"error: {type(err).__name__}: {err}", 1)
+        raise
+    if launch.global_rank() != 0:
+        return
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif result.status == "already-finished":

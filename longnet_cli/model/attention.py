@@ -21,6 +21,7 @@ the merge weights, is what every call differentiates against.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,10 @@ from torch.autograd.function import once_differentiable
 from longnet_cli.model.kernels import AttentionKernel, default_scale, select_kernel
 
 # Upper bound on (batch x token x head) rows handed to one kernel call: bounds temporaries.
+# On a CPU, sized for its caches; on a GPU, ``rows_per_call`` sizes calls from its memory.
 ROWS_PER_CALL = 1 << 16
+MAX_ROWS_PER_CALL = 1 << 24
+CALL_MEMORY_FRACTION = 1 / 32  # of a GPU's memory, for one call's temporaries
 # CUDA kernels put the batch on grid dimension z, which holds at most 65,535 blocks.
 MAX_CALL_BATCH = (1 << 16) - 1
 
@@ -111,13 +115,46 @@ def segment_pieces(
     return pieces
 
 
+def rows_per_call(
+    device_type: str, head_dim: int, element_size: int, memory_bytes: int | None = None
+) -> int:
+    """Rows per kernel call on a device with ``memory_bytes`` of memory (a power of two).
+
+    A CPU gets ``ROWS_PER_CALL`` (its caches, not its memory, set the size). A GPU gets as many
+    rows as fit in ``CALL_MEMORY_FRACTION`` of its memory, counting a call's temporaries per
+    row: the gathered q, k, v, output, gradient and dq, dk, dv (8 x D elements) and float32
+    merge and kernel accumulators (2 x D): millions of rows per call on a large GPU, so a
+    1M-token layer is a few launches per branch, not hundreds.
+    """
+    if device_type != "cuda" or not memory_bytes:
+        return ROWS_PER_CALL
+    row_bytes = head_dim * (8 * element_size + 8) + 64
+    rows = int(memory_bytes * CALL_MEMORY_FRACTION) // row_bytes
+    rows = min(max(rows, ROWS_PER_CALL), MAX_ROWS_PER_CALL)
+    return 1 << (rows.bit_length() - 1)
+
+
+@functools.cache
+def _cuda_memory_bytes(index: int) -> int:
+    return torch.cuda.get_device_properties(index).total_memory
+
+
+def rows_per_call_for(q: torch.Tensor) -> int:
+    """``rows_per_call`` for tensors like q (B, N, H, D) on their device."""
+    memory = None
+    if q.device.type == "cuda":
+        index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        memory = _cuda_memory_bytes(index)
+    return rows_per_call(q.device.type, q.shape[-1], q.element_size(), memory)
+
+
 def plan_calls(
     seq_len: int,
     num_heads: int,
     segment_lengths: Sequence[int],
     dilation_rates: Sequence[int],
     batch: int = 1,
-    rows_per_call: int = ROWS_PER_CALL,
+    rows_per_call: int | None = None,
     *,
     start: int = 0,
     end: int | None = None,
@@ -125,8 +162,11 @@ def plan_calls(
     """The kernel calls to make, branch by branch, for the positions [start, end) of a sequence
     of ``seq_len`` tokens (all of it by default; a rank's chunk in sequence parallelism), with
     every segment clipped to that range. Group starts are relative to ``start``. Within a branch
-    calls never overlap, which lets the forward write branch 0 without merging."""
+    calls never overlap, which lets the forward write branch 0 without merging. Each call
+    holds at most ``rows_per_call`` rows (default ``ROWS_PER_CALL``) unless one segment has
+    more."""
     end = seq_len if end is None else end
+    rows_per_call = ROWS_PER_CALL if rows_per_call is None else rows_per_call
     calls = []
     for branch, (w, r) in enumerate(zip(segment_lengths, dilation_rates)):
         w = min(w, seq_len)
@@ -327,7 +367,9 @@ def dilated_attention(
     kernel = select_kernel(backend, q)
     if n == 0:
         return torch.zeros_like(q)
-    calls = plan_calls(n, h, segment_lengths, dilation_rates, batch=b)
+    calls = plan_calls(
+        n, h, segment_lengths, dilation_rates, batch=b, rows_per_call=rows_per_call_for(q)
+    )
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if needs_grad:
         return _DilatedAttentionFunction.apply(q, k, v, calls, causal, scale, kernel)

@@ -67,8 +67,15 @@ def _cpu_backward(dout, q, k, v, out, lse, causal, scale):
 _LSE_ALIGN = 32  # the memory-efficient kernel pads lse along L to a multiple of 32
 
 
+def _dense_last(x: torch.Tensor) -> torch.Tensor:
+    """x with a contiguous last dimension (the CUDA kernels' one layout requirement): a copy
+    only when it is strided (an expanded gradient, a transposed input)."""
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
 def _cuda_forward(q, k, v, causal, scale):
     # _efficient_attention_forward takes (B, L, H, D) directly; lse comes back (B, H, L_pad).
+    q, k, v = (_dense_last(x) for x in (q, k, v))
     out, lse, *_ = torch.ops.aten._efficient_attention_forward(
         q, k, v, None, None, None, None, None, 0.0, 1 if causal else 0, True, scale=scale
     )
@@ -77,6 +84,7 @@ def _cuda_forward(q, k, v, causal, scale):
 
 def _cuda_backward(dout, q, k, v, out, lse, causal, scale):
     b, n, h, _ = q.shape
+    dout, q, k, v = (_dense_last(x) for x in (dout, q, k, v))
     # The kernel reads lse through its strides, 32 rows at a time past the end: pad it the way
     # the forward kernel does (with +inf) to a multiple of 32. out must be contiguous (its row
     # stride is implied); q, k, v, dout need only a contiguous last dimension.
@@ -116,7 +124,8 @@ def _flash_attn_backward(dout, q, k, v, out, lse, causal, scale):
         "softmax_lse": lse.transpose(1, 2).contiguous(), "dq": dq, "dk": dk, "dv": dv,
         "dropout_p": 0.0, "softmax_scale": scale, "causal": causal, "window_size": (-1, -1),
         "window_size_left": -1, "window_size_right": -1, "softcap": 0.0,
-        "alibi_slopes": None, "deterministic": False, "rng_state": None,
+        "alibi_slopes": None, "rng_state": None,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
     }  # fmt: skip
     # flash-attn >= 2.7 wraps it in a torch custom op whose own signature is (*args, **kwargs).
     params = inspect.signature(getattr(fn, "_init_fn", fn)).parameters
@@ -204,36 +213,113 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [*names, "math"]
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def choose_backend(
+    device_type: str,
+    capability: tuple[int, int] | None,
+    dtype: torch.dtype,
+    head_dim: int,
+    last_dim_stride: int,
+    flash_attn_installed: bool,
+) -> str:
+    """The backend ``"auto"`` resolves to: a pure function of what the kernels require.
+
+    ``capability`` is the CUDA compute capability (major, minor), None off CUDA. On CUDA, in
+    order of preference:
+      - "flash-attn": sm80+, float16/bfloat16, head_dim a multiple of 8 up to 256, contiguous
+        last dimension, package installed;
+      - "torch" (the memory-efficient kernel): sm50+ and a contiguous last dimension; bfloat16
+        needs sm80; on sm80+ only aligned kernels exist (head_dim % 8 for float16/bfloat16,
+        head_dim % 4 for float32), below sm80 unaligned ones do; float64 has none;
+      - "math" otherwise, which takes any device, dtype and strides (a strided last dimension
+        would cost the CUDA kernels a copy of every input; the math kernel reads it as it is).
+    On a CPU torch's flash kernel takes every floating dtype and any strides: "torch".
+    """
+    if device_type == "cpu":
+        return "torch"
+    if device_type != "cuda" or capability is None:
+        return "math"
+    if last_dim_stride != 1:
+        return "math"
+    sm80 = tuple(capability) >= (8, 0)
+    half = dtype in HALF_DTYPES
+    if flash_attn_installed and sm80 and half and head_dim % 8 == 0 and head_dim <= 256:
+        return "flash-attn"
+    if _memory_efficient_refusal(capability, dtype, head_dim) is None:
+        return "torch"
+    return "math"
+
+
+def _memory_efficient_refusal(
+    capability: tuple[int, int], dtype: torch.dtype, head_dim: int
+) -> str | None:
+    """Why torch's memory-efficient CUDA kernel would refuse the call (None: it takes it)."""
+    if dtype not in (*HALF_DTYPES, torch.float32):
+        return f"float32, float16 or bfloat16 (got {dtype})"
+    if tuple(capability) < (5, 0):
+        return f"compute capability 5.0 or later (got {capability[0]}.{capability[1]})"
+    sm80 = tuple(capability) >= (8, 0)
+    if dtype == torch.bfloat16 and not sm80:
+        return f"compute capability 8.0 or later for bfloat16 (got {capability[0]}.{capability[1]})"
+    align = (8 if dtype in HALF_DTYPES else 4) if sm80 else 1
+    if head_dim % align:
+        return f"a head_dim that is a multiple of {align} for {dtype} on sm80+ (got {head_dim})"
+    return None
+
+
+def _flash_attn_refusal(
+    capability: tuple[int, int], dtype: torch.dtype, head_dim: int
+) -> str | None:
+    """Why flash-attn 2 would refuse the call (None: it takes it)."""
+    if tuple(capability) < (8, 0):
+        return f"compute capability 8.0 or later (got {capability[0]}.{capability[1]})"
+    if dtype not in HALF_DTYPES or head_dim % 8 or head_dim > 256:
+        return (
+            "float16/bfloat16 and a head_dim that is a multiple of 8 up to 256 "
+            f"(got {dtype}, head_dim {head_dim})"
+        )
+    return None
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int] | None:
+    """The compute capability of a CUDA device (None for other devices)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
 def select_kernel(backend: str, q: torch.Tensor) -> AttentionKernel:
-    """Resolve a backend name ("auto" or explicit) for tensors like ``q`` (B, L, H, D)."""
+    """Resolve a backend name ("auto" or explicit) for tensors like ``q`` (B, L, H, D).
+
+    "auto" never picks a kernel that would refuse ``q`` (see ``choose_backend``); an explicit
+    backend that would refuse it raises ValueError saying what it needs.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     kind = q.device.type
     head_dim = q.shape[-1]
-    flash_ok = q.dtype in (torch.float16, torch.bfloat16) and head_dim <= 256 and head_dim % 8 == 0
+    capability = cuda_capability(q.device)
+    stride = q.stride(-1) if q.dim() and q.shape[-1] > 1 else 1
     if backend == "auto":
-        if kind == "cuda" and flash_ok and flash_attn_available():
-            backend = "flash-attn"
-        elif kind == "cuda" and q.dtype == torch.bfloat16 and head_dim % 8:
-            backend = "math"  # the memory-efficient kernel has bf16 kernels for aligned dims only
-        elif ("torch", kind) in _KERNELS:
-            backend = "torch"
-        else:
-            backend = "math"
+        backend = choose_backend(
+            kind, capability, q.dtype, head_dim, stride, flash_attn_available()
+        )
     if backend == "math":
         return _MATH
     if backend == "flash-attn" and not flash_attn_available():
         raise ValueError(
             "attention backend 'flash-attn' needs the gpu extra: pip install 'longnet-cli[gpu]'"
         )
-    if backend == "flash-attn" and kind == "cuda" and not flash_ok:
-        raise ValueError(
-            "attention backend 'flash-attn' needs float16/bfloat16 and a head_dim that is a "
-            f"multiple of 8 up to 256 (got {q.dtype}, head_dim {head_dim})"
-        )
     kernel = _KERNELS.get((backend, kind))
     if kernel is None:
         raise ValueError(f"attention backend {backend!r} does not run on device {kind!r}")
+    if kind == "cuda":
+        check = _flash_attn_refusal if backend == "flash-attn" else _memory_efficient_refusal
+        needs = check(capability, q.dtype, head_dim)
+        if needs is not None:
+            raise ValueError(f"attention backend {backend!r} needs {needs}; use backend 'auto'")
     return kernel
 
 

@@ -195,7 +195,9 @@ class DilatedAttention(nn.Module):
         k = self.k_proj(x).view(shape)
         v = self.v_proj(x).view(shape)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            # The norms compute in float32 and their float32 gains would promote q and k under
+            # autocast (v stays bfloat16): give them back v's dtype, which the kernels need.
+            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         if self.position_encoding is not None:
             q, k = apply_positions(q, k, position_tables)
         return q, k, v

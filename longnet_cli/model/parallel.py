@@ -14,10 +14,17 @@ The backward mirrors it: every call differentiates against the merged output and
 as in ``attention.py``), and the gradients of received keys and values travel back to their
 owners (the adjoint of the forward exchange), who add them in. Transport is
 ``torch.distributed`` point-to-point (``batch_isend_irecv``): gloo on CPU, NCCL on GPU.
+
+Under NCCL the first batched point-to-point call on a group must include every rank of it, and a
+rank with nothing to exchange in a layout makes no such call. So before a group's first exchange
+every rank of it (each calls the attention at the same place) joins one collective on it
+(``_join_group``), which sets up the group's communicator on the attention's device.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +42,7 @@ from longnet_cli.model.attention import (
     new_accumulators,
     new_gradients,
     plan_calls,
+    rows_per_call_for,
     scatter_view,
     validate_inputs,
 )
@@ -108,15 +116,18 @@ def plan_sequence(
     batch: int = 1,
     *,
     local: bool = True,
+    rows_per_call: int | None = None,
 ) -> SequencePlan:
     """The local calls, remote calls and exchanges of rank ``rank`` of ``world``.
 
-    ``local=False`` leaves the local calls out (for cost estimates at huge lengths).
+    ``local=False`` leaves the local calls out (for cost estimates at huge lengths);
+    ``rows_per_call`` bounds the local calls as in ``plan_calls``.
     """
     seq_len = chunk * world
     start, end = rank * chunk, (rank + 1) * chunk
+    branches = (segment_lengths, dilation_rates)
     calls = (
-        plan_calls(seq_len, num_heads, segment_lengths, dilation_rates, batch, start=start, end=end)
+        plan_calls(seq_len, num_heads, *branches, batch, rows_per_call, start=start, end=end)
         if local
         else []
     )
@@ -149,6 +160,26 @@ def plan_sequence(
     return plan
 
 
+# Groups every rank of which has joined a collective on this process (``_join_group``).
+_JOINED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _join_group(group, device: torch.device) -> None:
+    """Once per group: every rank takes part in one collective on it, on ``device``.
+
+    NCCL sets up a group's communicator lazily at its first call, and a batched point-to-point
+    call that comes first must include every rank; a rank with nothing to exchange skips
+    ``batch_isend_irecv``. A one-element all-reduce, which every rank of the group makes
+    (``_exchange`` runs on every rank whatever its plan), sets the communicator up first.
+    """
+    if group in _JOINED:
+        return
+    if dist.get_backend(group) == "gloo":
+        device = torch.device("cpu")
+    dist.all_reduce(torch.zeros(1, device=device), group=group)
+    _JOINED.add(group)
+
+
 def _exchange(
     outgoing: dict[int, list[torch.Tensor]],
     incoming: dict[int, list[tuple]],
@@ -160,6 +191,21 @@ def _exchange(
     ``incoming`` gives the shapes expected from each peer; both sides derive them from the
     same plan, so messages are plain buffers with no header.
     """
+    # NCCL runs on the current CUDA device: make it the tensors' for these calls.
+    on_device = torch.cuda.device(like.device) if like.is_cuda else contextlib.nullcontext()
+    with on_device:
+        _join_group(group, like.device)
+        buffers = _send_and_receive(outgoing, incoming, like, group)
+    received = {}
+    for peer, shapes in incoming.items():
+        sizes = [torch.Size(s).numel() for s in shapes]
+        received[peer] = [part.view(s) for part, s in zip(buffers[peer].split(sizes), shapes)]
+    return received
+
+
+def _send_and_receive(outgoing, incoming, like, group) -> dict[int, torch.Tensor]:
+    """One batched call of every send and receive (none when this rank has nothing to do);
+    returns each peer's received flat buffer."""
     ops, buffers = [], {}
     for peer, tensors in sorted(outgoing.items()):
         message = torch.cat([t.reshape(-1) for t in tensors])
@@ -171,11 +217,7 @@ def _exchange(
     if ops:
         for request in dist.batch_isend_irecv(ops):
             request.wait()
-    received = {}
-    for peer, shapes in incoming.items():
-        sizes = [torch.Size(s).numel() for s in shapes]
-        received[peer] = [part.view(s) for part, s in zip(buffers[peer].split(sizes), shapes)]
-    return received
+    return buffers
 
 
 def _payload_shape(payload: Payload, batch: int, head_dim: int) -> tuple[int, ...]:
@@ -275,16 +317,23 @@ class _SequenceParallelFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, plan, causal, scale, kernel, group):
         out, lse, keys = _forward(q, k, v, plan, causal, scale, kernel, group)
         out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.keys = keys
+        # The received keys and values are saved like every other tensor, so that saved-tensor
+        # hooks (activation checkpointing, offloading) see and manage them.
+        ctx.payloads = list(keys)
+        received = [x for payload in ctx.payloads for x in keys[payload]]
+        ctx.save_for_backward(q, k, v, out, lse, *received)
         ctx.setup = (plan, causal, scale, kernel, group)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(dout, q, k, v, out, lse, ctx.keys, *ctx.setup)
+        q, k, v, out, lse, *received = ctx.saved_tensors
+        keys = {
+            payload: (received[2 * i], received[2 * i + 1])
+            for i, payload in enumerate(ctx.payloads)
+        }
+        dq, dk, dv = _backward(dout, q, k, v, out, lse, keys, *ctx.setup)
         return dq, dk, dv, None, None, None, None, None
 
 
@@ -312,7 +361,10 @@ def dilated_attention_sp(
     b, n, h, d = q.shape
     scale = default_scale(d) if scale is None else float(scale)
     kernel: AttentionKernel = select_kernel(backend, q)
-    plan = plan_sequence(n, rank, world, h, segment_lengths, dilation_rates, causal, batch=b)
+    plan = plan_sequence(
+        n, rank, world, h, segment_lengths, dilation_rates, causal, batch=b,
+        rows_per_call=rows_per_call_for(q),
+    )  # fmt: skip
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if needs_grad:
         return _SequenceParallelFunction.apply(q, k, v, plan, causal, scale, kernel, group)

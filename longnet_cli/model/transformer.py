@@ -104,32 +104,47 @@ class Block(nn.Module):
         self, x: torch.Tensor, offset: int = 0, position_tables: PositionTables | None = None
     ) -> torch.Tensor:
         if not torch.is_grad_enabled() and x.shape[1] > CHUNK:
-            return self._forward_in_chunks(x, position_tables)
+            return self.forward_in_chunks(x, offset, position_tables, out=torch.empty_like(x))
         if self.parallel:
             h = self.attn_norm(x)
             return x + self.attn(h, offset, position_tables) + self.ff(h)
         x = x + self.attn(self.attn_norm(x), offset, position_tables)
         return x + self.ff(self.ff_norm(x))
 
-    def _forward_in_chunks(self, x: torch.Tensor, tables: PositionTables | None) -> torch.Tensor:
-        """Inference at long N, updating x in place: everything but the attention itself runs
-        on chunks of positions, so besides x only q, k, v and the attention output exist for the
-        whole sequence (no normed copies, no ff_mult-wide hidden layer)."""
+    def forward_in_chunks(
+        self,
+        x: torch.Tensor,
+        offset: int = 0,
+        tables: PositionTables | None = None,
+        *,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        """Inference at long N (no autograd) into ``out`` (B, N, C), which may be x itself (the
+        model's own loop updates x in place): everything but the attention itself runs on
+        chunks of positions, so besides x and out only q, k, v and the attention output exist
+        for the whole sequence (no normed copies, no ff_mult-wide hidden layer). Position
+        tables are the layer's own for positions ``offset ..`` unless given."""
         b, n, _ = x.shape
+        if tables is None and self.attn.position_encoding is not None:
+            tables = self.attn.position_encoding.tables(n, offset, x.device)
         shape = (b, n, self.attn.heads, self.attn.dim_head)
-        q, k, v = (x.new_empty(shape) for _ in range(3))
+        qkv: list[torch.Tensor] = []  # in the projections' dtype (bfloat16 under autocast)
         for part in _chunks(n):
             chunk_tables = None if tables is None else tables.slice(part.start, part.stop)
             projected = self.attn.project(self.attn_norm(x[:, part]), chunk_tables)
-            for whole, piece in zip((q, k, v), projected):
+            qkv = qkv or [x.new_empty(shape, dtype=piece.dtype) for piece in projected]
+            for whole, piece in zip(qkv, projected):
                 whole[:, part] = piece  # (B, c, H, Dh)
-        out = self.attn.attend(q, k, v)  # (B, N, H, Dh)
+        q, k, v = qkv
+        del qkv
+        attended = self.attn.attend(q, k, v)  # (B, N, H, Dh)
         del q, k, v
         for part in _chunks(n):
             h = self.attn_norm(x[:, part]) if self.parallel else None
-            x[:, part] += self.attn.output(out[:, part])
-            x[:, part] += self.ff(h if self.parallel else self.ff_norm(x[:, part]))
-        return x
+            y = x[:, part] + self.attn.output(attended[:, part])  # (B, c, C)
+            y += self.ff(h if self.parallel else self.ff_norm(y))
+            out[:, part] = y
+        return out
 
 
 def _chunks(n: int) -> list[slice]:
@@ -224,9 +239,12 @@ class LongNetTransformer(nn.Module):
         recompute = (
             self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         )
+        long_inference = not torch.is_grad_enabled() and x.shape[1] > CHUNK
         for block in self.blocks:
             if recompute:
                 x = checkpoint(block, x, offset, tables, use_reentrant=False)
+            elif long_inference:  # x is this loop's own: update it in place
+                x = block.forward_in_chunks(x, offset, tables, out=x)
             else:
                 x = block(x, offset, tables)
         if not torch.is_grad_enabled() and x.shape[1] > CHUNK:

@@ -8,12 +8,18 @@ import torch.nn.functional as F
 from reference import dense_dilated_attention, multiplicity
 
 from longnet_cli.model.attention import dilated_attention, plan_calls
-from longnet_cli.model.kernels import available_backends
+from longnet_cli.model.kernels import available_backends, flash_attn_available
 
 CPU_BACKENDS = available_backends("cpu")
-CUDA_BACKENDS = available_backends("cuda") if torch.cuda.is_available() else []
+NEEDS_FLASH_ATTN = pytest.mark.skipif(
+    not flash_attn_available(), reason="flash-attn is not installed (the gpu extra)"
+)
 BACKEND_PARAMS = [pytest.param("cpu", b, id=f"cpu-{b}") for b in CPU_BACKENDS] + [
-    pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.gpu) for b in ["torch", "flash-attn"]
+    pytest.param("cuda", "torch", id="cuda-torch", marks=pytest.mark.gpu),
+    pytest.param(
+        "cuda", "flash-attn", id="cuda-flash-attn", marks=[pytest.mark.gpu, NEEDS_FLASH_ATTN]
+    ),
+    pytest.param("cuda", "auto", id="cuda-auto", marks=pytest.mark.gpu),
 ]
 
 # (batch, seq, heads, head_dim, segment_lengths, dilation_rates)

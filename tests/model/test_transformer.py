@@ -251,3 +251,33 @@ def test_long_inference_in_chunks_equals_the_plain_forward(monkeypatch, parallel
         monkeypatch.setattr(transformer, "CHUNK", 16)  # 70 positions -> 5 chunks
         chunked = model(tokens)
     torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("parallel_blocks", [False, True])
+@pytest.mark.parametrize("positions", ["rotary", "xpos"])
+def test_block_called_directly_at_long_n_equals_its_plain_forward(parallel_blocks, positions):
+    """A Block called on its own past CHUNK positions without autograd (the chunked path)
+    encodes positions from ``offset`` itself and leaves the caller's tensor alone."""
+    from longnet_cli.model.transformer import CHUNK, Block, LongNetConfig
+
+    config = LongNetConfig(
+        num_tokens=10, dim=8, depth=1, dim_head=4, heads=2, segment_lengths=(8, 16),
+        dilation_rates=(1, 2), positions=positions, parallel_blocks=parallel_blocks,
+    )  # fmt: skip
+    block = Block(config).eval()
+    x = torch.randn(1, CHUNK + 37, 8)
+    before = x.clone()
+    offset = 1000
+    with torch.enable_grad():  # the plain, unchunked forward
+        plain = block(x, offset).detach()
+    with torch.no_grad():
+        chunked = block(x, offset)
+    assert torch.equal(x, before)  # the caller's tensor is unchanged
+    torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-5)
+    encoding, block.attn.position_encoding = block.attn.position_encoding, None
+    with torch.no_grad():  # positions were applied (the chunked path once had no tables)
+        assert not torch.allclose(block(x, offset), chunked, atol=1e-3, rtol=1e-3)
+    block.attn.position_encoding = encoding
+    if positions == "xpos":  # xPos scales depend on the offset (rotary's angles do not)
+        with torch.no_grad():
+            assert not torch.allclose(block(x, 0), chunked, atol=1e-5, rtol=1e-5)

@@ -32,6 +32,12 @@ Reach: a model's longest segment length. Segments start at multiples of their le
 shorter ones divide the longest, so a token reads only inside its own block of ``reach`` tokens,
 through every layer; figures at a context beyond the reach are those of independent blocks.
 
+Precision: each run is scored under its recipe's ``train.precision`` (bf16 or fp16: autocast,
+the model's weights stay float32; fp16 on a CPU: float32), or ``precision`` when given; the loss
+is reduced in float32 either way. A run whose recipe asks for the flash-attn backend is scored in
+bf16 when its precision is fp32 (flash-attn takes half precision only), and with the automatic
+kernel choice where flash-attn cannot run (a CPU, or not installed).
+
 Several runs: every run is scored on the same documents at the same contexts, so each context's
 ``final`` figures cover the same tokens for every run (the LongNet paper's Table 2). The copy
 probe (``probe.py``) runs on the same documents.
@@ -39,6 +45,7 @@ probe (``probe.py``) runs on the same documents.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import sys
@@ -66,6 +73,7 @@ DEFAULT_RUNS = Path("runs")
 FIRST_BUCKET = 1024  # default buckets: [0, 1K), then doubling
 LN2 = math.log(2)
 EVAL_SPLITS = ("heldout", "train", "all")
+EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -84,6 +92,7 @@ class EvalOptions:
     distances: list[int] = field(default_factory=lambda: list(DEFAULT_DISTANCES))
     runs_dir: Path = DEFAULT_RUNS
     device: str | None = None  # None: cuda when available, else cpu
+    precision: str | None = None  # "fp32", "bf16", "fp16"; None: each run's train.precision
     chunk_size: int = 1024  # positions per head + cross-entropy chunk
     progress: bool = False  # a tqdm bar over documents on stderr
 
@@ -166,6 +175,7 @@ class RunResult:
     probe: list[CopyFigure] | None
     tokens_per_s: float
     model_seconds: float
+    precision: str = "fp32"  # what the model was scored in (see the module docstring)
 
     @property
     def main(self) -> ContextReport:
@@ -190,6 +200,7 @@ class RunResult:
             "probe": None if self.probe is None else [f.to_json() for f in self.probe],
             "tokens_per_s": self.tokens_per_s,
             "model_seconds": self.model_seconds,
+            "precision": self.precision,
         }
 
 
@@ -372,10 +383,19 @@ def evaluate(
     token_bytes = token_byte_lengths(corpus)
     results = []
     for run in runs:
-        scorer = _Scorer(_load_model(run, corpus, device), contexts, boundaries, token_bytes,
-                         options.chunk_size)  # fmt: skip
+        model = _load_model(run, corpus, device)
+        precision = resolve_precision(
+            options.precision or run.recipe.train.precision, model.config.backend, device.type
+        )
+        if precision != "fp32":
+            note(f"eval: {run.name}: scored in {precision} (autocast; the loss in float32)")
+        backend = _runnable_backend(model.config.backend, device.type)
+        if backend != model.config.backend:
+            note(f"eval: {run.name}: backend {backend} ({model.config.backend} does not run here)")
+            use_backend(model, backend)
+        scorer = _Scorer(model, contexts, boundaries, token_bytes, options.chunk_size, precision)
         results.append(_score_run(run, scorer, corpus, selection.doc_ids, options, len(runs) > 1))
-        del scorer
+        del scorer, model
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
     else:
@@ -429,6 +449,7 @@ def _score_run(
         probe=probe,
         tokens_per_s=scored / seconds if seconds > 0 else 0.0,
         model_seconds=seconds,
+        precision=scorer.precision,
     )
 
 
@@ -481,6 +502,7 @@ def evaluate_model(
     chunk_size: int = 1024,
     doc_ids: Sequence[int] | None = None,
     windows: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluation during training: the same scoring as ``longnet eval``, on a model in memory.
 
@@ -488,7 +510,9 @@ def evaluate_model(
     context and returns ``{"contexts": {"1024": {"loss", "ppl", "bpb", "tokens"}, ...}}``: each
     context's overall figures over its own window. The model is put in eval mode and given back
     in the mode it came in; nothing is loaded from disk except ``corpus``'s tokenizer (pass
-    ``token_bytes`` from ``token_byte_lengths`` to skip even that).
+    ``token_bytes`` from ``token_byte_lengths`` to skip even that). ``precision`` is the
+    recipe's ``train.precision``: "bf16" and "fp16" score under autocast (see
+    ``resolve_precision``), the loss reduced in float32.
     """
     contexts = sorted(set(int(c) for c in contexts))
     if not contexts or contexts[0] < 2:
@@ -497,10 +521,15 @@ def evaluate_model(
         token_bytes = token_byte_lengths(corpus)
     if doc_ids is None:
         doc_ids = scorable_documents(corpus, docs)
+    if precision not in EVAL_PRECISIONS:
+        raise ValueError(f"precision must be one of {EVAL_PRECISIONS}, got {precision!r}")
+    device = next(model.parameters()).device
+    backend = getattr(getattr(model, "config", None), "backend", "auto")
+    precision = resolve_precision(precision, backend, device.type)
     was_training = model.training
     model.eval()
     try:
-        scorer = _Scorer(model, contexts, None, token_bytes, chunk_size)
+        scorer = _Scorer(model, contexts, None, token_bytes, chunk_size, precision)
         reports = scorer.run((corpus.document(i) for i in doc_ids), windows)
     finally:
         model.train(was_training)
@@ -509,6 +538,46 @@ def evaluate_model(
 
 def _summary(stats: Stats) -> dict[str, Any]:
     return {"loss": stats.loss, "ppl": stats.ppl, "bpb": stats.bpb, "tokens": stats.tokens}
+
+
+def resolve_precision(precision: str, backend: str, device_type: str) -> str:
+    """The precision a model is scored in, from the recipe's ``train.precision``.
+
+    bf16 stays bf16 (autocast, on a GPU and on a CPU alike); fp16 needs a GPU (float32 on a
+    CPU); fp32 stays fp32, except that a flash-attn model on a GPU is scored in bf16 (flash-attn
+    takes half precision only, as its training did under autocast).
+    """
+    if precision == "fp16" and device_type != "cuda":
+        return "fp32"
+    if precision == "fp32" and backend == "flash-attn" and device_type == "cuda":
+        return "bf16"
+    return precision
+
+
+def autocast_context(precision: str, device_type: str):
+    """torch autocast for "bf16" / "fp16" on the device type; a no-op context for "fp32"."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
+def _runnable_backend(backend: str, device_type: str) -> str:
+    """``backend``, or "auto" where it cannot run (flash-attn off CUDA or not installed)."""
+    from longnet_cli.model.kernels import flash_attn_available
+
+    if backend == "flash-attn" and (device_type != "cuda" or not flash_attn_available()):
+        return "auto"
+    return backend
+
+
+def use_backend(model: LongNetTransformer, backend: str) -> None:
+    """Switch every attention layer of ``model`` to ``backend`` (weights untouched)."""
+    model.config.backend = backend
+    for block in model.blocks:
+        block.attn.backend = backend
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -524,8 +593,11 @@ class _Scorer:
         boundaries: list[int] | None,
         token_bytes: np.ndarray,
         chunk_size: int,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
+        self.precision = precision
+        self.device = next(model.parameters()).device
         self.contexts = contexts  # ascending
         self.token_bytes = np.asarray(token_bytes, dtype=np.int64)
         self.chunk_size = chunk_size
@@ -536,6 +608,10 @@ class _Scorer:
         self.final = {c: Stats() for c in contexts}
         self.sequences = dict.fromkeys(contexts, 0)
         self.model_seconds = 0.0
+
+    def autocast(self):
+        """The autocast context the model runs in (none for fp32)."""
+        return autocast_context(self.precision, self.device.type)
 
     def run(self, documents: Iterator[np.ndarray], windows: bool) -> list[ContextReport]:
         """Score every span of every document; the reports, ascending by context."""
@@ -568,10 +644,11 @@ class _Scorer:
         """Per-target NLL (n-1,) of one sequence of n tokens, timed."""
         import torch
 
-        device = next(self.model.parameters()).device
+        device = self.device
         ids = torch.from_numpy(np.asarray(sequence, dtype=np.int64)).to(device)[None]  # (1, n)
         started = time.perf_counter()
-        nll = self.model.token_nll(ids, chunk_size=self.chunk_size)  # (1, n) -> (1, n-1)
+        with self.autocast():  # the head's logits and the NLL are float32 (token_nll)
+            nll = self.model.token_nll(ids, chunk_size=self.chunk_size)  # (1, n) -> (1, n-1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.model_seconds += time.perf_counter() - started
@@ -669,6 +746,10 @@ def _check_options(options: EvalOptions) -> None:
         raise InputError(f"contexts must be at least 2 tokens, got {options.contexts}")
     if options.chunk_size < 1:
         raise InputError(f"chunk_size must be positive, got {options.chunk_size}")
+    if options.precision is not None and options.precision not in EVAL_PRECISIONS:
+        raise InputError(
+            f"--precision must be one of {', '.join(EVAL_PRECISIONS)}, got {options.precision!r}"
+        )
     if options.split not in EVAL_SPLITS:
         raise InputError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {options.split!r}")
     if options.probe is not None and options.probe not in PROBES:

@@ -25,7 +25,12 @@ from longnet_cli.data.shards import (
     write_manifest,
 )
 from longnet_cli.data.sources import stdlib_path
-from longnet_cli.evaluate import bucket_starts, evaluate_model, token_byte_lengths
+from longnet_cli.evaluate import (
+    bucket_starts,
+    evaluate_model,
+    resolve_precision,
+    token_byte_lengths,
+)
 from longnet_cli.recipes import Recipe
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
@@ -35,7 +40,7 @@ REQUIRED_KEYS = {
 }  # fmt: skip
 RUN_KEYS = {
     "run", "checkpoint", "recipe", "step", "tokens_trained", "seq_len", "reach", "contexts",
-    "probe", "tokens_per_s", "model_seconds",
+    "probe", "tokens_per_s", "model_seconds", "precision",
 }  # fmt: skip
 FILES = ("json/decoder.py", "json/encoder.py", "csv.py")
 
@@ -502,3 +507,50 @@ def test_copy_probe_against_an_independent_computation(run, corpus, model, tmp_p
     both = _eval_json(capsys, str(run), str(other), *args)
     assert both["distances"] == [16, 64]
     assert both["runs"][0]["probe"] == report["probe"]
+
+
+# -- precision ------------------------------------------------------------------------------------
+
+
+def test_resolve_precision():
+    assert resolve_precision("bf16", "auto", "cuda") == "bf16"
+    assert resolve_precision("bf16", "auto", "cpu") == "bf16"  # the recipe says bf16
+    assert resolve_precision("fp32", "auto", "cpu") == "fp32"
+    assert resolve_precision("fp32", "auto", "cuda") == "fp32"
+    assert resolve_precision("fp16", "auto", "cpu") == "fp32"  # fp16 needs a GPU
+    assert resolve_precision("fp16", "torch", "cuda") == "fp16"
+    assert resolve_precision("fp32", "flash-attn", "cuda") == "bf16"  # half precision only
+
+
+def test_evaluate_model_under_bf16_autocast(run, corpus, model):
+    """precision="bf16" scores under autocast (figures move by bf16 rounding, no more); the
+    NLL is still reduced in float32."""
+    data = TokenizedCorpus.open(corpus)
+    fp32 = evaluate_model(model, data, [64], 2)["contexts"]["64"]
+    bf16 = evaluate_model(model, data, [64], 2, precision="bf16")["contexts"]["64"]
+    assert bf16["tokens"] == fp32["tokens"]
+    assert bf16["loss"] != fp32["loss"]  # autocast took effect
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=2e-2)
+    with pytest.raises(ValueError, match="precision"):
+        evaluate_model(model, data, [64], 2, precision="int8")
+
+
+def _flash_attn_bf16(state: dict) -> None:
+    state["recipe"]["model"]["backend"] = "flash-attn"
+    state["recipe"]["train"]["precision"] = "bf16"
+
+
+def test_eval_of_a_flash_attn_bf16_run_runs_here(run, tmp_path, capsys):
+    """A run trained with backend flash-attn under bf16 is scored under its precision, with a
+    kernel that runs on this machine; --precision overrides the recipe's."""
+    other = _copy_run(run, tmp_path / "flash", _flash_attn_bf16)
+    args = ["--context", "64", "--docs", "2"]
+    plain = _eval_json(capsys, str(run), *args)
+    flash = _eval_json(capsys, str(other), *args)
+    forced = _eval_json(capsys, str(other), *args, "--precision", "fp32")
+    assert plain["runs"][0]["precision"] == "fp32" == forced["runs"][0]["precision"]
+    assert flash["runs"][0]["precision"] == "bf16"
+    loss = plain["overall"]["loss"]
+    assert flash["overall"]["loss"] == pytest.approx(loss, rel=2e-2)
+    assert forced["overall"]["loss"] == pytest.approx(loss, rel=1e-6)
+    assert _cli("eval", str(other), *args, "--precision", "fp8", "--quiet") == 2

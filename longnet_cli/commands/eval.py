@@ -110,11 +110,17 @@ class LengthsParam(click.ParamType):
 )
 @click.option("--device", help="Torch device, e.g. cpu or cuda:0 (default: cuda when available).")
 @click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    help="Score under this precision (bf16/fp16: autocast, the loss in float32). Default: each "
+    "run's train.precision (fp16 on a CPU: fp32).",
+)
+@click.option(
     "--quiet", "-q", is_flag=True, help="No progress bar and no notes on stderr (warnings stay)."
 )
 def eval_command(
     checkpoints, data, split, contexts, docs, min_tokens, windows, buckets, probe, distances,
-    json_file, plot_file, runs_dir, device, quiet,
+    json_file, plot_file, runs_dir, device, precision, quiet,
 ) -> None:  # fmt: skip
     """Score documents as single long sequences and report the loss by position.
 
@@ -152,6 +158,7 @@ def eval_command(
         distances=distances,
         runs_dir=runs_dir,
         device=device,
+        precision=precision,
         progress=not quiet,
     )
     result = evaluate(

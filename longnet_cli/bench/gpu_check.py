@@ -1,0 +1,359 @@
+"""``pipelines/gpu_check.sh``: the CUDA path end to end on one NVIDIA GPU, as one table.
+
+Steps, each a ``longnet`` command or a pytest run in its own process (a failure is a row of the
+table, not the end of the check), all inside about 8 minutes on an H100/H200-class GPU:
+
+    gpu tests      pytest -m gpu (the CUDA kernels against the dense reference)
+    attention      longnet bench attention, CUDA, bf16, D = 64, fwd+bwd at 32K, 256K and 1M,
+                   beside dense SDPA (flash) where it fits: attained TFLOP/s and their ratio
+    layer 1M       one paper_base block, fwd+bwd at 1M tokens under bf16 autocast: time, peak
+    paper_base     longnet bench train recipes/paper_base.yaml, 20 steps, against the bf16
+                   matmul peak measured in the same run
+    eval 1M        a tiny model whose reach is 1M, trained a few steps on a corpus made here,
+                   scored by longnet eval at a 1M-token context
+
+Targets printed beside the figures: dilated fwd+bwd >= 0.5x dense TFLOP/s at 32K; paper_base
+training >= 0.35 of the bf16 peak. Without CUDA: exit 2 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ATTENTION_LENGTHS = (1 << 15, 1 << 18, 1 << 20)
+ATTENTION_TARGET = 0.5  # dilated / dense attained TFLOP/s, fwd+bwd, at 32K
+TRAIN_TARGET = 0.35  # paper_base model FLOP/s / bf16 matmul peak
+CORPUS_BYTES = 8 << 20  # one document of about 2-3M tokens: more than the 1M context
+TINY_REACH = 1 << 20
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    check: str
+    figure: str
+    target: str = ""
+    status: str = "ok"  # "ok", "below", "FAILED", "skipped"
+
+
+def no_cuda_message() -> str | None:
+    """The one line printed when this machine cannot run the check (None: it can)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return (
+            "gpu_check: no CUDA device here (torch.cuda.is_available() is False); "
+            "run it on a machine with an NVIDIA GPU"
+        )
+    return None
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The rows as an aligned plain-text table."""
+    header = Row("check", "figure", "target", "status")
+    width = [
+        max(len(getattr(r, f)) for r in (header, *rows)) for f in ("check", "figure", "target")
+    ]
+    lines = []
+    for r in (header, *rows):
+        lines.append(
+            f"{r.check:<{width[0]}}  {r.figure:<{width[1]}}  {r.target:<{width[2]}}  {r.status}"
+        )
+    return "\n".join(lines)
+
+
+def _run(args: Sequence[str], log: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run a command, its output appended to ``log``; raise RuntimeError naming its last line."""
+    started = time.perf_counter()
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    with log.open("a") as out:
+        out.write(
+            f"$ {' '.join(args)}  ({time.perf_counter() - started:.1f} s, rc {result.returncode})\n"
+        )
+        out.write(result.stdout + result.stderr + "\n")
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise RuntimeError(f"exit {result.returncode}: {lines[-1] if lines else ''}")
+    return result
+
+
+def _longnet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "longnet_cli", *args]
+
+
+# -- the steps ------------------------------------------------------------------------------------
+
+
+def check_gpu_tests(work: Path, log: Path) -> list[Row]:
+    repo = Path(__file__).resolve().parents[2]
+    # tests/model holds every gpu test; other test modules import packages (zstandard) that a
+    # GPU image may lack.
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+         "tests/model"],
+        capture_output=True, text=True, cwd=repo, timeout=240,
+    )  # fmt: skip
+    with log.open("a") as out:
+        out.write(result.stdout + result.stderr)
+    summary = (result.stdout.strip().splitlines() or [""])[-1].strip("= ")
+    return [Row("pytest -m gpu", summary, "all pass", "ok" if result.returncode == 0 else "FAILED")]
+
+
+def attention_rows(report: dict) -> list[Row]:
+    """Rows of ``longnet bench attention --json`` output: TFLOP/s, dense beside, the ratio."""
+    by_key = {(r["n"], r["impl"]): r for r in report["rows"] if r["mode"] == "fwd+bwd"}
+    rows = []
+    for n in sorted({n for n, _ in by_key}):
+        dilated, dense = by_key.get((n, "dilated")), by_key.get((n, "dense"))
+        label = f"attention {_length(n)} fwd+bwd"
+        if dilated is None:
+            continue
+        figure = (
+            f"dilated {dilated['gflops'] / 1e3:.1f} TFLOP/s ({dilated['seconds'] * 1e3:.1f} ms)"
+        )
+        target, status = "", "ok"
+        if dense is not None:
+            ratio = dilated["gflops"] / dense["gflops"]
+            figure += f", dense {dense['gflops'] / 1e3:.1f} TFLOP/s: ratio {ratio:.2f}"
+            if n == ATTENTION_LENGTHS[0]:
+                target = f"ratio >= {ATTENTION_TARGET}"
+                status = "ok" if ratio >= ATTENTION_TARGET else "below"
+        rows.append(Row(label, figure, target, status))
+    return rows
+
+
+def check_attention(work: Path, log: Path) -> list[Row]:
+    lengths = ",".join(_length(n) for n in ATTENTION_LENGTHS)
+    result = _run(
+        _longnet("bench", "attention", "--device", "cuda", "--dtype", "bfloat16", "--heads", "8",
+                 "--dim-head", "64", "--lengths", lengths, "--dense-max", "1M", "--mode",
+                 "fwd+bwd", "--repeats", "3", "--json"),
+        log, timeout=240,
+    )  # fmt: skip
+    return attention_rows(json.loads(result.stdout))
+
+
+def check_layer(work: Path, log: Path) -> list[Row]:
+    result = _run(
+        [sys.executable, "-m", "longnet_cli.bench.gpu_check", "--layer", str(TINY_REACH)],
+        log,
+        timeout=180,
+    )
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figure = (
+        f"{figures['seconds'] * 1e3:.0f} ms, {figures['tokens_per_s'] / 1e6:.2f}M tokens/s, "
+        f"peak {figures['peak_bytes'] / 2**30:.1f} GiB"
+    )
+    return [Row("1 layer 1M fwd+bwd (paper_base block, bf16)", figure)]
+
+
+def layer_step(n: int) -> dict:
+    """One paper_base block (768 wide, 12 heads, D = 64, xPos, segments 2K..32K) forward and
+    backward over n tokens under bf16 autocast: best of 3 after a warm-up, and peak memory."""
+    import torch
+
+    from longnet_cli.model.transformer import Block, LongNetConfig
+
+    device = torch.device("cuda")
+    config = LongNetConfig(
+        num_tokens=8, dim=768, depth=1, dim_head=64, heads=12,
+        segment_lengths=(2048, 4096, 8192, 16384, 32768), dilation_rates=(1, 2, 4, 6, 12),
+        positions="xpos",
+    )  # fmt: skip
+    block = Block(config).to(device)
+    x = torch.randn(1, n, config.dim, device=device, requires_grad=True)
+    dout = torch.randn_like(x)
+
+    def step() -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = block(x)
+        out.backward(dout)
+        torch.cuda.synchronize()
+        x.grad = None
+        block.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    step()
+    torch.cuda.reset_peak_memory_stats(device)
+    seconds = min(step() for _ in range(3))
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"n": n, "seconds": seconds, "tokens_per_s": n / seconds, "peak_bytes": peak}
+
+
+def check_train(work: Path, log: Path) -> list[Row]:
+    repo = Path(__file__).resolve().parents[2]
+    result = _run(
+        _longnet("bench", "train", str(repo / "recipes" / "paper_base.yaml"), "--steps", "20",
+                 "--vocab-size", "32000", "--json"),
+        log, timeout=300,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    fraction = report["fraction_of_peak"]
+    figure = (
+        f"{report['tokens_per_s']:,.0f} tokens/s, {report['model_gflops'] / 1e3:.0f} TFLOP/s of "
+        f"bf16 peak {report['matmul_peak_gflops']['bf16'] / 1e3:.0f}: {fraction:.2f}"
+    )
+    status = "ok" if fraction >= TRAIN_TARGET else "below"
+    return [Row("paper_base train, 20 steps", figure, f">= {TRAIN_TARGET} of peak", status)]
+
+
+def write_corpus(directory: Path, size: int = CORPUS_BYTES) -> Path:
+    """One long text document of ``size`` bytes: this interpreter's standard-library source,
+    files in sorted order, repeated if need be (deterministic, no network)."""
+    from longnet_cli.data.sources import stdlib_path
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "stdlib.txt"
+    if path.exists() and path.stat().st_size >= size:
+        return directory
+    parts, total = [], 0
+    files = sorted(p for p in stdlib_path().rglob("*.py") if "site-packages" not in p.parts)
+    while total < size:
+        for file in files:
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            parts.append(text)
+            total += len(text.encode("utf-8"))
+            if total >= size:
+                break
+    path.write_text("".join(parts), encoding="utf-8")
+    return directory
+
+
+def tiny_recipe(shards: Path) -> dict:
+    """A tiny model whose reach (longest segment) is 1M, trained a few steps on 4K windows."""
+    return {
+        "data": {"shards": str(shards)},
+        "model": {
+            "dim": 64, "depth": 2, "heads": 2, "dim_head": 32,
+            "segment_lengths": [2048, 16384, 131072, TINY_REACH],
+            "dilation_rates": [1, 8, 64, 512],
+        },
+        "train": {"seq_len": 4096, "steps": 4, "lr": 1e-3, "precision": "bf16", "seed": 0},
+        "checkpoint": {"every": 4},
+    }  # fmt: skip
+
+
+def check_eval(work: Path, log: Path) -> list[Row]:
+    import yaml
+
+    corpus = write_corpus(work / "corpus")
+    shards = work / "data"
+    _run(_longnet("tokenize", str(corpus), "--out", str(shards), "--vocab-size", "1024",
+                  "--holdout", "0"), log, timeout=240)  # fmt: skip
+    recipe = work / "tiny_1m.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(shards)))
+    run = work / "runs" / "tiny_1m"
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run each time
+    _run(_longnet("train", str(recipe), "--out", str(run), "--quiet"), log, timeout=240)
+    result = _run(
+        _longnet("eval", str(run), "--context", "1M", "--docs", "1", "--split", "all",
+                 "--json", "-", "--quiet"),
+        log, timeout=240,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    figure = (
+        f"{report['overall']['tokens']:,} tokens, loss {report['overall']['loss']:.3f}, "
+        f"{report['tokens_per_s']:,.0f} tokens/s, peak {report['peak_memory_bytes'] / 2**30:.1f}"
+        f" GiB, {report['runs'][0]['precision']}"
+    )
+    return [Row("eval 1M context (tiny model, reach 1M)", figure)]
+
+
+STEPS: dict[str, tuple[str, Callable[[Path, Path], list[Row]]]] = {
+    "tests": ("pytest -m gpu", check_gpu_tests),
+    "attention": ("attention", check_attention),
+    "layer": ("1 layer 1M fwd+bwd", check_layer),
+    "train": ("paper_base train", check_train),
+    "eval": ("eval 1M context", check_eval),
+}
+
+
+def run_checks(work: Path, steps: Sequence[str], on_row: Callable[[Row], None]) -> list[Row]:
+    """Every step in turn; a failing step is a FAILED row naming its last error line."""
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "gpu_check.log"
+    rows = []
+    for name in steps:
+        label, check = STEPS[name]
+        started = time.perf_counter()
+        try:
+            new = check(work, log)
+        except Exception as err:  # one step's failure is a row; the others still run
+            new = [Row(label, f"{type(err).__name__}: {err}"[:160], status="FAILED")]
+        for row in new:
+            row.figure += f" [{time.perf_counter() - started:.0f} s]" if row is new[-1] else ""
+            rows.append(row)
+            on_row(row)
+    return rows
+
+
+def _length(n: int) -> str:
+    from longnet_cli.lengths import format_length
+
+    return format_length(n)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--work", type=Path, default=Path(os.environ.get("GPU_CHECK_DIR", "runs/gpu_check"))
+    )
+    parser.add_argument(
+        "--steps", default=",".join(STEPS), help="comma list of " + ", ".join(STEPS)
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    parser.add_argument("--layer", type=int, help=argparse.SUPPRESS)  # the layer step's process
+    args = parser.parse_args(argv)
+    args.work = args.work.resolve()
+    message = no_cuda_message()
+    if message is not None:
+        print(message, file=sys.stderr)
+        return 2
+    if args.layer:
+        print(json.dumps(layer_step(args.layer)))
+        return 0
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        print(
+            f"gpu_check: unknown step(s) {unknown}; choose from {', '.join(STEPS)}", file=sys.stderr
+        )
+        return 2
+    import torch
+
+    name = torch.cuda.get_device_name()
+    print(
+        f"# gpu_check on {name}, torch {torch.__version__}, work dir {args.work}", file=sys.stderr
+    )
+    started = time.perf_counter()
+    rows = run_checks(
+        args.work,
+        steps,
+        lambda row: print(f"  {row.check}: {row.figure} {row.status}", file=sys.stderr),
+    )
+    print(
+        f"\n# gpu_check: {name}, torch {torch.__version__}, {time.perf_counter() - started:.0f} s"
+    )
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([row.__dict__ for row in rows], indent=2))
+    return 1 if any(row.status == "FAILED" for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

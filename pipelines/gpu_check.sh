@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The CUDA path end to end on one NVIDIA GPU, in under 8 minutes, printed as one table:
+#   pytest -m gpu; `longnet bench attention` (CUDA, bf16, D = 64, fwd+bwd) at 32K, 256K and 1M
+#   beside dense SDPA flash attention, in attained TFLOP/s and their ratio; one paper_base layer
+#   fwd+bwd at 1M tokens with its peak memory; 20 training steps of recipes/paper_base.yaml as a
+#   fraction of the bf16 matmul peak measured in the same run; `longnet eval` at a 1M-token
+#   context on a tiny model whose reach is 1M, trained a few steps on a corpus made here.
+# Targets printed beside the figures: dilated >= 0.5x dense TFLOP/s at 32K; paper_base >= 0.35
+# of the bf16 peak.
+#
+#   pipelines/gpu_check.sh [--work DIR] [--steps tests,attention,layer,train,eval] [--json FILE]
+#
+# Runs from a checkout (PYTHONPATH=.), needs no network and no optional extras. Logs every
+# command's output to DIR/gpu_check.log (default runs/gpu_check).
+# Environment: LONGNET_PYTHON, the python with torch (default: python3).
+# Exit codes: 0 every step ran (a figure below its target is shown, not fatal), 1 a step failed,
+# 2 no CUDA device here (one line on stderr) or bad usage.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+exec "${LONGNET_PYTHON:-python3}" -m longnet_cli.bench.gpu_check "$@"

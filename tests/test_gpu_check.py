@@ -1,0 +1,68 @@
+"""``pipelines/gpu_check.sh``: refuses cleanly without CUDA; its table and parsing on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from longnet_cli.bench.gpu_check import Row, attention_rows, format_table, tiny_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "pipelines" / "gpu_check.sh"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_without_cuda_exits_2_with_one_line(tmp_path):
+    env = {**os.environ, "LONGNET_PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [str(SCRIPT), "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "no CUDA device" in lines[0], result.stderr
+    assert not (tmp_path / "work").exists()  # nothing made before the refusal
+
+
+def test_script_is_executable_and_runs_from_the_checkout():
+    assert os.access(SCRIPT, os.X_OK)
+    text = SCRIPT.read_text()
+    assert "PYTHONPATH" in text and "longnet_cli.bench.gpu_check" in text
+
+
+def test_attention_rows_give_tflops_and_the_ratio_against_the_target():
+    rows = [
+        {"n": 32768, "impl": "dilated", "mode": "fwd+bwd", "seconds": 0.01, "gflops": 200e3},
+        {"n": 32768, "impl": "dense", "mode": "fwd+bwd", "seconds": 0.02, "gflops": 500e3},
+        {"n": 32768, "impl": "dense", "mode": "fwd", "seconds": 0.01, "gflops": 600e3},
+        {"n": 1 << 20, "impl": "dilated", "mode": "fwd+bwd", "seconds": 0.3, "gflops": 300e3},
+    ]
+    first, second = attention_rows({"rows": rows})
+    assert "200.0 TFLOP/s" in first.figure and "ratio 0.40" in first.figure
+    assert (first.target, first.status) == ("ratio >= 0.5", "below")
+    assert "1M" in second.check and "dense" not in second.figure and second.target == ""
+
+
+def test_table_is_aligned():
+    table = format_table(
+        [Row("a", "1.0 TFLOP/s", "x", "ok"), Row("longer check", "2", "", "FAILED")]
+    )
+    header, first, second = table.splitlines()
+    assert header.split() == ["check", "figure", "target", "status"]
+    column = header.index("status")
+    assert (first[column:], second[column:]) == ("ok", "FAILED")
+    assert first[header.index("figure") :].startswith("1.0 TFLOP/s")
+
+
+def test_tiny_recipe_reaches_one_million_tokens():
+    from longnet_cli.recipes import Recipe
+
+    recipe = Recipe.from_saved(tiny_recipe(Path("data")))
+    assert max(recipe.model.segment_lengths) == 1 << 20
+    assert recipe.train.precision == "bf16"

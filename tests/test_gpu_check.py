@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from longnet_cli.bench.gpu_check import Row, attention_rows, format_table, tiny_recipe
+from longnet_cli.bench.gpu_check import (
+    Row,
+    attention_rows,
+    format_table,
+    layer_step,
+    tiny_recipe,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "pipelines" / "gpu_check.sh"
@@ -66,3 +72,26 @@ def test_tiny_recipe_reaches_one_million_tokens():
     recipe = Recipe.from_saved(tiny_recipe(Path("data")))
     assert max(recipe.model.segment_lengths) == 1 << 20
     assert recipe.train.precision == "bf16"
+
+
+def test_layer_step_runs_a_paper_base_block_forward_and_backward():
+    """The layer step's code on a CPU, at a length short enough for a test."""
+    figures = layer_step(256, device="cpu")
+    assert figures["n"] == 256 and figures["seconds"] > 0 and figures["tokens_per_s"] > 0
+
+
+def test_attention_rows_from_the_bench_command(capsys):
+    """The bench attention command takes the options the check passes (bf16, D = 64, one mode)
+    and its JSON is what ``attention_rows`` reads."""
+    import json
+
+    from longnet_cli.cli import main
+
+    args = ["bench", "attention", "--device", "cpu", "--dtype", "bfloat16", "--heads", "2",
+            "--dim-head", "64", "--lengths", "512", "--segments", "128,256", "--rates", "1,2",
+            "--dense-max", "1M", "--mode", "fwd+bwd", "--repeats", "1", "--json"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 0
+    (row,) = attention_rows(json.loads(capsys.readouterr().out))
+    assert "dilated" in row.figure and "dense" in row.figure and "ratio" in row.figure

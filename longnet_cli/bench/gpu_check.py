@@ -157,14 +157,15 @@ def check_layer(work: Path, log: Path) -> list[Row]:
     return [Row("1 layer 1M fwd+bwd (paper_base block, bf16)", figure)]
 
 
-def layer_step(n: int) -> dict:
+def layer_step(n: int, device: str = "cuda") -> dict:
     """One paper_base block (768 wide, 12 heads, D = 64, xPos, segments 2K..32K) forward and
     backward over n tokens under bf16 autocast: best of 3 after a warm-up, and peak memory."""
     import torch
 
     from longnet_cli.model.transformer import Block, LongNetConfig
 
-    device = torch.device("cuda")
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     config = LongNetConfig(
         num_tokens=8, dim=768, depth=1, dim_head=64, heads=12,
         segment_lengths=(2048, 4096, 8192, 16384, 32768), dilation_rates=(1, 2, 4, 6, 12),
@@ -175,20 +176,21 @@ def layer_step(n: int) -> dict:
     dout = torch.randn_like(x)
 
     def step() -> float:
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             out = block(x)
         out.backward(dout)
-        torch.cuda.synchronize()
+        sync()
         x.grad = None
         block.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
     step()
-    torch.cuda.reset_peak_memory_stats(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     seconds = min(step() for _ in range(3))
-    peak = torch.cuda.max_memory_allocated(device)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     return {"n": n, "seconds": seconds, "tokens_per_s": n / seconds, "peak_bytes": peak}
 
 
@@ -236,12 +238,13 @@ def write_corpus(directory: Path, size: int = CORPUS_BYTES) -> Path:
 
 def tiny_recipe(shards: Path) -> dict:
     """A tiny model whose reach (longest segment) is 1M, trained a few steps on 4K windows."""
+    segments = [w for w in (2048, 16384, 131072) if w < TINY_REACH] + [TINY_REACH]
     return {
         "data": {"shards": str(shards)},
         "model": {
             "dim": 64, "depth": 2, "heads": 2, "dim_head": 32,
-            "segment_lengths": [2048, 16384, 131072, TINY_REACH],
-            "dilation_rates": [1, 8, 64, 512],
+            "segment_lengths": segments,  # w/r = 2048 keys per branch, as in the paper
+            "dilation_rates": [max(1, w // 2048) for w in segments],
         },
         "train": {"seq_len": 4096, "steps": 4, "lr": 1e-3, "precision": "bf16", "seed": 0},
         "checkpoint": {"every": 4},
@@ -261,7 +264,7 @@ def check_eval(work: Path, log: Path) -> list[Row]:
     shutil.rmtree(run, ignore_errors=True)  # a fresh run each time
     _run(_longnet("train", str(recipe), "--out", str(run), "--quiet"), log, timeout=240)
     result = _run(
-        _longnet("eval", str(run), "--context", "1M", "--docs", "1", "--split", "all",
+        _longnet("eval", str(run), "--context", str(TINY_REACH), "--docs", "1", "--split", "all",
                  "--json", "-", "--quiet"),
         log, timeout=240,
     )  # fmt: skip

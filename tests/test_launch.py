@@ -273,3 +273,38 @@ def test_evaluation_shares_balance_documents_by_length():
     work = [sum(min([100, 10, 50, 40, 5, 1000][i], 64) for i in share) for share in shares]
     assert max(work) - min(work) <= 64
     assert plan.shares(8)[6:] == [[], []]  # more ranks than documents: some score none
+
+
+def test_srun_with_one_task_per_device_gets_torch_ranks():
+    from longnet_cli.launch import adopt_slurm_ranks
+
+    env = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_NUM_NODES": "2",
+           "SLURM_LOCALID": "1", "MASTER_ADDR": "n0"}  # fmt: skip
+    adopt_slurm_ranks(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_PORT"]) == (
+        "5", "8", "1", "29500"
+    )  # fmt: skip
+    with pytest.raises(InputError, match="MASTER_ADDR"):
+        adopt_slurm_ranks({k: v for k, v in env.items() if k not in ("RANK", "MASTER_ADDR")})
+
+
+def test_the_first_failure_is_the_cause_and_signals_keep_their_codes(tmp_path):
+    from types import SimpleNamespace
+
+    from longnet_cli.launch import _first_failure
+
+    def failure(line, code, at, exitcode=1):
+        data = {"message": line, "longnet": {"time": at, "exit_code": code}}
+        return SimpleNamespace(error_file_data=data, exitcode=exitcode, timestamp=int(at))
+
+    crash = _first_failure({
+        0: failure("error: RuntimeError: Connection closed by peer", 1, 10.5),
+        1: failure("error: RuntimeError: boom", 1, 10.2),
+    })  # fmt: skip
+    assert crash.exit_code == 1 and str(crash).startswith("rank 1 failed: RuntimeError: boom")
+    killed = _first_failure({3: SimpleNamespace(error_file_data={}, exitcode=-9, timestamp=1)})
+    assert killed.exit_code == 1 and "rank 3 failed: killed by SIGKILL" in str(killed)
+    stopped = _first_failure({0: failure("error: stopped by SIGTERM after step 3", 143, 1.0)})
+    assert (stopped.exit_code, str(stopped)) == (143, "stopped by SIGTERM after step 3")
+    bad = _first_failure({0: failure("error: data.shards: not found", 2, 1.0)})
+    assert (bad.exit_code, str(bad)) == (2, "data.shards: not found")

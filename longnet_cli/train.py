@@ -215,6 +215,9 @@ def _train(
     if recipe.train.deterministic:
         use_deterministic_kernels()
     keep_freed_memory()
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        # each rank its own GPU before the process group and any collective (NCCL needs it)
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     accelerator = Accelerator(
         mixed_precision=PRECISIONS[recipe.train.precision],
         gradient_accumulation_steps=recipe.train.grad_accum,
@@ -637,9 +640,18 @@ class _Evaluation:
     split: str  # "heldout", "train" (training-set figures), "tail" or "all" (eval data)
     warning: str | None = None  # one line for stderr when the figures are not held-out ones
     token_bytes: object = None
+    precision: str = "fp32"  # the recipe's train.precision: evaluation runs under it too
 
     @classmethod
     def plan(cls, recipe: Recipe, corpus, scheme: str = WINDOWS_TRAIN_SPLIT) -> _Evaluation | None:
+        """``_choose``'s plan, evaluated under the recipe's precision (bf16 autocast ...)."""
+        evaluation = cls._choose(recipe, corpus, scheme)
+        if evaluation is not None:
+            evaluation.precision = recipe.train.precision
+        return evaluation
+
+    @classmethod
+    def _choose(cls, recipe: Recipe, corpus, scheme: str) -> _Evaluation | None:
         """None unless ``eval.every`` > 0. Data: ``eval.data``, else ``data.eval_shards`` (its
         first ``eval.docs`` documents), else the training corpus: under "train-split" its first
         ``eval.docs`` held-out documents (training documents, with a warning, when it holds
@@ -705,6 +717,7 @@ class _Evaluation:
             doc_ids=self.doc_ids if doc_ids is None else doc_ids,
             token_bytes=self.token_bytes,
             chunk_size=self.chunk_size,
+            precision=self.precision,
         )
         return {"split": self.split, "documents": len(self.doc_ids), **figures}
 

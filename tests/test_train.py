@@ -366,6 +366,35 @@ def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
     assert windows.num_tokens == tokenized.num_tokens - tokenized.document_lengths()[heldout[0]] - 1
 
 
+def test_evaluation_during_training_runs_under_the_recipe_precision(corpus, tmp_path):
+    """A bf16 run is evaluated under bf16 autocast: its eval figures are those of
+    ``evaluate_model(precision="bf16")`` on the final weights, not the fp32 ones."""
+    from longnet_cli.checkpoints import latest_checkpoint, load_model_weights
+    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.evaluate import evaluate_model
+    from longnet_cli.recipes import load_recipe
+    from longnet_cli.train import _Evaluation
+
+    recipe_path = _write_recipe(tmp_path, corpus, train__steps=2, train__precision="bf16",
+                                eval__every=2, eval__contexts=[64], eval__docs=1)  # fmt: skip
+    run = tmp_path / "run"
+    assert _cli("train", str(recipe_path), "--out", str(run), "--quiet") == 0
+    (record,) = [r for r in _metrics(run) if "eval" in r]
+    recipe = load_recipe(recipe_path)
+    tokenized = TokenizedCorpus.open(corpus)
+    plan = _Evaluation.plan(recipe, tokenized)
+    assert plan.precision == "bf16"
+    model = recipe.model.build(tokenized.vocab_size)
+    load_model_weights(latest_checkpoint(run).path, model)
+    scored = {
+        precision: evaluate_model(model, tokenized, [64], None, doc_ids=plan.doc_ids,
+                                  precision=precision)["contexts"]["64"]["loss"]
+        for precision in ("bf16", "fp32")
+    }  # fmt: skip
+    assert scored["bf16"] != scored["fp32"]
+    assert record["eval"]["contexts"]["64"]["loss"] == pytest.approx(scored["bf16"], rel=1e-6)
+
+
 def _strip_splits(directory: Path) -> None:
     """Make ``directory`` a corpus as tokenized before held-out splits existed."""
     import pyarrow.parquet as pq

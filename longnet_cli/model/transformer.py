@@ -13,7 +13,7 @@ Legend: B batch, N sequence length, C model dim (``dim``), V vocabulary (``num_t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from longnet_cli.model import decode as decoding
 from longnet_cli.model.attention import validate_branches
 from longnet_cli.model.kernels import BACKENDS
 from longnet_cli.model.layers import DilatedAttention, RMSNorm, SwiGLU
@@ -118,12 +119,14 @@ class Block(nn.Module):
         tables: PositionTables | None = None,
         *,
         out: torch.Tensor,
+        kv_sink: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Inference at long N (no autograd) into ``out`` (B, N, C), which may be x itself (the
         model's own loop updates x in place): everything but the attention itself runs on
         chunks of positions, so besides x and out only q, k, v and the attention output exist
         for the whole sequence (no normed copies, no ff_mult-wide hidden layer). Position
-        tables are the layer's own for positions ``offset ..`` unless given."""
+        tables are the layer's own for positions ``offset ..`` unless given. ``kv_sink`` (if
+        any) is handed the whole sequence's k and v (B, N, H, Dh): decoding caches keep some."""
         b, n, _ = x.shape
         if tables is None and self.attn.position_encoding is not None:
             tables = self.attn.position_encoding.tables(n, offset, x.device)
@@ -137,6 +140,8 @@ class Block(nn.Module):
                 whole[:, part] = piece  # (B, c, H, Dh)
         q, k, v = qkv
         del qkv
+        if kv_sink is not None:
+            kv_sink(k, v)
         attended = self.attn.attend(q, k, v)  # (B, N, H, Dh)
         del q, k, v
         for part in _chunks(n):
@@ -145,6 +150,42 @@ class Block(nn.Module):
             y += self.ff(h if self.parallel else self.ff_norm(y))
             out[:, part] = y
         return out
+
+    def prefill(
+        self,
+        x: torch.Tensor,
+        offset: int,
+        tables: PositionTables | None,
+        kv_sink: Callable[[torch.Tensor, torch.Tensor], None],
+    ) -> torch.Tensor:
+        """Inference forward (as ``forward``) of x (B, N, C) at global ``offset`` that also
+        hands the layer's k and v (B, N, H, Dh) to ``kv_sink``; long N runs in chunks."""
+        if x.shape[1] > CHUNK:
+            return self.forward_in_chunks(x, offset, tables, out=x, kv_sink=kv_sink)
+        h = self.attn_norm(x)
+        q, k, v = self.attn.project(h, tables)  # (B, N, H, Dh)
+        kv_sink(k, v)
+        attended = self.attn.output(self.attn.attend(q, k, v))  # (B, N, C)
+        if self.parallel:
+            return x + attended + self.ff(h)
+        x = x + attended
+        return x + self.ff(self.ff_norm(x))
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        tables: PositionTables | None,
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """One new position x (B, 1, C) whose attention ``attend(q, k, v)`` ((B, H, Dh) each
+        -> (B, H, Dh)) computes from a decoding cache (see ``decode.py``)."""
+        h = self.attn_norm(x)
+        q, k, v = self.attn.project(h, tables)  # (B, 1, H, Dh)
+        attended = self.attn.output(attend(q[:, 0], k[:, 0], v[:, 0])[:, None])  # (B, 1, C)
+        if self.parallel:
+            return x + attended + self.ff(h)
+        x = x + attended
+        return x + self.ff(self.ff_norm(x))
 
 
 def _chunks(n: int) -> list[slice]:
@@ -335,3 +376,75 @@ class LongNetTransformer(nn.Module):
             tokens, targets, chunk_size=chunk_size, offset=offset, ignore_index=ignore_index
         )
         return total if reduction == "sum" else total / count
+
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, decoding.DecodeCache]:
+        """Logits (B, V) of a prompt's (B, n) last position and its decoding cache, which holds
+        per layer and branch only the current segment's selected keys and values (at most
+        sum_i heads * ceil(w_i / r_i) keys per layer). Runs only the prompt's tail that later
+        positions can still read; see ``decode.py``."""
+        return decoding.prefill(self, tokens)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, cache: decoding.DecodeCache) -> torch.Tensor:
+        """Logits (B, V) after feeding tokens (B,) at position ``cache.position`` (advanced)."""
+        return decoding.decode(self, tokens, cache)
+
+    def stream(
+        self,
+        tokens: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        eos_id: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, decoding.DecodeCache]]:
+        """Yield (next tokens (B,), cache) as they are sampled; see ``generate``."""
+        if tokens.dim() != 2 or tokens.shape[1] < 1:
+            raise ValueError(f"tokens must have shape (batch, seq >= 1), got {tuple(tokens.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if generator is None and seed is not None:
+            generator = torch.Generator(tokens.device).manual_seed(seed)
+        return decoding.stream(
+            self, tokens, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            generator=generator, eos_id=eos_id,
+        )  # fmt: skip
+
+    def generate(
+        self,
+        tokens: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        eos_id: int | None = None,
+        return_cache: bool = False,
+    ):
+        """Continue tokens (B, n) (or (n,)) by up to ``max_new_tokens`` sampled tokens.
+
+        Greedy at ``temperature`` 0; ``top_k`` (0: off) and ``top_p`` (1: off) restrict the
+        sampling; ``seed`` or ``generator`` make it reproducible. Stops early once every row
+        has produced ``eos_id``. Returns the new tokens (B, M) (or (M,)), and with
+        ``return_cache`` also the ``DecodeCache`` (to inspect, or to continue with ``decode``).
+        Call ``eval()`` first: dropout would otherwise apply.
+        """
+        single = tokens.dim() == 1
+        batch = tokens[None] if single else tokens
+        steps = self.stream(
+            batch, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=seed, generator=generator, eos_id=eos_id,
+        )  # fmt: skip
+        new, cache = [], None
+        for next_tokens, step_cache in steps:
+            new.append(next_tokens)
+            cache = step_cache
+        out = torch.stack(new, dim=1) if new else batch.new_empty((batch.shape[0], 0))
+        out = out[0] if single else out
+        return (out, cache) if return_cache else out

@@ -5,6 +5,7 @@
     optimizer.pt          optimizer state (tensors and numbers only; loaded weights_only)
     rng-rankR.pt          each rank's RNG states (torch CPU/CUDA as tensors, numpy, python)
     recipe.yaml           the resolved recipe, for people
+    tokenizer.model       the corpus's SentencePiece model (`longnet generate` reads it)
     state.json            step, tokens seen, world layout, tokenizer sha256, scheduler state,
                           the resolved recipe; written last
 A checkpoint is written into ``.tmp-step-NNNNNNN`` and renamed when complete, so a crash while
@@ -121,14 +122,21 @@ def staging_path(run_dir: Path, step: int) -> Path:
 
 
 def write_model_files(
-    directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe_yaml: str
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    recipe_yaml: str,
+    tokenizer: Path | None = None,
 ) -> None:
-    """The rank-independent files of a checkpoint (called by the main process)."""
+    """The rank-independent files of a checkpoint (called by the main process); ``tokenizer``
+    (the corpus's tokenizer.model) is copied in, so the checkpoint can generate on its own."""
     from safetensors.torch import save_model
 
     save_model(model, str(directory / "model.safetensors"))
     torch.save(optimizer.state_dict(), directory / "optimizer.pt")
     (directory / "recipe.yaml").write_text(recipe_yaml)
+    if tokenizer is not None and Path(tokenizer).is_file():
+        shutil.copyfile(tokenizer, directory / "tokenizer.model")
 
 
 def write_rng_file(directory: Path, rank: int) -> None:

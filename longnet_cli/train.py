@@ -463,7 +463,10 @@ class _Loop:
         accelerator.wait_for_everyone()
         ckpt.write_rng_file(staging, accelerator.process_index)
         if accelerator.is_main_process:
-            ckpt.write_model_files(staging, self.model, self.optimizer, self.recipe.to_yaml())
+            tokenizer = Path(self.recipe.data.shards) / "tokenizer.model"  # for generate
+            ckpt.write_model_files(
+                staging, self.model, self.optimizer, self.recipe.to_yaml(), tokenizer
+            )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state = {

@@ -130,6 +130,10 @@ class DecodeCache:
         """Store k, v (B, H, D) of position ``self.position`` in layer ``layer`` and return the
         dilated attention output (B, H, D) of its query q (B, H, D); float32 softmax and merge.
         """
+        with torch.autocast(q.device.type, enabled=False):  # float32 softmax and merge
+            return self._attend(layer, q, k, v)
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         p = self.position
         b, h, d = q.shape
         scale = default_scale(d)

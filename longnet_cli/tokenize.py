@@ -34,6 +34,7 @@ from pathlib import Path
 
 from longnet_cli.data.sources import (
     Document,
+    DocumentChanged,
     Entry,
     Skip,
     read_documents,
@@ -120,6 +121,12 @@ def validate_options(options: TokenizeOptions) -> None:
         raise InputError(f"--holdout must be a fraction in [0, 1), got {options.holdout}")
     if options.out.exists() and not options.out.is_dir():
         raise InputError(f"--out exists and is not a directory: {options.out}")
+    resolved = [path.resolve() for path in options.paths]
+    for index, path in enumerate(resolved):
+        if path in resolved[:index]:
+            raise InputError(f"corpus path given twice: {options.paths[index]}")
+        if path == options.out.resolve():
+            raise InputError(f"--out {options.out} is a corpus path; write the output elsewhere")
 
 
 def tokenize_corpus(options: TokenizeOptions) -> TokenizeResult:
@@ -145,6 +152,7 @@ def _walk(options: TokenizeOptions, on_skip=lambda skip: None) -> Iterator[Entry
         include=options.include,
         exclude=options.exclude,
         hidden=options.hidden,
+        skip_dirs=(options.out,),  # an output inside the corpus is never read as input
         on_skip=on_skip,
     )
 
@@ -168,9 +176,9 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
     staging.mkdir()
     trained = tokenizer_bytes is None
     if trained:
-        sample = _sample_texts(options, scan)
+        sample = _sample_texts(options, scan, staging)
         tokenizer_bytes = train_tokenizer(sample, options.vocab_size, options.seed)
-    (staging / "tokenizer.model").write_bytes(tokenizer_bytes)
+    _write_synced(staging / "tokenizer.model", tokenizer_bytes)
     processor = tokenizer_from_bytes(tokenizer_bytes)
     if processor.eos_id() < 0:
         raise InputError(f"--tokenizer {options.tokenizer} defines no EOS id; longnet needs one")
@@ -181,13 +189,18 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
         _walk(options, skips.add),
         text_field=options.text_field,
         errors=options.errors,
+        scratch=staging,
         on_skip=skips.add,
     )
     table = _DocumentTable(staging / "documents.parquet", options.holdout)
     total_bytes = 0
     with ShardWriter(staging, dtype, options.shard_tokens, processor.eos_id()) as writer:
         bar = _progress(scan.file_bytes, options.progress)
-        for document, ids, first, last in _encoded_pieces(documents, processor, options.workers):
+        encoded = _encoded_pieces(documents, processor, options.workers, skips.add)
+        for document, ids, first, last in encoded:
+            if ids is None:  # it changed while it was read: drop what was written of it
+                writer.discard_document()
+                continue
             if first:
                 writer.begin_document()
             writer.write(ids)
@@ -229,11 +242,14 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
 # --------------------------------------------------------------------------- encoding
 
 
-def _encoded_pieces(documents: Iterator[Document], processor, workers: int):
+def _encoded_pieces(documents: Iterator[Document], processor, workers: int, on_skip):
     """(document, token ids, first piece?, last piece?) for every piece, in order.
 
     Pieces of many documents are encoded together in batches of about BATCH_CHARS characters
-    by SentencePiece's own threads (the result does not depend on their number).
+    by SentencePiece's own threads (the result does not depend on their number). A streamed
+    document that turns out to have changed since it was checked (``DocumentChanged`` at its
+    end) is reported as skipped ("changed"); when pieces of it were already handed out, one
+    more item ``(document, None, False, True)`` tells the consumer to drop them.
     """
     import numpy as np
 
@@ -247,15 +263,25 @@ def _encoded_pieces(documents: Iterator[Document], processor, workers: int):
 
     for document in documents:
         pieces = document.pieces()
-        piece, first = next(pieces, None), True
-        while piece is not None:
-            following = next(pieces, None)
-            batch.append((document, piece, first, following is None))
-            chars += len(piece)
-            if chars >= BATCH_CHARS:
-                yield from flush()
-                batch, chars = [], 0
-            piece, first = following, False
+        begun = len(batch)  # where this document's pieces start in the batch
+        handed_out = False  # some of its pieces were flushed already
+        try:
+            piece, first = next(pieces, None), True
+            while piece is not None:
+                following = next(pieces, None)
+                batch.append((document, piece, first, following is None))
+                chars += len(piece)
+                if chars >= BATCH_CHARS:
+                    yield from flush()
+                    handed_out = True  # its last piece is never flushed before it is checked
+                    batch, chars, begun = [], 0, 0
+                piece, first = following, False
+        except DocumentChanged as err:
+            on_skip(Skip(document.source, "changed", err.detail))
+            chars -= sum(len(item[1]) for item in batch[begun:])
+            del batch[begun:]
+            if handed_out:
+                yield document, None, False, True
     if batch:
         yield from flush()
 
@@ -263,7 +289,7 @@ def _encoded_pieces(documents: Iterator[Document], processor, workers: int):
 # --------------------------------------------------------------------------- sampling
 
 
-def _sample_texts(options: TokenizeOptions, scan: _Scan) -> Iterator[str]:
+def _sample_texts(options: TokenizeOptions, scan: _Scan, scratch: Path) -> Iterator[str]:
     """A deterministic sample of about ``sample_bytes`` of text for training the tokenizer.
 
     First pass: files picked by a hash of (seed, path) with a probability that makes their
@@ -283,14 +309,20 @@ def _sample_texts(options: TokenizeOptions, scan: _Scan) -> Iterator[str]:
                 continue
             single = [replace(entry, group=None)]
             from_entry = 0
-            for document in read_documents(single, text_field=options.text_field, errors="replace"):
-                for piece in document.pieces():
-                    piece = piece[: max(min(share - from_entry, budget - taken), 0)]
-                    if not piece:
-                        break
-                    yield piece
-                    size = len(piece.encode("utf-8", "replace"))
-                    from_entry, taken = from_entry + size, taken + size
+            documents = read_documents(
+                single, text_field=options.text_field, errors="replace", scratch=scratch
+            )
+            for document in documents:
+                try:
+                    for piece in document.pieces():
+                        piece = piece[: max(min(share - from_entry, budget - taken), 0)]
+                        if not piece:
+                            break
+                        yield piece
+                        size = len(piece.encode("utf-8", "replace"))
+                        from_entry, taken = from_entry + size, taken + size
+                except DocumentChanged:
+                    pass  # changed while sampled: what was read of it is still text
                 if from_entry >= share or taken >= budget:
                     break
             if taken >= budget:
@@ -311,7 +343,7 @@ def document_split(sha256: str, holdout: float) -> str:
 
 def _uniform(seed: int, rel: str) -> float:
     """A number in [0, 1) fixed by (seed, path)."""
-    digest = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:{rel}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -375,6 +407,7 @@ class _DocumentTable:
     def close(self) -> None:
         self._flush()
         self.writer.close()
+        _fsync_file(self.path)
 
     def finish_splits(self) -> dict:
         """The manifest's ``splits``; after ``close``. When the fraction selected nothing in a
@@ -415,6 +448,7 @@ class _DocumentTable:
                 split = pc.if_else(chosen, "heldout", group.column("split"))
                 position = self.schema.get_field_index("split")
                 writer.write_table(group.set_column(position, "split", split).cast(self.schema))
+        _fsync_file(rewritten)
         os.replace(rewritten, self.path)
 
 
@@ -428,6 +462,19 @@ def _commit(staging: Path, out: Path, shard_files: list[str]) -> None:
         if stale.name not in keep:
             stale.unlink()
     staging.rmdir()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write a file and fsync it: on disk before the manifest that names it is written."""
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
 
 
 class _exclusive_lock:
@@ -478,7 +525,8 @@ def _scan(options: TokenizeOptions, tokenizer: bytes | None) -> _Scan:
     digest.update(hashlib.sha256(tokenizer or b"").digest())
     files = file_bytes = 0
     for e in _walk(options):
-        digest.update(f"{e.path}\0{e.rel}\0{e.size}\0{e.mtime_ns}\0{e.group}\n".encode())
+        line = f"{e.path}\0{e.rel}\0{e.size}\0{e.mtime_ns}\0{e.group}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))  # names are bytes on Linux
         files += 1
         file_bytes += 0 if e.compressed else e.size
     return _Scan(digest.hexdigest(), files, file_bytes)

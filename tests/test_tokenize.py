@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -243,7 +244,8 @@ def test_single_files_and_several_inputs(tmp_path, model_file, processor):
     write(tmp_path / "dir" / "sub" / "two.md", "second  input\n")
     out = tmp_path / "out"
     assert tokenize([one, tmp_path / "dir"], out, model=model_file) == 0
-    expected = [("one.txt", "first input file\n"), ("sub/two.md", "second  input\n")]
+    # with several inputs every source starts with its input's name
+    expected = [("one.txt", "first input file\n"), ("dir/sub/two.md", "second  input\n")]
     check_output(out, expected, {}, processor)
 
 
@@ -721,3 +723,133 @@ def test_holdout_zero_single_document_and_fingerprint(tmp_path, model_file, caps
     assert tokenize([root], out, "--holdout", "0.5", model=model_file) == 0  # part of the
     assert "up to date" not in capsys.readouterr().out  # fingerprint: rebuilt
     assert json.loads((out / "manifest.json").read_text())["splits"]["holdout"] == 0.5
+
+
+# --------------------------------------------------------------------------- issue 12: faults
+
+
+def bytes_path(directory: Path, name: bytes) -> Path:
+    """A path whose last component is the raw bytes ``name`` (maybe not valid UTF-8)."""
+    return Path(os.fsdecode(os.path.join(os.fsencode(directory), name)))
+
+
+def test_file_names_that_are_not_utf8_never_crash(tmp_path, model_file, processor, capsys):
+    """Fingerprint, tokenizer sample, source column and skip list all take byte names; the
+    source is written with \\xNN escapes and reads back to the exact bytes."""
+    root = tmp_path / "in"
+    write(bytes_path(root, b"caf\xe9.txt"), PROSE)
+    write(bytes_path(root, b"r\xff\xfe") / "m\\od.py", "x = 1\n")
+    write(bytes_path(root, b"empty\xe9.txt"), b"")
+    write(root / "ok.md", UNICODE)
+    out = tmp_path / "out"
+    expected = [("caf\\xe9.txt", PROSE), ("ok.md", UNICODE), ("r\\xff\\xfe/m\\\\od.py", "x = 1\n")]
+    assert tokenize([root], out, model=model_file) == 0
+    manifest = check_output(out, expected, {"empty": 1}, processor)
+    assert manifest["skipped"]["examples"][0]["source"] == "empty\\xe9.txt"
+    sources_written = pq.read_table(out / "documents.parquet").column("source").to_pylist()
+    assert [sources.source_name_bytes(name) for name in sources_written] == [
+        b"caf\xe9.txt", b"ok.md", b"r\xff\xfe/m\\od.py"]  # fmt: skip
+    capsys.readouterr()
+    assert tokenize([root], out, "--json", model=model_file) == 0  # the fingerprint is stable
+    assert json.loads(capsys.readouterr().out)["up_to_date"] is True
+    # the sample pass (a trained tokenizer) and --group repo read them too
+    trained = tmp_path / "trained"
+    assert tokenize([root], trained, "--vocab-size", "400", "--group", "repo") == 0
+    table = pq.read_table(trained / "documents.parquet")
+    assert table.column("source").to_pylist() == ["caf\\xe9.txt", "ok.md", "r\\xff\\xfe"]
+    assert run(["inspect", str(trained)]) == 0
+
+
+def change_on_second_read(monkeypatch, name: str, change) -> None:
+    """Call ``change(path)`` just before the second read of the file called ``name``."""
+    reads = Counter()
+    original = sources._file_blocks
+
+    def file_blocks(entry):
+        if entry.path.name == name:
+            reads[name] += 1
+            if reads[name] == 2:
+                change(entry.path)
+        return original(entry)
+
+    monkeypatch.setattr(sources, "_file_blocks", file_blocks)
+
+
+@pytest.mark.parametrize("change", ["edit", "grow", "vanish", "binary"])
+def test_document_that_changes_between_reads_is_skipped(
+    tmp_path, model_file, processor, monkeypatch, change
+):
+    """Over MAX_INLINE_BYTES a document is read twice; if the second read differs, what was
+    written of it is dropped and it is skipped as ``changed``: every row still describes
+    exactly its tokens, and the run goes on."""
+    import longnet_cli.tokenize as stage
+
+    monkeypatch.setattr(sources, "MAX_INLINE_BYTES", 2000)
+    monkeypatch.setattr(stage, "BATCH_CHARS", 500)  # pieces of it are written before the end
+    monkeypatch.setattr(sources, "PIECE_CHARS", 256)
+    monkeypatch.setattr(sources, "MAX_PIECE_CHARS", 1024)
+    big = LONG[:20_000]
+    root = tmp_path / "in"
+    write(root / "a.txt", "before\n")
+    write(root / "big.txt", big)
+    write(root / "big2.txt", big + "kept\n")
+    write(root / "c.txt", "after\n")
+    edits = {
+        "edit": lambda path: path.write_text(big.replace("000100", "XXXXXX")),
+        "grow": lambda path: path.write_text(big + "more"),
+        "vanish": lambda path: path.unlink(),
+        "binary": lambda path: path.write_bytes(big.encode()[:-9] + b"\x00\x00"),
+    }
+    change_on_second_read(monkeypatch, "big.txt", edits[change])
+    out = tmp_path / "out"
+    assert tokenize([root], out, "--shard-tokens", "700", model=model_file) == 0
+    expected = [("a.txt", "before\n"), ("big2.txt", big + "kept\n"), ("c.txt", "after\n")]
+    manifest = check_output(out, expected, {"changed": 1}, processor)
+    assert manifest["skipped"]["examples"][0]["source"] == "big.txt"
+    assert run(["inspect", str(out)]) == 0
+
+
+def test_output_inside_the_corpus_is_not_read(tmp_path, model_file, processor, capsys):
+    root = tmp_path / "corpus"
+    write(root / "a.txt", "alpha\n")
+    out = root / "tokens"
+    assert tokenize([root], out, model=model_file) == 0
+    assert tokenize([root], out, "--json", model=model_file) == 0
+    capsys.readouterr()
+    assert tokenize([root], out, "--json", model=model_file) == 0  # never its own input
+    assert json.loads(capsys.readouterr().out)["up_to_date"] is True
+    check_output(out, [("a.txt", "alpha\n")], {}, processor)
+    assert tokenize([root], root, model=model_file) == 2  # the corpus itself as --out
+
+
+def test_two_inputs_never_merge_repositories_or_share_sources(tmp_path, model_file, processor):
+    for side in ("left", "right"):
+        write(tmp_path / side / "src" / "repo" / "f.py", f"{side} = 1\n")
+    inputs = [tmp_path / "left" / "src", tmp_path / "right" / "src"]
+    out = tmp_path / "out"
+    assert tokenize(inputs, out, "--group", "repo", model=model_file) == 0
+    expected = [("src~1/repo", "==> f.py <==\nleft = 1\n"),
+                ("src~2/repo", "==> f.py <==\nright = 1\n")]  # fmt: skip
+    check_output(out, expected, {}, processor)
+    assert tokenize([inputs[0], inputs[0]], tmp_path / "twice", model=model_file) == 2
+
+
+def test_every_file_is_fsynced_before_the_manifest_names_it(tmp_path, model_file, monkeypatch):
+    """documents.parquet, tokenizer.model and the shards reach the disk before manifest.json."""
+    events = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.is_file():
+            events.append(path.name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write(tmp_path / "in" / "a.txt", PROSE)
+    write(tmp_path / "in" / "b.txt", UNICODE)
+    assert tokenize([tmp_path / "in"], tmp_path / "out", "--holdout", "0.5",
+                    model=model_file) == 0  # fmt: skip
+    manifest = events.index("manifest.json.tmp")
+    for name in ("documents.parquet", "tokenizer.model", "shard-00000.bin.tmp"):
+        assert name in events[:manifest], (name, events)

@@ -175,6 +175,7 @@ class ShardWriter:
         self._in_shard = 0  # tokens in the open shard
         self._document: DocumentPlacement | None = None  # start of the open document
         self._document_tokens = 0
+        self._document_digest = self._digest
         self._closed = False
         self._result: list[dict] | None = None
 
@@ -188,6 +189,7 @@ class ShardWriter:
         shard, offset = self._next_position()
         self._document = DocumentPlacement(shard, offset, 0)
         self._document_tokens = 0
+        self._document_digest = self._digest.copy()  # to go back to (``discard_document``)
 
     def write(self, tokens: np.ndarray) -> None:
         """Append token ids to the open document (cast to the shard dtype; range-checked)."""
@@ -209,6 +211,31 @@ class ShardWriter:
             ids = ids.astype(self.dtype)
         self._append(np.ascontiguousarray(ids))
         self._document_tokens += int(ids.size)
+
+    def discard_document(self) -> None:
+        """Drop the open document: the stream goes back to where it began, as if it had never
+        been written (shards it filled meanwhile are reopened or deleted)."""
+        self._check_open()
+        if self._document is None:
+            raise RuntimeError("discard_document() without begin_document()")
+        shard, offset = self._document.shard, self._document.offset
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        kept = shard + 1 if offset > 0 else shard  # temporary shard files still needed
+        for temp in self._temp_paths[kept:]:
+            temp.unlink(missing_ok=True)
+        del self._temp_paths[kept:]
+        del self._finished[shard:]
+        self._in_shard = 0
+        if offset > 0:  # the document began inside a shard: keep that shard's first tokens
+            path = self._temp_paths[shard]
+            self._file = open(path, "r+b", buffering=_WRITE_BUFFER_BYTES)  # noqa: SIM115
+            self._file.truncate(offset * self.dtype.itemsize)
+            self._file.seek(0, os.SEEK_END)
+            self._digest = self._document_digest
+            self._in_shard = offset
+        self._document = None
 
     def end_document(self) -> DocumentPlacement:
         """Append EOS and return where the document starts (its EOS position if it is empty)."""

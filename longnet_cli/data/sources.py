@@ -12,18 +12,30 @@ Bad input never stops a run: it is reported through ``on_skip`` with a reason fr
 ``SKIP_REASONS`` and skipped. Every document is checked completely before it is yielded, so a
 consumer never sees part of a document that later turns out to be binary or invalid. Documents
 larger than ``MAX_INLINE_BYTES`` are not held in memory: they are streamed twice, once to check
-and hash them, once to hand out their text piece by piece.
+and hash them, once to hand out their text piece by piece. The second read is hashed again: a
+document that changed or vanished in between raises ``DocumentChanged`` at its end, and the
+consumer drops what it took from it (reason ``changed``).
+
+Source names. A document's ``source`` is its path relative to its input (``books/a.txt``), with
+``:N`` (jsonl line) or ``#N`` (parquet row) for records. With several inputs every name starts
+with its input's name (``books/a.txt``, ``notes.md``), followed by ``~K`` (its 1-based position
+on the command line) where two inputs have the same name, so two inputs never share a name
+or a repository. Linux file names are bytes: a name is written as its UTF-8 text, each byte
+that is not part of valid UTF-8 as ``\\xNN`` (two lowercase hex digits) and a backslash as
+``\\\\``, so the exact bytes can always be read back (``source_name_bytes``).
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import fnmatch
 import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +49,11 @@ SKIP_REASONS = (
     "bad-parquet",
     "unreadable",
     "symlink-loop",
+    "changed",
 )
 VCS_DIRS = frozenset({".git", ".hg", ".svn", ".bzr", "_darcs", "CVS"})
 READ_BLOCK = 1 << 20  # bytes read at a time
+ZSTD_READ_BLOCK = 1 << 14  # compressed bytes read at a time
 MAX_INLINE_BYTES = 16 << 20  # larger documents are streamed, never held as one string
 PIECE_CHARS = 1 << 16  # a document's text is handed out in pieces of about this many characters
 MAX_PIECE_CHARS = 1 << 18  # hard cut for text without newlines
@@ -65,7 +79,8 @@ class Entry:
     compressed: bool  # zstandard-compressed (.zst)
     size: int
     mtime_ns: int
-    group: str | None = None  # with group="repo": the immediate subdirectory it belongs to
+    group: str | None = None  # with group="repo": the repository's source name (see above)
+    source: str = ""  # the readable, unique source name of the file (see the module docstring)
 
 
 @dataclass
@@ -84,6 +99,15 @@ class Document:
         return split_pieces(blocks)
 
 
+class DocumentChanged(Exception):
+    """A streamed document whose second read differs from its first (changed or vanished)."""
+
+    def __init__(self, source: str, detail: str) -> None:
+        super().__init__(f"{source}: {detail}")
+        self.source = source
+        self.detail = detail
+
+
 class SourceError(Exception):
     """A file that cannot be used; ``reason`` is one of SKIP_REASONS."""
 
@@ -91,6 +115,37 @@ class SourceError(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+# --------------------------------------------------------------------------- names
+
+
+def source_name(name: str) -> str:
+    """The readable, lossless form of a file name as Python gives it (undecodable bytes as
+    lone surrogates, ``surrogateescape``): bad bytes as ``\\xNN``, a backslash as ``\\\\``."""
+    raw = name.encode("utf-8", "surrogateescape")
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def source_name_bytes(source: str) -> bytes:
+    """The exact bytes of a name written by ``source_name`` (its inverse)."""
+    return re.sub(
+        rb"\\(\\|x[0-9a-f]{2})",
+        lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]),
+        source.encode("utf-8"),
+    )
+
+
+def input_names(paths: Sequence[Path]) -> list[str]:
+    """The name each input gives its sources: empty for a single input, else the input's last
+    path component; when two inputs share one, every name is followed by ``~K``, its input's
+    1-based position, so that no two inputs ever give the same name."""
+    if len(paths) < 2:
+        return [""]
+    names = [Path(os.path.abspath(path)).name or "root" for path in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{name}~{index + 1}" for index, name in enumerate(names)]
 
 
 # --------------------------------------------------------------------------- walking
@@ -141,46 +196,60 @@ def walk_corpus(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     hidden: bool = False,
+    skip_dirs: Sequence[Path] = (),
     on_skip: Callable[[Skip], None] = lambda skip: None,
 ) -> Iterator[Entry]:
     """The corpus files in deterministic order. Paths must exist (checked by the caller).
 
-    ``group="repo"``: files inside an immediate subdirectory of a directory input carry that
-    subdirectory's name as ``group``; files directly under the input have none.
+    ``group="repo"``: files inside an immediate subdirectory of a directory input belong to that
+    repository (``group``, its source name); files directly under the input have none.
+    ``skip_dirs``: directories never walked (the output directory when it lies in the corpus).
     """
-    for root in paths:
+    skipped_keys = set()
+    for directory in skip_dirs:
+        try:
+            stat = os.stat(directory)
+        except OSError:
+            continue
+        skipped_keys.add((stat.st_dev, stat.st_ino))
+    for root, name in zip(paths, input_names(paths)):
         root = Path(root)
-        visited: set[tuple[int, int]] = set()
+        visited: set[tuple[int, int]] = set(skipped_keys)
         if root.is_file():
-            entry = _entry(root, root.name, None, on_skip)
+            entry = _entry(root, root.name, None, name or root.name, on_skip)
             if entry is not None:
                 yield entry
             continue
-        for path, rel in _walk_dir(root, "", visited, hidden, exclude, on_skip):
+        prefix = f"{name}/" if name else ""
+        for path, rel in _walk_dir(root, "", visited, hidden, exclude, on_skip, skipped_keys):
             if include and not _matches(rel, include):
                 continue
             top = rel.split("/", 1)[0] if group == "repo" and "/" in rel else None
-            entry = _entry(path, rel, top, on_skip)
+            repo = None if top is None else source_name(prefix + top)
+            entry = _entry(path, rel, repo, prefix + rel, on_skip)
             if entry is not None:
                 yield entry
 
 
-def _walk_dir(directory, prefix, visited, hidden, exclude, on_skip) -> Iterator[tuple[Path, str]]:
-    """(path, relative path) of files under ``directory``, sorted, following symlinks once."""
+def _walk_dir(directory, prefix, visited, hidden, exclude, on_skip, quiet=frozenset()):
+    """(path, relative path) of files under ``directory``, sorted, following symlinks once.
+    Directories whose (device, inode) is in ``quiet`` are left out without a word."""
     try:
         stat = directory.stat()
     except OSError as err:
-        on_skip(Skip(prefix or str(directory), "unreadable", err.strerror or str(err)))
+        on_skip(Skip(source_name(prefix or str(directory)), "unreadable", err.strerror or str(err)))
         return
     key = (stat.st_dev, stat.st_ino)
+    if key in quiet:
+        return
     if key in visited:
-        on_skip(Skip(prefix, "symlink-loop", f"{directory} was already walked"))
+        on_skip(Skip(source_name(prefix), "symlink-loop", f"{directory} was already walked"))
         return
     visited.add(key)
     try:
         children = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError as err:
-        on_skip(Skip(prefix or str(directory), "unreadable", err.strerror or str(err)))
+        on_skip(Skip(source_name(prefix or str(directory)), "unreadable", err.strerror or str(err)))
         return
     for child in children:
         rel = f"{prefix}{child.name}"
@@ -193,20 +262,23 @@ def _walk_dir(directory, prefix, visited, hidden, exclude, on_skip) -> Iterator[
         if is_dir:
             if child.name in VCS_DIRS or (child.name.startswith(".") and not hidden):
                 continue
-            yield from _walk_dir(Path(child.path), rel + "/", visited, hidden, exclude, on_skip)
+            yield from _walk_dir(
+                Path(child.path), rel + "/", visited, hidden, exclude, on_skip, quiet
+            )
         else:
             yield Path(child.path), rel
 
 
-def _entry(path: Path, rel: str, group: str | None, on_skip) -> Entry | None:
+def _entry(path: Path, rel: str, group: str | None, name: str, on_skip) -> Entry | None:
+    source = source_name(name)
     try:
         stat = path.stat()
     except OSError as err:  # a broken symlink, a file removed meanwhile, a symlink loop
         reason = "symlink-loop" if err.errno == errno.ELOOP else "unreadable"
-        on_skip(Skip(rel, reason, err.strerror or str(err)))
+        on_skip(Skip(source, reason, err.strerror or str(err)))
         return None
     kind, compressed = _kind(path.name)
-    return Entry(path, rel, kind, compressed, stat.st_size, stat.st_mtime_ns, group)
+    return Entry(path, rel, kind, compressed, stat.st_size, stat.st_mtime_ns, group, source)
 
 
 # --------------------------------------------------------------------------- reading bytes
@@ -233,7 +305,8 @@ def _zstd_blocks(handle) -> Iterator[bytes]:
     frame = decompressor.decompressobj()
     seen_frame = False
     try:
-        while block := handle.read(READ_BLOCK):
+        # small input reads bound the output of one call (zstd can expand a block 1000-fold)
+        while block := handle.read(ZSTD_READ_BLOCK):
             while block:
                 out = frame.decompress(block)
                 seen_frame = True
@@ -283,10 +356,12 @@ def read_documents(
     *,
     text_field: str = "text",
     errors: str = "strict",
+    scratch: Path | None = None,
     on_skip: Callable[[Skip], None] = lambda skip: None,
 ) -> Iterator[Document]:
     """Documents of the entries, in order. ``errors``: "strict" skips invalid UTF-8,
-    "replace" keeps it with U+FFFD."""
+    "replace" keeps it with U+FFFD. ``scratch``: where compressed parquet files are
+    decompressed (a directory on disk; the system's temporary directory when None)."""
     pending: list[Entry] = []
     for entry in entries:
         if pending and entry.group != pending[0].group:
@@ -297,9 +372,9 @@ def read_documents(
         elif entry.kind == "jsonl":
             yield from _jsonl_documents(entry, text_field, errors, on_skip)
         elif entry.kind == "parquet":
-            yield from _parquet_documents(entry, text_field, on_skip)
+            yield from _parquet_documents(entry, text_field, on_skip, scratch)
         else:
-            document = _text_document(entry.rel, [(entry, "")], errors, on_skip)
+            document = _text_document(entry.source, [(entry, "")], errors, on_skip)
             if document is not None:
                 yield document
     if pending:
@@ -311,9 +386,10 @@ def _repo_document(entries: list[Entry], errors: str, on_skip) -> Iterator[Docum
     parts = []
     for entry in entries:
         if entry.size == 0:
-            on_skip(Skip(entry.rel, "empty"))
+            on_skip(Skip(entry.source, "empty"))
         else:
-            parts.append((entry, f"==> {entry.rel.split('/', 1)[1]} <==\n"))
+            inside = source_name(entry.rel.split("/", 1)[1])
+            parts.append((entry, f"==> {inside} <==\n"))
     document = _text_document(entries[0].group, parts, errors, on_skip, drop_bad_parts=True)
     if document is not None:
         yield document
@@ -348,7 +424,7 @@ def _text_document(source, parts, errors, on_skip, drop_bad_parts=False) -> Docu
                     if nbytes > MAX_INLINE_BYTES:
                         inline = None  # too large to hold: streamed again when tokenized
         except SourceError as err:
-            skipped = entry.rel if drop_bad_parts else source
+            skipped = entry.source if drop_bad_parts else source
             on_skip(Skip(skipped, err.reason, err.detail))
             if not drop_bad_parts:
                 return None
@@ -364,11 +440,28 @@ def _text_document(source, parts, errors, on_skip, drop_bad_parts=False) -> Docu
     if inline is not None:
         return Document(source, nbytes, digest.hexdigest(), "".join(inline))
 
-    def stream() -> Iterator[str]:
-        for entry, header in usable:
-            yield from _part_text(entry, header, errors)
+    sha256 = digest.hexdigest()
 
-    return Document(source, nbytes, digest.hexdigest(), stream=stream)
+    def stream() -> Iterator[str]:
+        """The text read again, hashed again: DocumentChanged at the end if it differs."""
+        again, size = hashlib.sha256(), 0
+        try:
+            for entry, header in usable:
+                for block in _part_text(entry, header, errors):
+                    data = block.encode("utf-8")
+                    again.update(data)
+                    size += len(data)
+                    yield block
+        except SourceError as err:
+            raise DocumentChanged(source, f"second read: {err.reason} {err.detail}") from None
+        if size != nbytes or again.hexdigest() != sha256:
+            raise DocumentChanged(
+                source,
+                f"second read gave {size} bytes (sha256 {again.hexdigest()[:12]}), "
+                f"first {nbytes} (sha256 {sha256[:12]})",
+            )
+
+    return Document(source, nbytes, sha256, stream=stream)
 
 
 def _inline_document(source: str, text: str, on_skip) -> Document | None:
@@ -380,79 +473,114 @@ def _inline_document(source: str, text: str, on_skip) -> Document | None:
 
 
 def _lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines (without the newline) of a byte stream."""
-    rest = b""
+    """Lines (without the newline) of a byte stream. Linear: a line spread over many blocks is
+    collected as a list of parts and joined once (never rebuilt block by block)."""
+    parts: list[bytes] = []
     for block in blocks:
-        lines = (rest + block).split(b"\n")
-        rest = lines.pop()
-        yield from lines
-    if rest:
-        yield rest
+        start = 0
+        while (newline := block.find(b"\n", start)) >= 0:
+            if parts:
+                parts.append(block[start:newline])
+                parts[:] = [b"".join(parts)]
+                yield parts.pop()  # held by the consumer only
+            else:
+                yield block[start:newline]
+            start = newline + 1
+        if start < len(block):
+            parts.append(block[start:] if start else block)
+    if parts:
+        parts[:] = [b"".join(parts)]
+        yield parts.pop()
 
 
 def _jsonl_documents(entry: Entry, text_field: str, errors: str, on_skip) -> Iterator[Document]:
     """One document per jsonl record; a malformed line skips that line only."""
+    number = 0
     try:
-        for number, line in enumerate(_lines(_file_blocks(entry)), start=1):
-            source = f"{entry.rel}:{number}"
+        for line in _lines(_file_blocks(entry)):  # not enumerate: its tuple would keep the line
+            number += 1
+            source = f"{entry.source}:{number}"
             if not line.strip():
                 continue
             if b"\x00" in line:
                 on_skip(Skip(source, "binary", "NUL byte in line"))
                 continue
+            # peak memory about 3x a record: each form is dropped as soon as the next exists
             try:
-                record = json.loads(line.decode("utf-8", errors))
+                decoded = line.decode("utf-8", errors)
             except UnicodeDecodeError as err:
                 on_skip(Skip(source, "invalid-utf8", f"at byte {err.start}: {err.reason}"))
                 continue
+            del line
+            try:
+                record = json.loads(decoded)
             except ValueError as err:
                 on_skip(Skip(source, "malformed-jsonl", str(err)))
                 continue
+            finally:
+                del decoded
             text = record.get(text_field) if isinstance(record, dict) else None
+            del record
             if not isinstance(text, str):
                 on_skip(Skip(source, "malformed-jsonl", f"no string field {text_field!r}"))
                 continue
             try:
-                text.encode("utf-8")
+                data = text.encode("utf-8")
             except UnicodeEncodeError:  # lone surrogates from \\ud800-style escapes
                 if errors != "replace":
                     on_skip(Skip(source, "invalid-utf8", "lone surrogate in JSON string"))
                     continue
                 text = _SURROGATE.sub("\ufffd", text)
-            document = _inline_document(source, text, on_skip)
-            if document is not None:
-                yield document
+                data = text.encode("utf-8")
+            if not data:
+                on_skip(Skip(source, "empty"))
+                continue
+            yield Document(source, len(data), hashlib.sha256(data).hexdigest(), text)
+            del text, data
     except SourceError as err:
-        on_skip(Skip(entry.rel, err.reason, err.detail))
+        on_skip(Skip(entry.source, err.reason, err.detail))
 
 
-def _parquet_documents(entry: Entry, text_field: str, on_skip) -> Iterator[Document]:
-    """One document per row of the text column, read in record batches."""
+def _parquet_documents(entry: Entry, text_field: str, on_skip, scratch) -> Iterator[Document]:
+    """One document per row of the text column, read in record batches. A ``.parquet.zst`` is
+    decompressed (streamed, bounded memory) into an unnamed temporary file in ``scratch`` (the
+    system's temporary directory when None), deleted when its rows are read."""
+    with contextlib.ExitStack() as stack:
+        yield from _parquet_rows(entry, text_field, on_skip, scratch, stack)
+
+
+def _parquet_rows(entry, text_field, on_skip, scratch, stack) -> Iterator[Document]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         source = entry.path
-        if entry.compressed:  # parquet needs random access: decompress into memory first
-            source = pa.BufferReader(b"".join(_file_blocks(entry)))
-        parquet = pq.ParquetFile(source)
+        if entry.compressed:  # parquet needs random access: decompressed into a temporary file
+            spill = stack.enter_context(tempfile.NamedTemporaryFile(dir=scratch))  # noqa: SIM115
+            for block in _file_blocks(entry):
+                spill.write(block)
+            spill.flush()
+            source = spill.name  # opened by arrow itself: no copies through Python
+        # pre_buffer would read every requested row group ahead: memory of the whole file
+        parquet = stack.enter_context(pq.ParquetFile(source, pre_buffer=False))
         if text_field not in parquet.schema_arrow.names:
-            on_skip(Skip(entry.rel, "bad-parquet", f"no column {text_field!r}"))
+            on_skip(Skip(entry.source, "bad-parquet", f"no column {text_field!r}"))
             return
         row = 0
-        for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
+        batches = parquet.iter_batches(batch_size=256, columns=[text_field], use_threads=False)
+        for batch in batches:
             for text in batch.column(0).to_pylist():
                 if text is None or isinstance(text, str):
-                    document = _inline_document(f"{entry.rel}#{row}", text or "", on_skip)
+                    document = _inline_document(f"{entry.source}#{row}", text or "", on_skip)
                     if document is not None:
                         yield document
                 else:
-                    on_skip(Skip(f"{entry.rel}#{row}", "bad-parquet", "text is not a string"))
+                    on_skip(Skip(f"{entry.source}#{row}", "bad-parquet", "text is not a string"))
                 row += 1
     except SourceError as err:
-        on_skip(Skip(entry.rel, err.reason, err.detail))
+        on_skip(Skip(entry.source, err.reason, err.detail))
     except (OSError, pa.ArrowException) as err:
-        on_skip(Skip(entry.rel, "bad-parquet", str(err).splitlines()[0] if str(err) else ""))
+        on_skip(Skip(entry.source, "bad-parquet", str(err).splitlines()[0] if str(err) else ""))
 
 
 # --------------------------------------------------------------------------- pieces

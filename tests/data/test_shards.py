@@ -437,3 +437,42 @@ def test_manifest_missing_key_or_file(corpus_dir, tmp_path):
     assert isinstance(info.value, InputError) and info.value.exit_code == 2
     with pytest.raises(CorpusError, match="no such corpus directory"):
         TokenizedCorpus.open(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("discard_length", [0, 3, 7, 8, 9, 30])
+@pytest.mark.parametrize("start_offset", [0, 5, 7])
+def test_discarded_document_leaves_no_trace(tmp_path, start_offset, discard_length):
+    """A document dropped midway (it changed while it was read) leaves the shards, their
+    hashes and the following placements exactly as if it had never been begun, also when it
+    filled shards meanwhile."""
+    shard_tokens = 8
+    before = [list(range(2, 2 + start_offset - 1))] if start_offset else []  # with EOS: offset
+    after = [[5, 6, 7], list(range(2, 20))]
+
+    def write_all(directory: Path, dropped: list[int] | None) -> tuple[list, list]:
+        placements = []
+        with ShardWriter(directory, "uint16", shard_tokens, EOS) as writer:
+            for doc in before:
+                writer.begin_document()
+                writer.write(np.array(doc))
+                placements.append(writer.end_document())
+            if dropped is not None:
+                writer.begin_document()
+                for low in range(0, len(dropped), 4):
+                    writer.write(np.array(dropped[low : low + 4]))
+                writer.discard_document()
+            for doc in after:
+                writer.begin_document()
+                writer.write(np.array(doc))
+                placements.append(writer.end_document())
+            return placements, writer.close()
+
+    dropped = [int(t) for t in np.arange(discard_length) % 50 + 2]
+    expected = write_all(tmp_path / "clean", None)
+    assert write_all(tmp_path / "dropped", dropped) == expected
+    clean = sorted(p.name for p in (tmp_path / "clean").iterdir())
+    assert sorted(p.name for p in (tmp_path / "dropped").iterdir()) == clean
+    for name in clean:
+        assert (tmp_path / "dropped" / name).read_bytes() == (
+            tmp_path / "clean" / name
+        ).read_bytes()

@@ -587,3 +587,189 @@ def test_split_pieces_edge_cases():
     assert list(split_pieces(["short"])) == ["short"]
     assert list(split_pieces(["ab\ncd\nef"], target=2, limit=10)) == ["ab\n", "cd\n", "ef"]
     assert list(split_pieces(["abcdefgh"], target=2, limit=3)) == ["abc", "def", "gh"]
+
+
+# --------------------------------------------------------------------------- issue 12: faults
+
+
+def bytes_path(directory: Path, name: bytes) -> Path:
+    """A path whose last component is the raw bytes ``name`` (maybe not valid UTF-8)."""
+    return Path(os.fsdecode(os.path.join(os.fsencode(directory), name)))
+
+
+def test_source_name_escapes_undecodable_bytes_and_backslashes_losslessly():
+    for raw in [
+        b"plain.txt",
+        b"caf\xe9.txt",
+        b"\xff\xfe",
+        b"a\\xff.txt",
+        b"back\\\\slash",
+        "日本".encode(),
+    ]:
+        name = sources.source_name(os.fsdecode(raw))
+        name.encode("utf-8")  # always valid text
+        assert sources.source_name_bytes(name) == raw
+    assert sources.source_name(os.fsdecode(b"caf\xe9.txt")) == "caf\\xe9.txt"
+    assert sources.source_name("a\\b") == "a\\\\b"
+    assert sources.source_name("plain/日本.txt") == "plain/日本.txt"
+
+
+def test_file_names_that_are_not_utf8_are_read_with_escaped_sources(tmp_path):
+    write(bytes_path(tmp_path, b"caf\xe9.txt"), "latin-1 name\n")
+    write(bytes_path(tmp_path, b"ok.txt"), "fine\n")
+    repo = bytes_path(tmp_path / "repos", b"r\xff")
+    write(repo / "main.py", "x = 1\n")
+    write(bytes_path(repo, b"m\xe9.py"), "y = 2\n")
+    write(bytes_path(tmp_path / "repos", b"empty\xfe.txt"), b"")
+    texts, skips = read([tmp_path])
+    assert texts == [
+        ("caf\\xe9.txt", "latin-1 name\n"),
+        ("ok.txt", "fine\n"),
+        ("repos/r\\xff/main.py", "x = 1\n"),
+        ("repos/r\\xff/m\\xe9.py", "y = 2\n"),
+    ]
+    assert skips == [("repos/empty\\xfe.txt", "empty")]
+    texts, skips = read([tmp_path / "repos"], group="repo")
+    assert texts == [("r\\xff", "==> main.py <==\nx = 1\n==> m\\xe9.py <==\ny = 2\n")]
+    assert sources.source_name_bytes(texts[0][0]) == b"r\xff"
+
+
+def test_streamed_document_that_changes_or_vanishes_between_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "MAX_INLINE_BYTES", 1000)
+    text = "".join(f"line {i}\n" for i in range(500))
+    path = write(tmp_path / "in" / "big.txt", text)
+    (document,) = read_documents(walk_corpus([tmp_path / "in"]))
+    assert document.text is None
+    assert "".join(document.pieces()) == text  # unchanged: read twice, same hash
+    path.write_text(text.replace("line 499", "LINE 499"))  # same size, other content
+    with pytest.raises(sources.DocumentChanged, match=r"big\.txt"):
+        "".join(document.pieces())
+    path.write_text(text + "more\n")
+    with pytest.raises(sources.DocumentChanged):
+        list(document.pieces())
+    path.unlink()
+    with pytest.raises(sources.DocumentChanged, match="unreadable"):
+        list(document.pieces())
+
+
+def test_streamed_repository_that_changes_between_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "MAX_INLINE_BYTES", 1000)
+    write(tmp_path / "r" / "a.py", "a = 1\n" * 300)
+    late = write(tmp_path / "r" / "b.py", "b = 2\n" * 300)
+    (document,) = read_documents(walk_corpus([tmp_path], group="repo"))
+    late.write_bytes(b"\xff binary now \x00")
+    with pytest.raises(sources.DocumentChanged, match="binary"):
+        list(document.pieces())
+
+
+def test_long_jsonl_line_is_joined_in_linear_time(tmp_path, monkeypatch):
+    """8,192 blocks of 512 bytes for one 4 MiB record: rebuilding the line block by block
+    (``rest + block``) copies about 17 GB; collecting the parts copies it about once."""
+    import time
+
+    monkeypatch.setattr(sources, "READ_BLOCK", 512)
+    text = "".join(f"word{i} " for i in range(600_000))[: 4 << 20]
+    write(tmp_path / "one.jsonl", json.dumps({"text": text}) + "\n" + json.dumps({"text": "b"}))
+    started = time.perf_counter()
+    texts, skips = read([tmp_path])
+    seconds = time.perf_counter() - started
+    assert texts == [("one.jsonl:1", text), ("one.jsonl:2", "b")] and skips == []
+    assert seconds < 3.0, f"{seconds:.1f} s to read a 4 MiB line in 512-byte blocks"
+
+
+def test_lines_are_cut_the_same_whatever_the_blocks():
+    data = b"a\nbb\n\nccc" + b"d" * 50 + b"\n\ne"
+    expected = data.split(b"\n")
+    for size in (1, 2, 3, 7, 64, 1000):
+        blocks = [data[i : i + size] for i in range(0, len(data), size)]
+        assert list(sources._lines(blocks)) == expected
+    assert list(sources._lines([b"x\n"])) == [b"x"]
+    assert list(sources._lines([])) == []
+
+
+# peak RSS from /proc (VmHWM): ru_maxrss survives exec, so a child of a large pytest process
+# would start from the parent's peak
+RSS_SCRIPT = """
+import re, sys, time
+from pathlib import Path
+from longnet_cli.data.sources import read_documents, walk_corpus
+import pyarrow.parquet, json  # imported before the baseline
+def peak():
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
+before = peak()
+started = time.perf_counter()
+documents = read_documents(walk_corpus([Path(sys.argv[1])]), scratch=Path(sys.argv[2]))
+total = sum(d.nbytes for d in documents)
+seconds = time.perf_counter() - started
+print(total, peak() - before, seconds)
+"""
+
+
+def rss_reading(corpus: Path, scratch: Path) -> tuple[int, int, float]:
+    """(text bytes read, peak RSS growth in bytes, seconds) of reading ``corpus`` afresh."""
+    import subprocess
+    import sys
+
+    scratch.mkdir(exist_ok=True)
+    result = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(corpus), str(scratch)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    total, growth, seconds = result.stdout.split()
+    return int(total), int(growth), float(seconds)
+
+
+def test_50mb_single_line_jsonl_memory_and_time(tmp_path):
+    """One 50 MB record: peak memory at most about 4x the record (measured 2x: the raw line,
+    its decoded text, the record's string and its UTF-8 bytes are never all held at once)."""
+    record = ("0123456789 abcdefghij " * 3)[:64]
+    text = record * ((50 << 20) // len(record))
+    write(tmp_path / "in" / "big.jsonl", json.dumps({"text": text}) + "\n")
+    total, growth, seconds = rss_reading(tmp_path / "in", tmp_path / "scratch")
+    assert total == len(text)
+    print(f"50 MB jsonl line: peak RSS +{growth / 2**20:.0f} MiB, {seconds:.2f} s")
+    assert growth < 3 * len(text), f"peak RSS grew by {growth >> 20} MiB"
+    assert seconds < 20
+
+
+def test_compressed_parquet_is_not_held_in_memory(tmp_path):
+    """A .parquet.zst is decompressed into a scratch file: memory follows its row groups, not
+    its size (held whole, the 60 MB would show in the peak)."""
+    rows = [f"row {i} " + "x" * 3000 for i in range(20_000)]  # about 60 MB of text
+    plain = write_parquet(tmp_path / "plain" / "t.parquet", {"text": rows},
+                          row_group_size=512, compression="none")  # fmt: skip
+    compressed = zstandard.ZstdCompressor(level=1).compress(plain.read_bytes())
+    write(tmp_path / "in" / "t.parquet.zst", compressed)
+    plain.unlink()
+    total, growth, _ = rss_reading(tmp_path / "in", tmp_path / "scratch")
+    assert total == sum(len(r) for r in rows)
+    print(f"60 MB .parquet.zst: peak RSS +{growth / 2**20:.0f} MiB")
+    assert growth < 44 << 20, f"peak RSS grew by {growth >> 20} MiB"
+    assert list((tmp_path / "scratch").iterdir()) == []  # the scratch file is gone
+
+
+def test_output_directory_inside_the_corpus_is_not_walked(tmp_path):
+    write(tmp_path / "a.txt", "a")
+    write(tmp_path / "out" / "manifest.json", "{}")
+    write(tmp_path / "z" / "b.txt", "b")
+    assert walk([tmp_path], skip_dirs=[tmp_path / "out"]) == (["a.txt", "z/b.txt"], [])
+    assert walk([tmp_path], skip_dirs=[tmp_path / "missing"])[0] == [
+        "a.txt", "out/manifest.json", "z/b.txt"]  # fmt: skip
+
+
+def test_several_inputs_never_share_a_source_or_a_repository(tmp_path):
+    for side in ("left", "right"):
+        write(tmp_path / side / "corpus" / "repo" / "f.py", f"{side}\n")
+        write(tmp_path / side / "corpus" / "top.txt", f"top {side}\n")
+    write(tmp_path / "single" / "top.txt", "single\n")
+    inputs = [tmp_path / "left" / "corpus", tmp_path / "right" / "corpus"]
+    texts, _ = read(inputs, group="repo")
+    assert texts == [
+        ("corpus~1/repo", "==> f.py <==\nleft\n"),
+        ("corpus~1/top.txt", "top left\n"),
+        ("corpus~2/repo", "==> f.py <==\nright\n"),
+        ("corpus~2/top.txt", "top right\n"),
+    ]
+    texts, _ = read([inputs[0], tmp_path / "single" / "top.txt"], group="repo")
+    assert [source for source, _ in texts] == ["corpus/repo", "corpus/top.txt", "top.txt"]
+    texts, _ = read([inputs[0]])
+    assert [source for source, _ in texts] == ["repo/f.py", "top.txt"]  # one input: no prefix

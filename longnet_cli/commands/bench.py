@@ -387,3 +387,60 @@ def _geometric(seq_len: int) -> tuple[list[int], list[int]]:
         w *= 4
     segments.append(seq_len)
     return segments, [max(1, s // 2048) for s in segments]
+
+
+@bench.command("generate", context_settings=CONTEXT)
+@click.option(
+    "--lengths",
+    default="9192,66536,1047576",
+    show_default=True,
+    help="Prompt lengths (default 8K + 1000, 64K + 1000, 1M - 1000), comma-separated.",
+)
+@click.option(
+    "--new-tokens", default=64, show_default=True, type=click.IntRange(min=1),
+    help="Tokens decoded (greedy) after each prompt.",
+)  # fmt: skip
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+def bench_generate_command(lengths, new_tokens, device, as_json) -> None:
+    """Decoding speed after prompts of 8K to 1M tokens, with the branch-bounded cache.
+
+    A quickstart-shaped model (random weights) whose branches reach 1M tokens with 2,048 keys
+    each; per prompt: prefill and decode tokens/s, the cache's bytes and what a dense model's
+    cache would hold. Decode speed after the 1M prompt should be within 15% of after 8K.
+    """
+    from longnet_cli.bench.generate import MODEL, bench_generate, peak_rss_bytes
+
+    try:
+        prompt_lengths = tuple(parse_lengths(lengths))
+    except ValueError as err:
+        raise InputError(f"--lengths: {err}") from None
+    rows = bench_generate(prompt_lengths, new_tokens, device, progress=not as_json)
+    base = rows[0].decode_tokens_per_s
+    if as_json:
+        payload = {
+            "model": {k: list(v) if isinstance(v, tuple) else v for k, v in MODEL.items()},
+            "rows": [row.to_json() for row in rows],
+            "decode_vs_first": [row.decode_tokens_per_s / base for row in rows],
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    segments = ", ".join(
+        f"({format_length(w)}, {r})"
+        for w, r in zip(MODEL["segment_lengths"], MODEL["dilation_rates"])
+    )
+    click.echo(
+        f"# dim {MODEL['dim']}, {MODEL['depth']} blocks, {MODEL['heads']} heads of "
+        f"{MODEL['dim_head']}; branches {segments}"
+    )
+    click.echo(
+        f"{'prompt':>9} {'prefilled':>9} {'prefill tok/s':>13} {'decode tok/s':>12} "
+        f"{'vs first':>8} {'cache MiB':>9} {'dense MiB':>9}"
+    )
+    for row in rows:
+        click.echo(
+            f"{row.prompt_tokens:>9,} {row.prefill_tokens:>9,} {row.prefill_tokens_per_s:>13,.0f} "
+            f"{row.decode_tokens_per_s:>12,.1f} {row.decode_tokens_per_s / base:>8.2f} "
+            f"{row.cache_bytes / 2**20:>9.1f} {row.dense_cache_bytes / 2**20:>9.1f}"
+        )

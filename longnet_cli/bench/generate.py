@@ -5,8 +5,9 @@ reach 1M tokens with 2,048 selected keys per segment each: (2K, 1), (16K, 8), (1
 (1M, 512). Its decoding cache then holds at most 4 heads x 4 x 2,048 keys per layer, whatever
 the prompt, so decoding after a 1M-token prompt should run about as fast as after an 8K one
 (the target: within 15%; the longest branch's cache fills as its segment does). A dense
-model's cache grows with the context; its size is printed beside. Prompts are random tokens (speed does not depend on them) of lengths that are not
-multiples of any segment; the weights are random too.
+model's cache grows with the context; its size is printed beside. Prompts are random tokens
+(speed does not depend on them) of lengths that are not multiples of any segment; the weights
+are random too.
 """
 
 from __future__ import annotations

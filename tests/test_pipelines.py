@@ -34,6 +34,8 @@ QUICKSTART_ENV = {
     "LONGNET_QUICKSTART_STEPS": "4",
     "LONGNET_QUICKSTART_SEQ_LEN": "128",
     "LONGNET_QUICKSTART_DOCS": "2",
+    "LONGNET_QUICKSTART_PROMPT_TOKENS": "300",  # mid-segment of 64 and 128
+    "LONGNET_QUICKSTART_NEW_TOKENS": "12",
     "LONGNET_QUICKSTART_TOKENIZE_ARGS": "--workers 1",
     "LONGNET_QUICKSTART_TRAIN_ARGS": " ".join(
         f"--set model.{key}={json.dumps(value).replace(' ', '')}"
@@ -49,8 +51,12 @@ def _run(script: str, *args, env: dict | None = None, cwd: Path | None = None):
     started = time.perf_counter()
     result = subprocess.run(
         ["bash", str(PIPELINES / script), *map(str, args)],
-        capture_output=True, text=True, env=environment, cwd=cwd,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        errors="replace",
+        env=environment,
+        cwd=cwd,
+    )  # fmt: skip  (generate writes the bytes a model produced, valid UTF-8 or not)
     return result, time.perf_counter() - started
 
 
@@ -84,6 +90,13 @@ def test_quickstart_end_to_end_then_second_run_skips(tmp_path):
     assert (workdir / "eval.png").exists() == plot_available()
     (run,) = list_runs(workdir)
     assert (run.name, run.step, run.target_steps, run.eval.context) == ("run", 4, 4, 128)
+    # [4/4]: a continuation of the held-out document; its prompt (300 tokens) ends mid-segment
+    assert "--- the model writes ---" in first.stdout
+    continuation = first.stdout.split("--- the model writes ---\n", 1)[1].rsplit("\n---", 1)[0]
+    assert continuation.strip()
+    # prefilled from the block of its last token (lcm of 64 and 128: from 256), then decoded
+    assert "prefill: 44 of 300 prompt tokens" in first.stderr and "decode: " in first.stderr
+    assert (workdir / "run/checkpoints/step-0000004/tokenizer.model").exists()
 
     written = _outputs(workdir)
     blocker = tmp_path / "no-matplotlib"  # the second run also sees a python without it

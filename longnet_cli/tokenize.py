@@ -49,6 +49,7 @@ DEFAULT_SHARD_TOKENS = 1 << 28
 DEFAULT_HOLDOUT = 0.01  # fraction of documents (by content hash) held out of training
 MIN_VOCAB_SIZE = 320  # 256 byte-fallback pieces, specials, and some room to learn
 BATCH_CHARS = 4 << 20  # characters handed to one multi-threaded encode call
+BATCH_PIECES = 1 << 12  # and pieces at most: many tiny files must not fill memory with ids
 SKIP_EXAMPLES = 100  # skipped items listed by name in the manifest (all are counted)
 STAGING = ".staging"
 LOCK = ".lock"
@@ -271,7 +272,7 @@ def _encoded_pieces(documents: Iterator[Document], processor, workers: int, on_s
                 following = next(pieces, None)
                 batch.append((document, piece, first, following is None))
                 chars += len(piece)
-                if chars >= BATCH_CHARS:
+                if chars >= BATCH_CHARS or len(batch) >= BATCH_PIECES:
                     yield from flush()
                     handed_out = True  # its last piece is never flushed before it is checked
                     batch, chars, begun = [], 0, 0
@@ -354,7 +355,7 @@ class _DocumentTable:
     """documents.parquet written in row groups as documents complete (bounded memory), with
     each document's split and the per-split totals for the manifest."""
 
-    ROW_GROUP = 1 << 16
+    ROW_GROUP = 1 << 14  # rows held as Python objects before they are written
 
     def __init__(self, path: Path, holdout: float) -> None:
         import pyarrow.parquet as pq

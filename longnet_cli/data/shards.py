@@ -596,12 +596,30 @@ class TokenizedCorpus:
                 raise CorpusError(f"{path}: column types do not match: {err}") from None
         return self._documents
 
+    def _index_column(self, name: str) -> pa.ChunkedArray | None:
+        """One column of documents.parquet, read alone (the documents table is not cached):
+        a rank that only trains holds the columns it uses (shard, offset, tokens, split), never
+        the sources and hashes. None for ``split`` in a table written before splits existed."""
+        if self._documents is not None:
+            return self._documents.column(name)
+        path = self.documents_path
+        try:
+            with pq.ParquetFile(path) as parquet:
+                names = parquet.schema_arrow.names
+                if names == LEGACY_DOCUMENTS_NAMES and name == "split":
+                    return None
+                if names not in (DOCUMENTS_SCHEMA.names, LEGACY_DOCUMENTS_NAMES):
+                    raise CorpusError(f"{path}: columns {names}, expected {DOCUMENTS_SCHEMA.names}")
+                column = parquet.read(columns=[name]).column(0)
+            return column.cast(DOCUMENTS_SCHEMA.field(name).type)
+        except (OSError, pa.ArrowException, ValueError) as err:
+            raise CorpusError(f"{path}: cannot read column {name!r}: {err}") from None
+
     def document_starts(self) -> np.ndarray:
         """int64 stream position of each document's first token (its EOS when empty)."""
         if self._starts is None:
-            table = self.documents()
-            shard = table.column("shard").to_numpy().astype(np.int64)
-            offset = table.column("offset").to_numpy()
+            shard = self._index_column("shard").to_numpy().astype(np.int64)
+            offset = self._index_column("offset").to_numpy().astype(np.int64)
             if shard.size and (shard.min() < 0 or shard.max() >= len(self.shard_starts)):
                 raise CorpusError(
                     f"{self.documents_path}: shard index outside [0, {len(self.shard_starts)})"
@@ -612,7 +630,7 @@ class TokenizedCorpus:
     def document_lengths(self) -> np.ndarray:
         """int64 token count of each document, EOS not counted."""
         if self._lengths is None:
-            self._lengths = self.documents().column("tokens").to_numpy().astype(np.int64)
+            self._lengths = self._index_column("tokens").to_numpy().astype(np.int64)
         return self._lengths
 
     @property
@@ -625,8 +643,14 @@ class TokenizedCorpus:
     def heldout_mask(self) -> np.ndarray:
         """bool per document: True where the document is held out (never trained on)."""
         if self._heldout is None:
-            column = self.documents().column("split")
-            self._heldout = np.asarray(column.to_pylist(), dtype=object) == "heldout"
+            import pyarrow.compute as pc
+
+            column = self._index_column("split")
+            if column is None:  # written before splits existed: all train
+                self._heldout = np.zeros(self.num_documents, dtype=bool)
+            else:
+                heldout = pc.fill_null(pc.equal(column, "heldout"), False)
+                self._heldout = heldout.to_numpy(zero_copy_only=False).astype(bool)
         return self._heldout
 
     def split_documents(self, split: str) -> np.ndarray:

@@ -476,3 +476,28 @@ def test_discarded_document_leaves_no_trace(tmp_path, start_offset, discard_leng
         assert (tmp_path / "dropped" / name).read_bytes() == (
             tmp_path / "clean" / name
         ).read_bytes()
+
+
+def test_training_index_reads_only_the_columns_it_needs(tmp_path):
+    """document_starts / document_lengths / heldout_mask hold shard, offset, tokens and split
+    only: a rank never holds the sources and hashes (here 20 MB of long source names)."""
+    import pyarrow as pa
+
+    count = 10_000
+    documents = [[2, 3]] * count
+    _write_corpus(tmp_path, documents, shard_tokens=4096)
+    table = pq.read_table(tmp_path / "documents.parquet")
+    long_names = pa.array([f"{'deep/' * 400}doc{i}.txt" for i in range(count)])
+    split = pa.array(["heldout" if i % 7 == 0 else "train" for i in range(count)])
+    table = table.set_column(1, "source", long_names).set_column(7, "split", split)
+    write_documents_table(tmp_path, table)
+    corpus = TokenizedCorpus.open(tmp_path)
+    before = pa.total_allocated_bytes()
+    starts, lengths = corpus.document_starts(), corpus.document_lengths()
+    heldout = corpus.heldout_mask()
+    held = pa.total_allocated_bytes() - before
+    assert held < 1 << 20, f"{held >> 20} MiB held by the index"
+    assert np.array_equal(starts, np.arange(count) * 3)
+    assert np.array_equal(lengths, np.full(count, 2))
+    assert np.array_equal(heldout, np.arange(count) % 7 == 0)
+    assert corpus.split_documents("heldout").size == len(range(0, count, 7))

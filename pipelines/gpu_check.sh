@@ -17,7 +17,11 @@
 # 2 no CUDA device here (one line on stderr) or bad usage.
 set -uo pipefail
 
+PIPELINE=gpu_check.sh
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec "${LONGNET_PYTHON:-python3}" -m longnet_cli.bench.gpu_check "$@"
+# shellcheck source=pipelines/_lib.sh
+. "$ROOT/pipelines/_lib.sh"
+require_longnet # a python without torch: exit 2 with one line, not a traceback
+exec "$LONGNET_PYTHON" -m longnet_cli.bench.gpu_check "$@"

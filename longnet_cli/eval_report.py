@@ -23,10 +23,16 @@ SPLIT_WORDS = {"heldout": "held-out", "train": "training", "all": "all"}
 
 def write_json(result: EvalResult, path: Path) -> None:
     """``result.to_json()`` to ``path`` atomically (a temporary file renamed into place)."""
+    write_text_atomically(path, json.dumps(result.to_json(), indent=2) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """``text`` to ``path`` through a temporary file renamed into place: a reader sees the old
+    file or the new one, never half of one."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.tmp")
     try:
-        temp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        temp.write_text(text)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from longnet_cli.recipes import (
 )
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
+SHIPPED = sorted(RECIPES_DIR.rglob("*.yaml"))  # recipes/study/ too
 
 MINIMAL = {
     "data": {"shards": "runs/x/data"},
@@ -76,7 +76,7 @@ def test_recipes_are_shipped():
     assert {"quickstart.yaml", "book_1m.yaml", "repo_256k.yaml", "paper_base.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: str(path.relative_to(RECIPES_DIR)))
 def test_shipped_recipe_loads_and_builds_on_meta(path):
     recipe = load_recipe(path)
     assert recipe.source == str(path)

@@ -38,7 +38,8 @@ def study_report(
     metrics.jsonl). Runs named dense_2k and longnet_8k (pipelines/context_study.sh) also get
     the study's claims, each marked shown or not shown by the figures measured.
     """
-    from longnet_cli.study import markdown, study_report, write_text_atomically
+    from longnet_cli.eval_report import write_text_atomically
+    from longnet_cli.study import markdown, study_report
 
     study = study_report(eval_json)
     text = markdown(study)

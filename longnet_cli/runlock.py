@@ -1,4 +1,4 @@
-"""One writer per run directory: the exclusive lock ``longnet train`` holds on its run.
+"""One writer per directory: the exclusive locks ``longnet train`` (its run) and ``tokenize`` hold.
 
 The lock is ``flock(2)`` on ``RUN_DIR/.train.lock``: the kernel releases it when its holder
 exits, however it exits (SIGKILL and power loss included), so a stale lock never blocks the next
@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -35,15 +36,26 @@ class RunLockedError(LongnetError):
     exit_code = LOCKED_EXIT
 
 
-class RunLock:
-    """An exclusive, non-blocking flock on ``run_dir/.train.lock``, held until ``release``."""
+class DirectoryLock:
+    """An exclusive, non-blocking flock on a lock file, held until ``release``.
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
+    ``refuse(holder)`` builds the error raised when another process holds it (``holder``: the
+    line that process wrote into the file: host, pid, start time). Shared by ``longnet train``
+    (``RunLock``) and ``longnet tokenize`` (its output directory's lock).
+    """
+
+    def __init__(
+        self, path: Path, refuse: Callable[[str], LongnetError], record_holder: bool = True
+    ) -> None:
+        """``record_holder`` False leaves the lock file untouched (for an output directory that
+        a no-op run must not modify)."""
+        self.path = Path(path)
+        self.refuse = refuse
+        self.record_holder = record_holder
         self.handle: IO[str] | None = None
 
-    def acquire(self) -> RunLock:
-        """Take the lock or raise RunLockedError naming the holder; creates ``run_dir``."""
+    def acquire(self) -> DirectoryLock:
+        """Take the lock or raise ``refuse(holder)``; creates the lock file's directory."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held past this call)
         try:
@@ -52,10 +64,7 @@ class RunLock:
             handle.seek(0)
             holder = handle.read().strip() or "an unknown process"
             handle.close()
-            raise RunLockedError(
-                f"{self.path.parent} is being trained by {holder} (lock {self.path}); not "
-                f"starting (exit {LOCKED_EXIT}): wait for that run, or train into another --out"
-            ) from None
+            raise self.refuse(holder) from None
         except OSError as err:
             if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 handle.close()
@@ -65,12 +74,14 @@ class RunLock:
                 "stops a second run from writing into the same directory",
                 file=sys.stderr,
             )
+        self.handle = handle
+        if not self.record_holder:
+            return self
         handle.seek(0)
         handle.truncate()
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         handle.write(f"{socket.gethostname()} pid={os.getpid()} started={started}\n")
         handle.flush()
-        self.handle = handle
         return self
 
     def release(self) -> None:
@@ -80,8 +91,23 @@ class RunLock:
             self.handle.close()
             self.handle = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> DirectoryLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class RunLock(DirectoryLock):
+    """The training lock of ``run_dir``: RunLockedError (exit 75) names its holder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        path = Path(run_dir) / LOCK_FILE
+
+        def refuse(holder: str) -> RunLockedError:
+            return RunLockedError(
+                f"{path.parent} is being trained by {holder} (lock {path}); not starting "
+                f"(exit {LOCKED_EXIT}): wait for that run, or train into another --out"
+            )
+
+        super().__init__(path, refuse)

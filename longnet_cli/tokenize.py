@@ -21,7 +21,6 @@ its copies) are held out instead, unless that would leave nothing to train on.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -478,27 +477,19 @@ def _fsync_file(path: Path) -> None:
         os.fsync(file.fileno())
 
 
-class _exclusive_lock:
+def _exclusive_lock(out: Path):
     """An flock on ``out/.lock``: a second run on the same output refuses at once."""
+    from longnet_cli.runlock import DirectoryLock
 
-    def __init__(self, out: Path) -> None:
-        self.path = out / LOCK
+    path = out / LOCK
 
-    def __enter__(self):
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
-            raise LongnetError(
-                f"another longnet tokenize is writing {self.path.parent} (lock {self.path} is "
-                "held); wait for it to finish"
-            ) from None
-        return self
+    def refuse(holder: str) -> LongnetError:
+        return LongnetError(
+            f"another longnet tokenize is writing {out} (lock {path} is held); wait for it to "
+            "finish"
+        )
 
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+    return DirectoryLock(path, refuse, record_holder=False)  # an unchanged corpus: no write
 
 
 def _fingerprint_options(options: TokenizeOptions) -> dict:

@@ -113,7 +113,7 @@ def run_info(run_dir: Path, runs_dir: Path) -> RunInfo:
     if state is not None:
         step = _int(state.get("step"))
         target = _int(state.get("recipe", {}).get("train", {}).get("steps"))
-    records = _metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir / "metrics.jsonl")
     last_loss = next((r for r in reversed(records) if _number(r.get("loss")) is not None), None)
     evaluation, eval_file = _latest_eval(run_dir, records)
     times = [p.stat().st_mtime for p in (run_dir, run_dir / "metrics.jsonl", checkpoint,
@@ -146,7 +146,7 @@ def _latest_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
     return None, None
 
 
-def _metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path) -> list[dict]:
     """The JSON lines of metrics.jsonl; unreadable lines (a line being written) are skipped."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()

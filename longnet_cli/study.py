@@ -120,25 +120,18 @@ def _final_tokens(runs: list[dict[str, Any]]) -> int | None:
 def training_figures(run_dir: Path) -> dict[str, Any]:
     """Tokens trained, wall seconds and tokens/s of a run, from the last line of its
     ``metrics.jsonl`` (``elapsed_s`` adds up across resumes); None where it cannot be read."""
+    from longnet_cli.runs import read_metrics
+
     figures: dict[str, Any] = {
         "train_tokens": None,
         "train_seconds": None,
         "train_tokens_per_s": None,
     }
-    last = None
-    try:
-        with open(run_dir / "metrics.jsonl", encoding="utf-8") as lines:
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill
-                if isinstance(record, dict) and "tokens" in record and "elapsed_s" in record:
-                    last = record
-    except OSError:
-        return figures
-    if last is not None:
-        tokens, seconds = int(last["tokens"]), float(last["elapsed_s"])
+    timed = [
+        r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens" in r and "elapsed_s" in r
+    ]
+    if timed:
+        tokens, seconds = int(timed[-1]["tokens"]), float(timed[-1]["elapsed_s"])
         figures.update(
             train_tokens=tokens,
             train_seconds=seconds,

@@ -1,0 +1,163 @@
+"""``train.init_from``: start a new run from trained weights (context extension, fine-tuning).
+
+The source is a checkpoint directory, a run directory (its latest checkpoint) or a directory
+written by ``longnet export``. Only the weights are taken: the new run has a fresh optimizer,
+a fresh schedule, its own run directory and step 0. Anything that keeps every parameter's
+shape may change (sequence length, segments, dilation rates, positions' settings, dropout,
+precision, data); a change of shape is refused naming the parameter and both shapes, and the
+tokenizer must be the one the weights were trained with (the token ids must mean the same).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from longnet_cli.errors import InputError
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """Where initial weights come from: the weights file and what is known about them."""
+
+    path: Path  # the directory given (resolved to a checkpoint or an export)
+    weights: Path  # model.safetensors
+    kind: str  # "checkpoint" or "export"
+    step: int | None  # training step of the weights, when known
+    tokenizer_sha256: str | None
+
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "step": self.step,
+            "tokenizer_sha256": self.tokenizer_sha256,
+        }
+
+
+def resolve_init_source(path: str | Path) -> InitSource:
+    """The weights ``path`` names: a checkpoint, a run's latest checkpoint, or an export."""
+    from longnet_cli.checkpoints import resolve_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"train.init_from: {path} does not exist")
+    exported = _read_export(path)
+    if exported is not None:
+        return exported
+    try:
+        checkpoint = resolve_checkpoint(path)
+    except FileNotFoundError:
+        raise InputError(
+            f"train.init_from: {path} is not a checkpoint, a run directory with checkpoints, "
+            "or an exported model directory"
+        ) from None
+    except ValueError as err:
+        raise InputError(f"train.init_from: {err}") from None
+    weights = checkpoint.path / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"train.init_from: {weights} is missing")
+    return InitSource(
+        path=checkpoint.path,
+        weights=weights,
+        kind="checkpoint",
+        step=checkpoint.step,
+        tokenizer_sha256=checkpoint.state.get("tokenizer_sha256"),
+    )
+
+
+def _read_export(path: Path) -> InitSource | None:
+    """An export written by ``longnet export`` (config.json naming the longnet model type)."""
+    config_file = path / "config.json"
+    if not config_file.is_file() or (path / "state.json").exists():
+        return None
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"train.init_from: {config_file}: cannot read: {err}") from None
+    if not isinstance(config, dict) or config.get("model_type") != "longnet":
+        return None
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"train.init_from: {weights} is missing")
+    training = config.get("longnet_training") or {}
+    return InitSource(
+        path=path,
+        weights=weights,
+        kind="export",
+        step=training.get("step"),
+        tokenizer_sha256=config.get("tokenizer_sha256") or training.get("tokenizer_sha256"),
+    )
+
+
+def check_tokenizer(source: InitSource, corpus_sha256: str, corpus_dir: Path) -> None:
+    """The new run's corpus must use the tokenizer the weights were trained with."""
+    if source.tokenizer_sha256 is None:
+        raise InputError(
+            f"train.init_from: {source.path} does not record its tokenizer's sha256, so its "
+            "token ids cannot be checked against the corpus's"
+        )
+    if source.tokenizer_sha256 != corpus_sha256:
+        raise InputError(
+            f"train.init_from: {source.path} was trained with tokenizer "
+            f"{source.tokenizer_sha256[:12]}, but {corpus_dir} uses {corpus_sha256[:12]}: "
+            "tokenize the corpus with --tokenizer pointing at the source's tokenizer.model"
+        )
+
+
+def load_initial_weights(model: torch.nn.Module, source: InitSource) -> None:
+    """Copy the source's weights into ``model``, refusing any missing, extra or reshaped
+    parameter with its name and both shapes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(source.weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"train.init_from: {source.weights}: cannot read weights: {err}") from None
+    expected = model.state_dict()
+    aliases = _tied_aliases(model)
+    for name, tensor in expected.items():
+        stored = tensors.get(name)
+        if stored is None and name in aliases:
+            stored = tensors.get(aliases[name])
+        if stored is None:
+            raise InputError(f"train.init_from: {source.weights} has no parameter {name}")
+        if tuple(stored.shape) != tuple(tensor.shape):
+            raise InputError(
+                f"train.init_from: parameter {name} has shape {tuple(stored.shape)} in "
+                f"{source.weights} but {tuple(tensor.shape)} in this recipe's model: only "
+                "changes that keep every parameter's shape are allowed"
+            )
+    known = set(expected) | set(aliases.values())
+    extra = sorted(set(tensors) - known)
+    if extra:
+        raise InputError(
+            f"train.init_from: {source.weights} has parameters this recipe's model lacks: "
+            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"
+        )
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            stored = tensors.get(name)
+            if stored is None:
+                stored = tensors[aliases[name]]
+            tensor.copy_(stored.to(tensor.dtype))
+
+
+def _tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """For every state-dict name sharing storage with another, the other names it may be
+    stored under (safetensors' ``save_model`` keeps shared tensors once)."""
+    by_storage: dict[tuple[int, int], list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        by_storage.setdefault(key, []).append(name)
+    aliases: dict[str, str] = {}
+    for names in by_storage.values():
+        for name in names:
+            for other in names:
+                if other != name:
+                    aliases.setdefault(name, other)
+    return aliases

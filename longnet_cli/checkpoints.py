@@ -7,14 +7,21 @@
     recipe.yaml           the resolved recipe, for people
     tokenizer.model       the corpus's SentencePiece model (`longnet generate` reads it)
     state.json            step, tokens seen, world layout, tokenizer sha256, scheduler state,
-                          the resolved recipe; written last
-A checkpoint is written into ``.tmp-step-NNNNNNN`` and renamed when complete, so a crash while
-saving leaves the previous checkpoints intact and never a half-written ``step-*`` directory.
-Nothing is ever unpickled: safetensors, ``torch.load(weights_only=True)`` and JSON only.
+                          the resolved recipe, and ``files``: the sha256 and size of every
+                          other file; written last
+A checkpoint is written into ``.tmp-step-NNNNNNN``; every file is fsynced, hashed into
+state.json, the directory fsynced, and only then renamed into place, so a crash or a power loss
+while saving leaves the previous checkpoints intact and never a half-written ``step-*``
+directory. ``verify_checkpoint`` checks a checkpoint against its recorded hashes;
+``newest_intact_checkpoint`` picks the newest one that passes (resume falls back to it).
+Checkpoints written before hashes were recorded (no ``files`` in state.json) are checked for
+their weight and optimizer files only. Nothing is ever unpickled: safetensors,
+``torch.load(weights_only=True)`` and JSON only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -29,6 +36,14 @@ import torch
 
 FORMAT_VERSION = 1
 STEP_DIR = re.compile(r"^step-(\d{7})$")
+STATE_FILE = "state.json"
+SCALER_FILE = "scaler.pt"
+LEGACY_REQUIRED = ("model.safetensors", "optimizer.pt")  # checkpoints without recorded hashes
+HASH_BLOCK = 1 << 22
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint that fails verification; the message names the file and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -58,15 +73,82 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
-    """A checkpoint's state (raises ValueError naming the file when it is unreadable)."""
-    state_file = Path(path) / "state.json"
+    """A checkpoint's state (raises DamagedCheckpoint, a ValueError, naming the file when it is
+    unreadable or not a checkpoint state)."""
+    state_file = Path(path) / STATE_FILE
     try:
-        state = json.loads(state_file.read_text())
+        state = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{state_file}: cannot read checkpoint state: {err}") from None
+        raise DamagedCheckpoint(f"{state_file}: cannot read checkpoint state: {err}") from None
+    if not isinstance(state, dict):
+        raise DamagedCheckpoint(f"{state_file}: not a checkpoint state (a JSON object)")
     if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{state_file}: unknown checkpoint format {state.get('format')!r}")
-    return Checkpoint(Path(path), int(state["step"]), state)
+        raise DamagedCheckpoint(f"{state_file}: unknown checkpoint format {state.get('format')!r}")
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise DamagedCheckpoint(f"{state_file}: 'step' must be an integer >= 0, got {step!r}")
+    return Checkpoint(Path(path), step, state)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in bounded blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path, hashes: bool = True) -> Checkpoint:
+    """The checkpoint at ``path`` once its state reads and every file it records is there with
+    its size and (``hashes``) its sha256; raises DamagedCheckpoint naming the first bad file.
+
+    A checkpoint written before hashes were recorded only needs its weight and optimizer files.
+    """
+    checkpoint = read_checkpoint(path)
+    files = checkpoint.state.get("files")
+    if files is None:
+        for name in LEGACY_REQUIRED:
+            if not (checkpoint.path / name).is_file():
+                raise DamagedCheckpoint(f"{checkpoint.path / name}: missing")
+        return checkpoint
+    if not isinstance(files, dict) or not files:
+        raise DamagedCheckpoint(f"{checkpoint.path / STATE_FILE}: 'files' is not a file table")
+    for name, entry in sorted(files.items()):
+        file = checkpoint.path / name
+        if "/" in name or name in ("", ".", "..") or not isinstance(entry, dict):
+            raise DamagedCheckpoint(f"{checkpoint.path / STATE_FILE}: bad files entry {name!r}")
+        try:
+            size = file.stat().st_size
+        except OSError:
+            raise DamagedCheckpoint(f"{file}: missing") from None
+        if size != entry.get("bytes"):
+            raise DamagedCheckpoint(
+                f"{file}: {size} bytes, state.json records {entry.get('bytes')}"
+            )
+        if hashes:
+            try:
+                digest = sha256_file(file)
+            except OSError as err:
+                raise DamagedCheckpoint(f"{file}: cannot read: {err}") from None
+            if digest != entry.get("sha256"):
+                raise DamagedCheckpoint(
+                    f"{file}: sha256 {digest[:16]}... does not match the recorded "
+                    f"{str(entry.get('sha256'))[:16]}... (corrupted)"
+                )
+    return checkpoint
+
+
+def newest_intact_checkpoint(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint of a run that verifies (``verify_checkpoint``), and one line per
+    newer checkpoint skipped, saying why."""
+    skipped: list[str] = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return verify_checkpoint(path), skipped
+        except DamagedCheckpoint as err:
+            skipped.append(f"{path.name}: {err}")
+    return None, skipped
 
 
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
@@ -139,24 +221,56 @@ def write_model_files(
         shutil.copyfile(tokenizer, directory / "tokenizer.model")
 
 
-def write_rng_file(directory: Path, rank: int) -> None:
-    torch.save(rng_state(), directory / f"rng-rank{rank}.pt")
+def write_scaler_file(directory: Path, scaler) -> None:
+    """fp16: the gradient scaler's state (scale, growth tracker), so a resumed run does not
+    restart from the initial scale and skip steps finding it again."""
+    torch.save(scaler.state_dict(), directory / SCALER_FILE)
 
 
-def finish_checkpoint(directory: Path, final: Path, state: dict[str, Any]) -> None:
-    """Write state.json last, then make the checkpoint visible with one rename."""
-    state = {"format": FORMAT_VERSION, **state}
-    with open(directory / "state.json", "w") as handle:
-        json.dump(state, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(directory, final)
-    fd = os.open(final.parent, os.O_RDONLY)
+def load_scaler_state(path: Path, scaler) -> bool:
+    """Restore what ``write_scaler_file`` saved into ``scaler``; False when the checkpoint has
+    none (written by a run without fp16, or before scalers were saved)."""
+    file = Path(path) / SCALER_FILE
+    if not file.is_file():
+        return False
+    scaler.load_state_dict(torch.load(file, weights_only=True))
+    return True
+
+
+def write_rng_file(directory: Path, rank: int, state: dict[str, Any] | None = None) -> None:
+    """This rank's RNG state (``state``: one captured earlier by ``rng_state``), fsynced by the
+    rank that wrote it (on a shared filesystem the other nodes' writes are theirs to flush)."""
+    file = directory / f"rng-rank{rank}.pt"
+    torch.save(rng_state() if state is None else state, file)
+    fsync_path(file)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def finish_checkpoint(directory: Path, final: Path, state: dict[str, Any]) -> None:
+    """Fsync and hash every file, write state.json (with the hashes) last, fsync the directory,
+    then make the checkpoint visible with one rename (and fsync its parent)."""
+    files = {}
+    for file in sorted(directory.iterdir()):
+        if file.name != STATE_FILE and file.is_file():
+            fsync_path(file)
+            files[file.name] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
+    state = {"format": FORMAT_VERSION, **state, "files": files}
+    with open(directory / STATE_FILE, "w") as handle:
+        json.dump(state, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_path(directory)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(directory, final)
+    fsync_path(final.parent)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:

@@ -19,7 +19,11 @@ Per run:
   by position: runs started before held-out splits existed), "all" (every document of the
   evaluation data), or None: an evaluation written before splits were recorded;
 - modified: the newest modification time of the run directory, ``metrics.jsonl``, the latest
-  checkpoint and the eval file.
+  checkpoint and the eval file;
+- note: one line when something of the run is damaged (a newer checkpoint whose state.json does
+  not read, skipped; a file the checkpoint records that is missing or of another size; lines
+  of ``metrics.jsonl`` that do not parse, other than a last line being written), else None. A
+  damaged run is listed with what could be read, never an error.
 
 Only JSON is read (no torch import): listing runs is instant. The checkpoint layout is that of
 ``longnet_cli.checkpoints`` (``checkpoints/step-NNNNNNN/state.json``, written last).
@@ -63,6 +67,7 @@ class RunInfo:
     loss_step: int | None
     eval: EvalSummary | None
     modified: float  # seconds since the epoch
+    note: str | None = None  # what is damaged, in one line (None: nothing found)
 
     @property
     def finished(self) -> bool:
@@ -81,7 +86,17 @@ class RunInfo:
 def list_runs(runs_dir: Path) -> list[RunInfo]:
     """Every run under ``runs_dir`` (see the module docstring), sorted by name."""
     runs_dir = Path(runs_dir)
-    return [run_info(path, runs_dir) for path in sorted(find_runs(runs_dir))]
+    return [_run_info_or_note(path, runs_dir) for path in sorted(find_runs(runs_dir))]
+
+
+def _run_info_or_note(run_dir: Path, runs_dir: Path) -> RunInfo:
+    """``run_info``, or, when the run cannot be read at all (a file vanishing or unreadable
+    while it is listed), its name with a note saying so."""
+    try:
+        return run_info(run_dir, runs_dir)
+    except OSError as err:
+        return RunInfo(_name(run_dir, runs_dir), str(run_dir), None, None, None, None, None,
+                       0.0, f"unreadable: {err}")  # fmt: skip
 
 
 def is_run(path: Path) -> bool:
@@ -108,22 +123,21 @@ def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
 
 def run_info(run_dir: Path, runs_dir: Path) -> RunInfo:
     """The step, loss, latest eval and modification time of one run."""
-    checkpoint, state = _latest_checkpoint(run_dir)
+    notes: list[str] = []
+    checkpoint, state = _latest_checkpoint(run_dir, notes)
     step = target = None
     if state is not None:
         step = _int(state.get("step"))
-        target = _int(state.get("recipe", {}).get("train", {}).get("steps"))
-    records = read_metrics(run_dir / "metrics.jsonl")
+        target = _int(_dict(_dict(state.get("recipe")).get("train")).get("steps"))
+    records, bad = _read_metrics(run_dir / "metrics.jsonl")
+    if bad:
+        notes.append(f"metrics.jsonl: {bad}")
     last_loss = next((r for r in reversed(records) if _number(r.get("loss")) is not None), None)
     evaluation, eval_file = _latest_eval(run_dir, records)
-    times = [p.stat().st_mtime for p in (run_dir, run_dir / "metrics.jsonl", checkpoint,
-                                         eval_file) if p is not None and p.exists()]  # fmt: skip
-    try:
-        name = run_dir.relative_to(runs_dir).as_posix()
-    except ValueError:
-        name = str(run_dir)
+    times = [_mtime(p) for p in (run_dir, run_dir / "metrics.jsonl", checkpoint, eval_file)
+             if p is not None]  # fmt: skip
     return RunInfo(
-        name=name,
+        name=_name(run_dir, runs_dir),
         path=str(run_dir),
         step=step,
         target_steps=target,
@@ -131,36 +145,85 @@ def run_info(run_dir: Path, runs_dir: Path) -> RunInfo:
         loss_step=_int(last_loss.get("step")) if last_loss else None,
         eval=evaluation,
         modified=max(times),
+        note="; ".join(notes) or None,
     )
 
 
-def _latest_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
-    """(state.json path, its content) of the newest complete checkpoint, or (None, None)."""
+def _name(run_dir: Path, runs_dir: Path) -> str:
+    try:
+        return run_dir.relative_to(runs_dir).as_posix()
+    except ValueError:
+        return str(run_dir)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _latest_checkpoint(run_dir: Path, notes: list[str]) -> tuple[Path | None, dict | None]:
+    """(state.json path, its content) of the newest checkpoint whose state reads, or (None,
+    None); ``notes`` gets a line for each newer one skipped and for the files the chosen one
+    records that are missing or of another size (sizes only: listing never hashes)."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return None, None
-    for path in sorted((p for p in root.iterdir() if STEP_DIR.match(p.name)), reverse=True):
+    try:
+        names = sorted((p for p in root.iterdir() if STEP_DIR.match(p.name)), reverse=True)
+    except OSError as err:
+        notes.append(f"checkpoints/ unreadable: {err.strerror or err}")
+        return None, None
+    for path in names:
         state = _read_json(path / "state.json")
-        if isinstance(state, dict):
-            return path / "state.json", state
+        if not isinstance(state, dict) or _int(state.get("step")) is None:
+            notes.append(f"{path.name}/state.json unreadable, skipped")
+            continue
+        files = state.get("files")
+        for name, entry in sorted(files.items()) if isinstance(files, dict) else []:
+            size = _size(path / name)
+            if size is None:
+                notes.append(f"{path.name}/{name} missing")
+            elif size != _dict(entry).get("bytes"):
+                notes.append(f"{path.name}/{name} is {size} bytes, state.json records "
+                             f"{_dict(entry).get('bytes')}")  # fmt: skip
+        return path / "state.json", state
     return None, None
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def read_metrics(path: Path) -> list[dict]:
     """The JSON lines of metrics.jsonl; unreadable lines (a line being written) are skipped."""
+    return _read_metrics(path)[0]
+
+
+def _read_metrics(path: Path) -> tuple[list[dict], str | None]:
+    """``read_metrics``'s records and what is damaged: lines that do not parse, other than the
+    last one (a line being written, or torn by a kill: resume drops it), or the file itself."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
+    except FileNotFoundError:
+        return [], None
+    except OSError as err:
+        return [], f"unreadable ({err.strerror or err})"
+    records, bad = [], 0
+    for index, line in enumerate(lines):
         try:
             record = json.loads(line)
         except ValueError:
-            continue
+            record = None
         if isinstance(record, dict):
             records.append(record)
-    return records
+        elif line.strip() and index < len(lines) - 1:
+            bad += 1
+    return records, f"{bad} unreadable line(s) skipped" if bad else None
 
 
 def _latest_eval(run_dir: Path, records: list[dict]) -> tuple[EvalSummary | None, Path | None]:
@@ -227,7 +290,11 @@ def _belongs_to(checkpoint: Any, report_path: Path, run_dir: Path) -> bool:
         return False
     checkpoint_path = Path(checkpoint)
     run = run_dir.resolve()
-    if checkpoint_path.is_absolute() or checkpoint_path.exists():
+    try:
+        exists = checkpoint_path.exists()
+    except (OSError, ValueError):  # a NUL byte, a name too long: not a path of this run
+        return False
+    if checkpoint_path.is_absolute() or exists:
         resolved = checkpoint_path.resolve()
         return resolved == run or run in resolved.parents
     parts = checkpoint_path.parts
@@ -244,10 +311,14 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _int(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # None, "abc", NaN, Infinity
         return None
 
 

@@ -565,8 +565,8 @@ def _check_shared_run_dir(accelerator, run_dir: Path, patience_s: float = 10.0) 
 
 def _prepare_run_dir(accelerator, run_dir: Path, resume: bool, force: bool):
     """The checkpoint to resume from (None to start fresh); clears the run when asked."""
-    existing = ckpt.latest_checkpoint(run_dir)
-    has_run = existing is not None or (run_dir / "metrics.jsonl").exists()
+    existing = _intact_checkpoint(accelerator, run_dir) if resume else None
+    has_run = bool(ckpt.list_checkpoints(run_dir)) or (run_dir / "metrics.jsonl").exists()
     if not resume and has_run:
         if not force:
             raise InputError(
@@ -585,7 +585,34 @@ def _prepare_run_dir(accelerator, run_dir: Path, resume: bool, force: bool):
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_staging(run_dir)
     accelerator.wait_for_everyone()
-    return existing if resume else None
+    return existing
+
+
+def _intact_checkpoint(accelerator, run_dir: Path):
+    """The newest checkpoint of ``run_dir`` that verifies against its recorded hashes (None: the
+    run has no checkpoint). The main process verifies and says on stderr which newer ones it
+    skipped and why; every rank gets its choice. Checkpoints, none intact: InputError."""
+    choice: list = [None, None]  # the path to resume from, or the error
+    if accelerator.is_main_process:
+        found, skipped = ckpt.newest_intact_checkpoint(run_dir)
+        if found is None and skipped:
+            choice[1] = (
+                f"no intact checkpoint in {ckpt.checkpoint_dir(run_dir)}: {'; '.join(skipped)}; "
+                "restore them, or start over with --no-resume --force"
+            )
+        elif found is not None:
+            choice[0] = str(found.path)
+            for line in skipped:
+                print(f"warning: skipped damaged checkpoint {line}", file=sys.stderr)
+            if skipped:
+                print(f"warning: resuming from {found.path}", file=sys.stderr)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(choice, from_process=0)
+    if choice[1] is not None:
+        raise InputError(choice[1])
+    return None if choice[0] is None else ckpt.read_checkpoint(Path(choice[0]))
 
 
 def _check_resumable(existing, recipe: Recipe, corpus, layout: _Layout) -> None:
@@ -786,7 +813,9 @@ def _trackers(recipe: Recipe) -> list[str] | None:
 class _MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step, written by the main process.
 
-    On resume, lines after the resumed step (logged before a crash, then lost) are dropped.
+    On resume, lines after the resumed step (logged before a crash, then lost) are dropped, and
+    so is a line that does not parse: the torn last line of a process killed while writing it
+    (with a warning), which appending after it would otherwise glue to the next record.
     """
 
     def __init__(self, path: Path, active: bool, resumed_step: int) -> None:
@@ -795,14 +824,32 @@ class _MetricsLog:
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
         if active and path.exists():
-            kept = []
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
-                if record.get("step", 0) <= resumed_step:
+            kept, torn = [], 0
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    torn += bool(line.strip())
+                    continue
+                step = record.get("step", 0)
+                if isinstance(step, int | float) and step <= resumed_step:
                     kept.append(line)
-                    self.elapsed_before = record.get("elapsed_s", self.elapsed_before)
+                    elapsed = record.get("elapsed_s")
+                    if isinstance(elapsed, int | float) and math.isfinite(elapsed):
+                        self.elapsed_before = float(elapsed)
+            if torn:
+                print(
+                    f"warning: {path}: dropped {torn} unreadable line(s) (a line torn by a "
+                    "process killed while writing it)",
+                    file=sys.stderr,
+                )
             tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(f"{line}\n" for line in kept))
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write("".join(f"{line}\n" for line in kept))
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
 
     def write(self, **values) -> None:

@@ -163,3 +163,49 @@ def test_eval_split_is_shown_held_out_preferred_on_a_tie(tmp_path, capsys):
     _metrics(run, _eval_line(10, 50.0))  # written before splits were recorded
     code, out, _ = _cli(capsys, "runs", "--runs-dir", str(tmp_path))
     assert "ppl 50.00" in out and "(step 10, training, unknown split)" in out
+
+
+def test_damaged_runs_are_listed_with_a_note(tmp_path, capsys):
+    """Damaged files never fail the listing: each run shows what could be read and one note."""
+    root = tmp_path / "runs"
+    rot = root / "rot"  # the newest checkpoint's state.json torn: the older one is shown
+    _checkpoint(rot, 4, 10)
+    (_checkpoint(rot, 8, 10) / "state.json").write_text('{"format": 1, "st')
+    _metrics(rot, {"step": 4, "loss": 3.0})
+    odd = root / "odd"  # valid JSON of the wrong shapes
+    (_checkpoint(odd, 2, 10) / "state.json").write_text(
+        json.dumps({"format": 1, "step": 2, "recipe": ["not", "a", "dict"]})
+    )
+    _metrics(odd, {"step": 1, "loss": float("inf"), "elapsed_s": "x"}, {"step": 1e309},
+             {"eval": {"contexts": {"64": 3}}, "step": "two"})  # fmt: skip
+    (odd / "eval.json").write_text(json.dumps({"checkpoint": "a\u0000b", "step": 2}))
+    lost = root / "lost"  # a recorded file missing; garbage in the middle of the log
+    state = {"format": 1, "step": 6, "recipe": {"train": {"steps": 6}},
+             "files": {"model.safetensors": {"sha256": "00", "bytes": 10},
+                       "optimizer.pt": {"sha256": "00", "bytes": 3}}}  # fmt: skip
+    directory = _checkpoint(lost, 6, 6)
+    (directory / "state.json").write_text(json.dumps(state))
+    (directory / "optimizer.pt").write_bytes(b"abcd")
+    _metrics(lost, {"step": 5, "loss": 2.5}, tail='\x00\xff{"step"\n{"step": 6, "loss": 2.0}\n')
+
+    runs = {run.name: run for run in list_runs(root)}
+    assert (runs["rot"].step, runs["rot"].loss) == (4, 3.0)
+    assert runs["rot"].note == "step-0000008/state.json unreadable, skipped"
+    assert (runs["odd"].step, runs["odd"].target_steps, runs["odd"].note) == (2, None, None)
+    assert (runs["lost"].step, runs["lost"].loss, runs["lost"].finished) == (6, 2.0, True)
+    assert runs["lost"].note == (
+        "step-0000006/model.safetensors missing; step-0000006/optimizer.pt is 4 bytes, "
+        "state.json records 3; metrics.jsonl: 1 unreadable line(s) skipped"
+    )
+    code, out, err = _cli(capsys, "runs", "--runs-dir", str(root))
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["RUN", "lost", "note:", "odd", "rot", "note:"]
+    assert lines[2] == f"  note: {runs['lost'].note}"
+    code, out, _ = _cli(capsys, "runs", "--runs-dir", str(root), "--json")
+    assert code == 0
+    assert [r["note"] for r in json.loads(out)["runs"]] == [
+        runs["lost"].note,
+        None,
+        runs["rot"].note,
+    ]

@@ -40,7 +40,9 @@ def runs(ctx: click.Context, runs_dir: Path, as_json: bool) -> None:
     a tie); perplexity and bits per byte at its largest context, and which documents it scored:
     held-out (never trained on), train-set, last docs (cut from training by position, runs
     started before held-out splits), all docs, or unknown split (written before splits were
-    recorded).
+    recorded). A run with damaged files (a checkpoint whose state does not read, a recorded file
+    missing, unreadable lines in metrics.jsonl) is listed with what could be read and one
+    indented "note:" line below it saying what is damaged.
     """
     from longnet_cli.errors import InputError
     from longnet_cli.runs import list_runs
@@ -62,9 +64,12 @@ def runs(ctx: click.Context, runs_dir: Path, as_json: bool) -> None:
     rows = [("RUN", "STEP", "LOSS", "EVAL", "MODIFIED")]
     rows += [(run.name, _step(run), _loss(run), _eval(run), _time(run.modified)) for run in found]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
+    notes = [None, *(run.note for run in found)]
+    for row, note in zip(rows, notes):
         cells = [cell.ljust(width) for cell, width in zip(row, widths)]
         click.echo("  ".join([*cells, row[-1]]))
+        if note:
+            click.echo(f"  note: {note}")
 
 
 def _step(run) -> str:

@@ -1,0 +1,154 @@
+"""Checkpoint integrity: every file fsynced before the rename, sha256s in state.json, resume
+falling back past a damaged checkpoint (and old checkpoints without hashes still resuming),
+a torn last line of metrics.jsonl dropped on resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import test_train
+from test_train import _cli, _metrics, _write_recipe
+
+from longnet_cli import checkpoints as ckpt
+
+corpus = test_train.corpus  # the small corpus and the uninterrupted 12-step run, shared
+reference_run = test_train.reference_run
+
+
+def _copy_run(reference: Path, tmp_path: Path) -> Path:
+    """A copy of the finished reference run (checkpoints 8 and 12) to damage."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run, ignore=shutil.ignore_patterns(".train.lock"))
+    return run
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_every_file_is_hashed_and_fsynced_before_the_rename(reference_run, monkeypatch, tmp_path):
+    """state.json records each file's sha256 and size; every file and the staging directory
+    are fsynced before the directory is renamed into place."""
+    final = reference_run / "checkpoints" / "step-0000012"
+    state = json.loads((final / "state.json").read_text())
+    names = {p.name for p in final.iterdir()} - {"state.json"}
+    assert set(state["files"]) == names and "model.safetensors" in names
+    for name, entry in state["files"].items():
+        assert entry == {"sha256": ckpt.sha256_file(final / name),
+                         "bytes": (final / name).stat().st_size}  # fmt: skip
+    assert ckpt.verify_checkpoint(final).step == 12
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    staging = tmp_path / "checkpoints" / ".tmp-step-0000001"
+    shutil.copytree(final, staging)
+    (staging / "state.json").unlink()
+    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    ckpt.finish_checkpoint(staging, tmp_path / "checkpoints" / "step-0000001", {"step": 1})
+    renamed = events.index(("replace", str(staging)))
+    flushed = {path for kind, path in events[:renamed] if kind == "fsync"}
+    assert {str(staging / name) for name in [*names, "state.json"]} <= flushed
+    assert str(staging) in flushed  # the directory's entries too
+    assert ("fsync", str(tmp_path / "checkpoints")) in events[renamed:]  # and the rename
+
+
+def test_resume_skips_a_corrupted_checkpoint_and_says_why(reference_run, corpus, tmp_path, capsys):
+    """A flipped byte in the newest checkpoint's weights: resume says it skipped it and why,
+    resumes from the one before, and reproduces the uninterrupted run bit for bit."""
+    run = _copy_run(reference_run, tmp_path)
+    _flip_byte(run / "checkpoints" / "step-0000012" / "model.safetensors", 1000)
+    recipe = _write_recipe(tmp_path, corpus)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "skipped damaged checkpoint step-0000012" in err
+    assert "model.safetensors" in err and "sha256" in err and "step-0000008" in err
+    assert _metrics(run) == [
+        {**r, "tokens_per_s": m["tokens_per_s"], "elapsed_s": m["elapsed_s"]}
+        for r, m in zip(_metrics(reference_run), _metrics(run))
+    ]
+    assert ckpt.verify_checkpoint(run / "checkpoints" / "step-0000012").step == 12
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["missing-file", "truncated-state", "not-json", "missing-rng"],
+)
+def test_damage_of_each_kind_is_skipped(reference_run, corpus, tmp_path, capsys, damage):
+    run = _copy_run(reference_run, tmp_path)
+    newest = run / "checkpoints" / "step-0000012"
+    if damage == "missing-file":
+        (newest / "optimizer.pt").unlink()
+    elif damage == "truncated-state":
+        text = (newest / "state.json").read_text()
+        (newest / "state.json").write_text(text[: len(text) // 2])
+    elif damage == "not-json":
+        (newest / "state.json").write_bytes(b"\xff\xfe\x00garbage")
+    else:
+        (newest / "rng-rank0.pt").unlink()
+    recipe = _write_recipe(tmp_path, corpus)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "skipped damaged checkpoint step-0000012" in err, err
+    assert "Traceback" not in err
+    assert [r["loss"] for r in _metrics(run)] == [r["loss"] for r in _metrics(reference_run)]
+
+
+def test_no_intact_checkpoint_exits_2_naming_each(reference_run, corpus, tmp_path, capsys):
+    run = _copy_run(reference_run, tmp_path)
+    for name in ("step-0000008", "step-0000012"):
+        _flip_byte(run / "checkpoints" / name / "optimizer.pt", 77)
+    before = (run / "metrics.jsonl").read_text()
+    recipe = _write_recipe(tmp_path, corpus)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no intact checkpoint" in err
+    assert "step-0000008" in err and "step-0000012" in err and "--no-resume --force" in err
+    assert (run / "metrics.jsonl").read_text() == before  # nothing touched
+
+
+def test_checkpoint_without_hashes_still_resumes(reference_run, corpus, tmp_path, capsys):
+    """A checkpoint written before hashes were recorded resumes (bit for bit)."""
+    run = _copy_run(reference_run, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "step-0000012")
+    state_file = run / "checkpoints" / "step-0000008" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["files"]
+    state_file.write_text(json.dumps(state))
+    recipe = _write_recipe(tmp_path, corpus)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert "skipped" not in capsys.readouterr().err
+    assert [r["loss"] for r in _metrics(run)] == [r["loss"] for r in _metrics(reference_run)]
+    assert "files" in json.loads((run / "checkpoints/step-0000012/state.json").read_text())
+
+
+def test_torn_last_metrics_line_is_dropped_on_resume(reference_run, corpus, tmp_path, capsys):
+    """SIGKILL mid-write leaves half a line: resume drops it (with a warning) instead of crashing
+    or gluing the next record onto it; the log then equals the uninterrupted run's."""
+    run = _copy_run(reference_run, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "step-0000012")
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(lines[:9]) + lines[9][:25])  # step 10, torn
+    recipe = _write_recipe(tmp_path, corpus)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "dropped 1 unreadable line" in err and "Traceback" not in err
+    assert _metrics(run) == [
+        {**r, "tokens_per_s": m["tokens_per_s"], "elapsed_s": m["elapsed_s"]}
+        for r, m in zip(_metrics(reference_run), _metrics(run))
+    ]

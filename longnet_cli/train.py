@@ -134,8 +134,13 @@ def train(
     resume: bool = True,
     force: bool = False,
     progress: bool = True,
+    strict_data: bool = False,
 ) -> TrainResult:
     """Train ``recipe`` into ``run_dir``, resuming from its latest checkpoint when there is one.
+
+    Resuming on a corpus whose content changed since the checkpoint (``corpus_record``)
+    continues with a warning and a ``data_changed`` record in metrics.jsonl; ``strict_data``
+    refuses (InputError) instead.
 
     The run holds ``run_dir``'s lock (``runlock.RunLock``, taken by the main process before any
     rank writes) from start to end: a second ``train`` on the same directory, ``--no-resume
@@ -143,7 +148,7 @@ def train(
     """
     held: list = []  # the lock, once taken (released however the run ends)
     try:
-        return _train(recipe, Path(run_dir), resume, force, progress, held)
+        return _train(recipe, Path(run_dir), resume, force, progress, held, strict_data)
     finally:
         for lock in held:
             lock.release()
@@ -200,7 +205,13 @@ def use_deterministic_kernels() -> None:
 
 
 def _train(
-    recipe: Recipe, run_dir: Path, resume: bool, force: bool, progress: bool, held: list
+    recipe: Recipe,
+    run_dir: Path,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    held: list,
+    strict_data: bool = False,
 ) -> TrainResult:
     """``train``'s body; ``held`` receives the run lock."""
     from accelerate import Accelerator
@@ -229,8 +240,17 @@ def _train(
     _check_shared_run_dir(accelerator, run_dir)
     existing = _prepare_run_dir(accelerator, run_dir, resume, force)
     layout = _Layout.of(accelerator, recipe)
+    data = corpus_record(corpus)
+    data_change = None
     if existing is not None:
         _check_resumable(existing, recipe, corpus, layout)
+        data_change = data_changed(existing, data)
+        if data_change is not None and strict_data:
+            raise InputError(
+                f"the corpus {recipe.data.shards} changed since checkpoint {existing.path} "
+                f"({data_change['change']}); --strict-data refuses to resume on other data: "
+                "restore the corpus, or resume without --strict-data to continue on it"
+            )
         if existing.step >= recipe.train.steps:
             return TrainResult(
                 str(run_dir),
@@ -275,6 +295,15 @@ def _train(
         end=evaluation.train_end if evaluation and tail else None,
     )
     metrics = _MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, start)
+    if data_change is not None:
+        if accelerator.is_main_process:
+            print(
+                f"warning: the corpus {recipe.data.shards} changed since checkpoint "
+                f"{existing.path} ({data_change['change']}); continuing on it from step {start} "
+                "(recorded as data_changed in metrics.jsonl; --strict-data refuses instead)",
+                file=sys.stderr,
+            )
+        metrics.write(step=start, data_changed=data_change)
     if accelerator.log_with:
         accelerator.init_trackers("longnet")
         metrics.tracker = accelerator.log
@@ -289,7 +318,7 @@ def _train(
         optimizer,
         windows,
         metrics,
-        corpus.manifest["tokenizer_sha256"],
+        data,
         scheme,
     )
     try:
@@ -324,14 +353,14 @@ class _Loop:
         optimizer,
         windows,
         metrics,
-        tokenizer_sha256,
+        corpus_record,
         window_scheme,
     ) -> None:
         self.evaluation = evaluation
         self.window_scheme = window_scheme
         self.accelerator, self.recipe, self.run_dir = accelerator, recipe, run_dir
         self.model, self.loss_module, self.optimizer = model, loss_module, optimizer
-        self.windows, self.metrics, self.tokenizer_sha256 = windows, metrics, tokenizer_sha256
+        self.windows, self.metrics, self.corpus_record = windows, metrics, corpus_record
         self.layout = layout
         self.dp_size, self.dp_rank = layout.dp_size, layout.dp_rank
         cfg = recipe.train
@@ -475,7 +504,8 @@ class _Loop:
                 "world_size": accelerator.num_processes,
                 "dp_size": self.dp_size,
                 "sequence_parallel": self.layout.sequence_size,
-                "tokenizer_sha256": self.tokenizer_sha256,
+                "tokenizer_sha256": self.corpus_record["tokenizer_sha256"],
+                "corpus": self.corpus_record,
                 "windows": self.window_scheme,
                 "scheduler": {
                     "name": "warmup-cosine",
@@ -623,10 +653,12 @@ def _check_resumable(existing, recipe: Recipe, corpus, layout: _Layout) -> None:
     """
     state = existing.state
     if state.get("tokenizer_sha256") != corpus.manifest["tokenizer_sha256"]:
+        copy = existing.path / "tokenizer.model"
+        reuse = f"; re-tokenize it with --tokenizer {copy}" if copy.is_file() else ""
         raise InputError(
             f"checkpoint {existing.path} was trained with tokenizer "
             f"{state.get('tokenizer_sha256')}, but {corpus.directory} uses "
-            f"{corpus.manifest['tokenizer_sha256']}"
+            f"{corpus.manifest['tokenizer_sha256']}{reuse}"
         )
     if state.get("dp_size") != layout.dp_size:
         raise InputError(
@@ -640,6 +672,67 @@ def _check_resumable(existing, recipe: Recipe, corpus, layout: _Layout) -> None:
             f"the recipe changed since checkpoint {existing.path} in keys that cannot change on "
             f"resume: {', '.join(changed)}; restore them, or start over with --no-resume --force"
         )
+
+
+def corpus_record(corpus) -> dict:
+    """Which corpus a run trains on, by content: the manifest's sha256 of every shard, of the
+    tokenizer, and the held-out fraction (which documents are trained on), with ``sha256``
+    over them all; sizes for people. Neither paths nor modification times: re-tokenizing an
+    unchanged (or merely touched) corpus gives the same record. Nothing is re-hashed here: the
+    manifest's hashes were computed when the shards were written."""
+    import hashlib
+
+    manifest = corpus.manifest
+    splits = manifest.get("splits")
+    content = {
+        "tokenizer_sha256": manifest["tokenizer_sha256"],
+        "shards": [entry["sha256"] for entry in manifest["shards"]],
+        "holdout": splits.get("holdout") if isinstance(splits, dict) else None,
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return {
+        "sha256": digest,
+        **content,
+        "documents": corpus.num_documents,
+        "tokens": corpus.num_tokens,
+    }
+
+
+def data_changed(existing, record: dict) -> dict | None:
+    """What changed between the corpus ``existing`` (a checkpoint) trained on and ``record``
+    (``corpus_record`` of the corpus now): None when the content is the same, or when the
+    checkpoint predates corpus records (nothing to compare)."""
+    old = existing.state.get("corpus")
+    if not isinstance(old, dict) or old.get("sha256") == record["sha256"]:
+        return None
+    parts = []
+    for key in ("documents", "tokens"):
+        if old.get(key) != record[key]:
+            before = f"{old.get(key):,}" if isinstance(old.get(key), int) else "?"
+            parts.append(f"{key} {before} -> {record[key]:,}")
+    old_shards = old.get("shards") if isinstance(old.get("shards"), list) else []
+    new_shards = record["shards"]
+    changed = sum(a != b for a, b in zip(old_shards, new_shards))
+    if changed:
+        parts.append(f"{changed} of {len(old_shards)} shard(s) changed")
+    if len(new_shards) != len(old_shards):
+        parts.append(f"shards {len(old_shards)} -> {len(new_shards)}")
+    if old.get("holdout") != record["holdout"]:
+        parts.append(f"holdout {old.get('holdout')} -> {record['holdout']}")
+
+    def summary(entry: dict) -> dict:
+        shards = entry.get("shards")
+        count = len(shards) if isinstance(shards, list) else None
+        return {key: entry.get(key) for key in ("sha256", "documents", "tokens")} | {
+            "shards": count
+        }
+
+    return {
+        "checkpoint": str(existing.path),
+        "change": ", ".join(parts) or "content changed",
+        "from": summary(old),
+        "to": summary(record),
+    }
 
 
 def window_scheme(state: dict | None, corpus) -> str:

@@ -11,6 +11,12 @@
 # - Exit codes: the failing step's (1 failed, 2 bad usage or input, 130/143 interrupted).
 # - Re-runnable: tokenize writes nothing when the corpus is unchanged, train resumes or sees the
 #   run is finished, eval runs again and replaces WORKDIR/eval.json.
+# - One vocabulary: the first run keeps its trained tokenizer as WORKDIR/tokenizer.model and
+#   every later run tokenizes with it (--tokenizer), so a corpus that grows between runs keeps
+#   the tokenizer its checkpoints were trained with (train continues on the grown corpus and
+#   records data_changed in metrics.jsonl). The second run re-tokenizes once (its options now
+#   name the tokenizer). A WORKDIR from before keeps the tokenizer of its corpus. Delete
+#   WORKDIR/tokenizer.model (and start a new run) to train a new vocabulary.
 # Environment: LONGNET_PYTHON (see _lib.sh); LONGNET_TOKENIZE_ARGS, LONGNET_TRAIN_ARGS and
 # LONGNET_EVAL_ARGS add arguments to a step (split on whitespace, e.g. "--vocab-size 16000");
 # LONGNET_EVAL_DOCS: documents evaluated (default 16); LONGNET_DEVICES: processes per node for
@@ -50,9 +56,21 @@ batch_pipeline() {
     local started=$SECONDS
 
     CURRENT_STEP=tokenize
-    step "[1/3] tokenize $corpus (--group $group) into $workdir/data"
+    local tokenizer="$workdir/tokenizer.model" reuse=() with=""
+    if [[ ! -f $tokenizer && -e $workdir/data ]]; then
+        # a WORKDIR from before: keep its vocabulary (an unreadable corpus: a new one)
+        keep_tokenizer "$workdir/data" "$tokenizer" || true
+    fi
+    if [[ -f $tokenizer && " ${tokenize_args[*]-} " != *" --tokenizer "* ]]; then
+        reuse=(--tokenizer "$tokenizer")
+        with=" with the first run's tokenizer ($tokenizer)"
+    fi
+    step "[1/3] tokenize $corpus (--group $group) into $workdir/data$with"
     longnet tokenize "$corpus" --group "$group" --out "$workdir/data" --quiet \
-        ${tokenize_args[@]+"${tokenize_args[@]}"}
+        ${reuse[@]+"${reuse[@]}"} ${tokenize_args[@]+"${tokenize_args[@]}"}
+    if [[ ! -f $tokenizer ]]; then
+        keep_tokenizer "$workdir/data" "$tokenizer"
+    fi
 
     CURRENT_STEP=train
     step "[2/3] train $recipe into $workdir/run"
@@ -71,6 +89,28 @@ batch_pipeline() {
 
     CURRENT_STEP=done
     echo "$PIPELINE: done in $((SECONDS - started)) s $(date '+%Y-%m-%d %H:%M:%S')"
+}
+
+# Copy the tokenizer of the tokenized corpus CORPUS_DIR to FILE (temp + fsync + rename), where
+# the next runs find it: TokenizedCorpus says where the corpus keeps it.
+keep_tokenizer() {
+    "$LONGNET_PYTHON" - "$1" "$2" <<'PY'
+import os, shutil, sys
+from pathlib import Path
+from longnet_cli.data.shards import TokenizedCorpus
+
+try:
+    source = TokenizedCorpus.open(Path(sys.argv[1]), verify="none").tokenizer_path
+except Exception as err:
+    sys.exit(f"cannot keep the tokenizer of {sys.argv[1]}: {err}")
+target = Path(sys.argv[2])
+temp = target.with_name(target.name + ".tmp")
+shutil.copyfile(source, temp)
+with open(temp, "rb") as handle:
+    os.fsync(handle.fileno())
+os.replace(temp, target)
+print(f"kept the tokenizer of {sys.argv[1]} as {target}: later runs tokenize with it")
+PY
 }
 
 # Take WORKDIR's lock (exit 75 when another run holds it), send this run's stdout and stderr to

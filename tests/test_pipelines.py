@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -304,3 +305,38 @@ def test_books_pipeline_starts_a_sequence_parallel_layout_with_longnet_devices(
     assert json.loads((workdir / "eval.json").read_text())["step"] == 2
     (log,) = (workdir / "logs").glob("*.log")
     assert log.read_text().count(f"trained {workdir}/run to step 2") == 1  # rank 0's only
+
+
+def test_batch_pipeline_keeps_its_first_tokenizer_as_the_corpus_grows(batch_setup, tmp_path):
+    """The first run keeps its tokenizer; after the corpus grows, the next run tokenizes with it
+    (not a newly trained one, which no checkpoint could resume on) and training continues on
+    the grown corpus, recording the change."""
+    import hashlib
+
+    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.sources import stdlib_path
+
+    corpus, recipe, env = batch_setup
+    workdir = tmp_path / "work"
+    first, _ = _run("repos.sh", corpus, recipe, workdir, env=env)
+    assert first.returncode == 0, first.stderr
+    kept = workdir / "tokenizer.model"
+    vocabulary = TokenizedCorpus.open(workdir / "data").manifest["tokenizer_sha256"]
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == vocabulary
+
+    (corpus / "gamma").mkdir()  # the corpus grows by a repository
+    for name in ("json/tool.py", "json/__init__.py"):
+        shutil.copyfile(stdlib_path() / name, corpus / "gamma" / Path(name).name)
+    longer = {**env, "LONGNET_TRAIN_ARGS": "--set train.steps=4"}
+    second, _ = _run("repos.sh", corpus, recipe, workdir, env=longer)
+    assert second.returncode == 0, second.stderr
+    grown = TokenizedCorpus.open(workdir / "data").manifest
+    assert grown["documents"] == 3 and grown["tokenizer_sha256"] == vocabulary
+    logs = [log.read_text() for log in (workdir / "logs").glob("*.log")]
+    assert sum(f"with the first run's tokenizer ({kept})" in log for log in logs) == 1
+    records = [
+        json.loads(line) for line in (workdir / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    (changed,) = [r for r in records if "data_changed" in r]
+    assert changed["step"] == 2 and "documents 2 -> 3" in changed["data_changed"]["change"]
+    assert json.loads((workdir / "eval.json").read_text())["step"] == 4

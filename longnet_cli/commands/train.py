@@ -37,6 +37,12 @@ DEFAULT_RUNS = Path("runs")
 )
 @click.option("--force", is_flag=True, help="With --no-resume: overwrite an existing run.")
 @click.option(
+    "--strict-data",
+    is_flag=True,
+    help="Refuse to resume when the corpus content changed since the checkpoint (default: "
+    "continue on it with a warning and a data_changed record in metrics.jsonl).",
+)
+@click.option(
     "--devices",
     default="auto",
     show_default=True,
@@ -73,6 +79,7 @@ def train(
     overrides,
     resume,
     force,
+    strict_data,
     devices,
     nnodes,
     node_rank,
@@ -84,9 +91,13 @@ def train(
     """Train the model of RECIPE on its tokenized corpus, writing checkpoints and metrics.
 
     Running the same command again resumes from the latest complete checkpoint (a finished
-    run does nothing). SIGTERM or Ctrl-C saves a checkpoint and stops. One process per device:
-    the command starts them itself (--devices; world = devices x nodes = parallel.sequence x
-    data-parallel degree), or runs as one of them under accelerate launch, torchrun or srun.
+    run does nothing) that verifies against its recorded hashes, saying which newer ones it
+    skipped. A corpus whose content changed since that checkpoint (its shards' sha256s, not
+    paths or times) is trained on with a warning and a data_changed record in metrics.jsonl;
+    --strict-data refuses instead. SIGTERM or Ctrl-C saves a checkpoint and stops. One process
+    per device: the command starts them itself (--devices; world = devices x nodes =
+    parallel.sequence x data-parallel degree), or runs as one of them under accelerate launch,
+    torchrun or srun.
     Several nodes: one `longnet train --nnodes N --node-rank I --master-addr HOST` per node, the
     run directory on a filesystem they share. Writes RUN_DIR/metrics.jsonl (one JSON line per
     logged step) and RUN_DIR/checkpoints/step-NNNNNNN/.
@@ -99,7 +110,7 @@ def train(
     if launch.under_launcher():
         launch.adopt_slurm_ranks()
         launch.worker_setup()
-        _train_here(loaded, run_dir, resume, force, quiet, as_json, worker=True)
+        _train_here(loaded, run_dir, resume, force, strict_data, quiet, as_json, worker=True)
         return
     plan = launch.plan_launch(
         loaded.parallel.sequence,
@@ -111,7 +122,7 @@ def train(
         master_port=master_port,
     )
     if plan.in_process:
-        _train_here(loaded, run_dir, resume, force, quiet, as_json, worker=False)
+        _train_here(loaded, run_dir, resume, force, strict_data, quiet, as_json, worker=False)
         return
     from longnet_cli.train import check_inputs
 
@@ -119,11 +130,14 @@ def train(
     worker_args = [str(recipe), "--out", str(run_dir)]
     worker_args += [f"--set={override}" for override in overrides]
     worker_args += [] if resume else ["--no-resume"]
-    worker_args += ["--force"] * force + ["--quiet"] * quiet + ["--json"] * as_json
+    worker_args += ["--force"] * force + ["--strict-data"] * strict_data
+    worker_args += ["--quiet"] * quiet + ["--json"] * as_json
     launch.launch(plan, worker_args, run_dir)
 
 
-def _train_here(loaded, run_dir, resume, force, quiet, as_json, *, worker: bool) -> None:
+def _train_here(
+    loaded, run_dir, resume, force, strict_data, quiet, as_json, *, worker: bool
+) -> None:
     """Train in this process; only rank 0 shows the result. A worker reports a failure to its
     launcher (one line and the exit code); when that launcher is ``longnet train``, it prints
     the line once for all ranks and the worker only exits with the code."""
@@ -134,7 +148,14 @@ def _train_here(loaded, run_dir, resume, force, quiet, as_json, *, worker: bool)
     from longnet_cli.train import train as train_stage
 
     try:
-        result = train_stage(loaded, run_dir, resume=resume, force=force, progress=not quiet)
+        result = train_stage(
+            loaded,
+            run_dir,
+            resume=resume,
+            force=force,
+            progress=not quiet,
+            strict_data=strict_data,
+        )
     except LongnetError as err:
         if worker:
             launch.report_error(f"error: {err}", err.exit_code)

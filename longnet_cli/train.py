@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,14 +102,96 @@ class LanguageModelLoss(nn.Module):
 
 
 def lr_at(step: int, recipe: Recipe) -> float:
-    """Linear warm-up to ``train.lr``, then cosine decay to ``lr * min_lr_ratio``."""
-    cfg = recipe.train
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps - 1, 1)  # the last step runs at the floor
-    progress = min((step - cfg.warmup_steps) / span, 1.0)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    """Linear warm-up to ``train.lr``, then cosine decay to ``lr * min_lr_ratio`` (the schedule
+    of a run whose ``train.steps`` never changed)."""
+    return Schedule.of(recipe).lr_at(step)
+
+
+def _cosine(step: int, start: int, end: int, high: float, floor: float) -> float:
+    """Cosine from ``high`` at ``start`` down to ``floor`` at step ``end - 1`` (and after)."""
+    span = max(end - start - 1, 1)  # the last step runs at the floor
+    progress = min((step - start) / span, 1.0)
+    return floor + (high - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate of every step: linear warm-up to ``lr`` over ``warmup`` steps, cosine
+    decay to ``floor`` at step ``steps - 1``; once ``train.steps`` changed on resume, from
+    ``segment`` = (start step, lr there, new train.steps) on, a cosine from that lr to ``floor``
+    at the new last step, so the learning rate never jumps. Checkpoints store it
+    (``to_state``): a run resumed with the same ``train.steps`` keeps its schedule bit for bit.
+    """
+
+    lr: float
+    warmup: int
+    steps: int  # train.steps the warm-up-cosine was laid out for
+    floor: float
+    segment: tuple[int, float, int] | None = None
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> Schedule:
+        cfg = recipe.train
+        return cls(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr * cfg.min_lr_ratio)
+
+    @property
+    def end(self) -> int:
+        """The train.steps this schedule decays to the floor for."""
+        return self.segment[2] if self.segment else self.steps
+
+    def lr_at(self, step: int) -> float:
+        if self.segment is not None and step >= self.segment[0]:
+            start, high, end = self.segment
+            return _cosine(step, start, end, high, self.floor)
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        return _cosine(step, self.warmup, self.steps, self.lr, self.floor)
+
+    def extended(self, step: int, steps: int) -> Schedule:
+        """This schedule with ``train.steps`` changed to ``steps`` at ``step`` (steps done).
+
+        During warm-up the cosine has not started: it is laid out for ``steps`` from the start
+        (the warm-up does not depend on it). After it, the learning rate at ``step`` is kept
+        and decays from there to the floor at step ``steps - 1``.
+        """
+        if steps == self.end:
+            return self
+        if self.segment is None and step <= self.warmup:
+            return Schedule(self.lr, self.warmup, steps, self.floor)
+        return Schedule(self.lr, self.warmup, self.steps, self.floor,
+                        (step, self.lr_at(step), steps))  # fmt: skip
+
+    def to_state(self, step: int) -> dict:
+        """The checkpoint's ``scheduler`` record after ``step`` steps."""
+        segment = None
+        if self.segment is not None:
+            start, high, end = self.segment
+            segment = {"start": start, "lr": high, "steps": end}
+        return {"name": "warmup-cosine", "step": step, "lr": self.lr_at(step),
+                "steps": self.steps, "segment": segment}  # fmt: skip
+
+    @classmethod
+    def saved(cls, recipe: Recipe, existing) -> Schedule:
+        """The schedule ``existing`` (a checkpoint) ran on (``extended`` adapts it to a changed
+        ``train.steps``). Checkpoints written before schedules were stored ran on the plain
+        warm-up-cosine of their recipe's ``train.steps``."""
+        state = existing.state
+        saved = state.get("scheduler") if isinstance(state.get("scheduler"), dict) else {}
+        steps = saved.get("steps")
+        if not isinstance(steps, int):
+            steps = Recipe.from_saved(state["recipe"]).train.steps
+        schedule = replace(cls.of(recipe), steps=steps)
+        segment = saved.get("segment")
+        if isinstance(segment, dict):
+            try:
+                start, high, end = int(segment["start"]), float(segment["lr"]), segment["steps"]
+                schedule = replace(schedule, segment=(start, high, int(end)))
+            except (KeyError, TypeError, ValueError):
+                raise InputError(
+                    f"{existing.path / 'state.json'}: scheduler.segment is not a schedule "
+                    f"segment: {segment!r}"
+                ) from None
+        return schedule
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -242,8 +324,15 @@ def _train(
     layout = _Layout.of(accelerator, recipe)
     data = corpus_record(corpus)
     data_change = None
+    schedule = Schedule.of(recipe)
     if existing is not None:
         _check_resumable(existing, recipe, corpus, layout)
+        if recipe.train.steps < existing.step:
+            raise InputError(
+                f"train.steps is {recipe.train.steps} but checkpoint {existing.path} is at step "
+                f"{existing.step}: set it to {existing.step} or more, or start over with "
+                "--no-resume --force"
+            )
         data_change = data_changed(existing, data)
         if data_change is not None and strict_data:
             raise InputError(
@@ -261,6 +350,16 @@ def _train(
                 None,
                 time.perf_counter() - started,
                 str(existing.path),
+            )
+        saved = Schedule.saved(recipe, existing)
+        schedule = saved.extended(existing.step, recipe.train.steps)
+        if schedule != saved and accelerator.is_main_process:
+            print(
+                f"train.steps changed from {saved.end} to {recipe.train.steps}: the learning "
+                f"rate continues at {schedule.lr_at(existing.step):.3g} from step "
+                f"{existing.step + 1} and decays to {schedule.floor:.3g} at step "
+                f"{recipe.train.steps}",
+                file=sys.stderr,
             )
 
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
@@ -320,6 +419,7 @@ def _train(
         metrics,
         data,
         scheme,
+        schedule,
     )
     try:
         with _signals_recorded() as received:
@@ -355,9 +455,11 @@ class _Loop:
         metrics,
         corpus_record,
         window_scheme,
+        schedule: Schedule,
     ) -> None:
         self.evaluation = evaluation
         self.window_scheme = window_scheme
+        self.schedule = schedule
         self.accelerator, self.recipe, self.run_dir = accelerator, recipe, run_dir
         self.model, self.loss_module, self.optimizer = model, loss_module, optimizer
         self.windows, self.metrics, self.corpus_record = windows, metrics, corpus_record
@@ -425,7 +527,7 @@ class _Loop:
     def _step(self, step: int) -> tuple[float, float, float]:
         """One optimizer step over grad_accum micro-batches; (loss, grad norm, lr)."""
         cfg, accelerator = self.recipe.train, self.accelerator
-        lr = lr_at(step, self.recipe)
+        lr = self.schedule.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=accelerator.device)
@@ -507,11 +609,7 @@ class _Loop:
                 "tokenizer_sha256": self.corpus_record["tokenizer_sha256"],
                 "corpus": self.corpus_record,
                 "windows": self.window_scheme,
-                "scheduler": {
-                    "name": "warmup-cosine",
-                    "step": step,
-                    "lr": lr_at(step, self.recipe),
-                },
+                "scheduler": self.schedule.to_state(step),
                 "loss": self.last_loss,
                 "recipe": self.recipe.to_dict(),
                 "recipe_source": self.recipe.source,  # the YAML file: eval names runs by it

@@ -1,18 +1,26 @@
 """Resume policies: a changed corpus (recorded by content, continued with a data_changed record,
-or refused with --strict-data)."""
+or refused with --strict-data); a changed train.steps (the learning rate continues, no jump)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 from pathlib import Path
 
+import pytest
+import test_train
 from test_train import _cli, _metrics, _write_recipe
 
 from longnet_cli.data.shards import TokenizedCorpus
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
+from longnet_cli.train import Schedule
+
+corpus = test_train.corpus  # the small corpus and the uninterrupted 12-step run, shared
+reference_run = test_train.reference_run
+LR, FLOOR = 3e-3, 3e-4  # test_train's recipe: lr 3e-3, min_lr_ratio 0.1, warm-up 2, 12 steps
 
 
 def _tokenize(sources: Path, out: Path, tokenizer: Path | None = None):
@@ -57,7 +65,7 @@ def test_changed_corpus_is_recorded_by_content(tmp_path, capsys):
     capsys.readouterr()
     code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=4")
     assert code == 0
-    assert "changed" not in capsys.readouterr().err  # ... but nothing changed
+    assert "the corpus" not in capsys.readouterr().err  # ... but nothing changed
     assert not [r for r in _metrics(run) if "data_changed" in r]
     assert _state(run, 4)["corpus"] == record
 
@@ -87,7 +95,7 @@ def test_changed_corpus_is_recorded_by_content(tmp_path, capsys):
     assert [r["step"] for r in _metrics(run) if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert _state(run, 6)["corpus"]["shards"] == [e["sha256"] for e in grown["shards"]]
     code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=8")
-    assert code == 0 and "changed" not in capsys.readouterr().err  # recorded once
+    assert code == 0 and "the corpus" not in capsys.readouterr().err  # recorded once
 
 
 def test_another_tokenizer_is_refused_naming_the_checkpoint_copy(tmp_path, capsys):
@@ -108,3 +116,100 @@ def test_another_tokenizer_is_refused_naming_the_checkpoint_copy(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert f"--tokenizer {run / 'checkpoints' / 'step-0000002' / 'tokenizer.model'}" in err
+
+
+def _lrs(run: Path) -> dict[int, float]:
+    return {r["step"]: r["lr"] for r in _metrics(run) if "lr" in r}
+
+
+def _resume_copy(reference: Path, tmp_path: Path, name: str, drop: tuple[str, ...] = ()) -> Path:
+    run = tmp_path / name
+    shutil.copytree(reference, run, ignore=shutil.ignore_patterns(".train.lock"))
+    for checkpoint in drop:
+        shutil.rmtree(run / "checkpoints" / checkpoint)
+    return run
+
+
+def _assert_continues(lrs: dict[int, float], last: int, end: int, expected: float) -> None:
+    """From step ``last`` + 1 the lr starts at ``expected`` (within 1%), never rises, and is
+    the floor at ``end``."""
+    assert lrs[last + 1] == pytest.approx(expected, rel=0.01)
+    following = [lrs[step] for step in range(last + 1, end + 1)]
+    assert all(b <= a for a, b in itertools.pairwise(following))
+    assert lrs[end] == pytest.approx(FLOOR, rel=1e-9)
+
+
+def test_raising_steps_on_a_finished_run_keeps_the_learning_rate(
+    reference_run, corpus, tmp_path, capsys
+):
+    """The issue's case: 12 steps done at the floor (0.1 lr); raising train.steps to 20 used to
+    jump to 0.63 lr. Now the lr stays at the floor it reached, bit for bit across a second
+    resume with the same steps."""
+    run = _resume_copy(reference_run, tmp_path, "extended")
+    recipe = _write_recipe(tmp_path, corpus, train__steps=20)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert "train.steps changed from 12 to 20" in capsys.readouterr().err
+    lrs = _lrs(run)
+    assert lrs[12] == pytest.approx(FLOOR)
+    _assert_continues(lrs, 12, 20, lrs[12])
+    state = json.loads((run / "checkpoints/step-0000020/state.json").read_text())
+    assert state["scheduler"]["segment"] == {"start": 12, "lr": lrs[12], "steps": 20}
+
+    again = _resume_copy(run, tmp_path, "again", drop=("step-0000020",))  # resume from 16
+    assert _cli("train", str(recipe), "--out", str(again), "--quiet") == 0
+    assert "train.steps changed" not in capsys.readouterr().err
+    assert _metrics(again) == [
+        {**r, "tokens_per_s": m["tokens_per_s"], "elapsed_s": m["elapsed_s"]}
+        for r, m in zip(_metrics(run), _metrics(again))
+    ]  # the stored schedule: the same lr (and losses) to the last bit
+
+
+@pytest.mark.parametrize("steps", [20, 10])
+def test_changing_steps_mid_run_continues_the_decay(reference_run, corpus, tmp_path, steps):
+    """Resumed at step 8 of 12 with train.steps raised to 20 or lowered to 10: step 9 gets the
+    lr it had in the 12-step run, and the decay reaches the floor at the new last step."""
+    run = _resume_copy(reference_run, tmp_path, "run", drop=("step-0000012",))
+    recipe = _write_recipe(tmp_path, corpus, train__steps=steps)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    reference = _lrs(reference_run)
+    lrs = _lrs(run)
+    assert [lrs[step] for step in range(1, 9)] == [reference[step] for step in range(1, 9)]
+    _assert_continues(lrs, 8, steps, reference[9])
+
+
+def test_lowering_steps_below_the_checkpoint_exits_2(reference_run, corpus, tmp_path, capsys):
+    run = _resume_copy(reference_run, tmp_path, "run")
+    before = (run / "metrics.jsonl").read_text()
+    recipe = _write_recipe(tmp_path, corpus, train__steps=6)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.steps is 6" in err and "step 12" in err
+    assert (run / "metrics.jsonl").read_text() == before
+    recipe = _write_recipe(tmp_path, corpus, train__steps=12)
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0  # finished: a no-op
+    assert "already finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("warmup", [0, 3, 10])
+def test_schedule_extension_is_continuous(warmup):
+    """Every (first steps, resume step, new steps): the lr at the resume step is the one the
+    old schedule gives it, then never rises, and is the floor at the new last step; in warm-up
+    the new schedule is the plain one of the new length (the warm-up does not depend on it)."""
+    lr, floor = 1e-3, 1e-4
+    for first in (12, 40):
+        base = Schedule(lr, min(warmup, first), first, floor)
+        for step in range(0, first + 1):
+            for steps in (step + 1, step + 7, 3 * first):
+                if steps < max(step, base.warmup) or steps == first:
+                    continue
+                new = base.extended(step, steps)
+                assert new.lr_at(step) == pytest.approx(base.lr_at(step), rel=1e-12)
+                if step <= base.warmup:
+                    assert new == Schedule(lr, base.warmup, steps, floor)
+                    continue
+                tail = [new.lr_at(s) for s in range(step, steps)]
+                assert all(b <= a for a, b in itertools.pairwise(tail))
+                if len(tail) > 1:  # one step left: it keeps the lr (no jump to the floor)
+                    assert tail[-1] == pytest.approx(floor)
+                again = new.extended(steps, steps + 5)  # a second change chains on
+                assert again.lr_at(steps) == pytest.approx(new.lr_at(steps))

@@ -31,6 +31,7 @@ def _register_commands() -> None:
     """Attach the subcommands (one module each; their heavy imports stay inside the bodies)."""
     from longnet_cli.commands.bench import bench
     from longnet_cli.commands.eval import eval_command
+    from longnet_cli.commands.export import export_command
     from longnet_cli.commands.generate import generate_command
     from longnet_cli.commands.inspect import inspect
     from longnet_cli.commands.runs import runs
@@ -44,6 +45,7 @@ def _register_commands() -> None:
     cli.add_command(bench)
     cli.add_command(eval_command)
     cli.add_command(generate_command)
+    cli.add_command(export_command)
     cli.add_command(runs)
     cli.add_command(study_report)
 

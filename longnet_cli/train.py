@@ -379,6 +379,7 @@ def _train(
         rng = ckpt.load_rng_file(existing.path, accelerator.process_index)
         if rng is not None:
             ckpt.set_rng_state(rng)
+        _restore_scaler(accelerator, existing)
         start = existing.step
     scheme = window_scheme(existing.state if existing is not None else None, corpus)
     evaluation = _Evaluation.plan(recipe, corpus, scheme)
@@ -460,6 +461,7 @@ class _Loop:
         self.evaluation = evaluation
         self.window_scheme = window_scheme
         self.schedule = schedule
+        self.tokenizer = windows.corpus.tokenizer_path
         self.accelerator, self.recipe, self.run_dir = accelerator, recipe, run_dir
         self.model, self.loss_module, self.optimizer = model, loss_module, optimizer
         self.windows, self.metrics, self.corpus_record = windows, metrics, corpus_record
@@ -594,10 +596,11 @@ class _Loop:
         accelerator.wait_for_everyone()
         ckpt.write_rng_file(staging, accelerator.process_index)
         if accelerator.is_main_process:
-            tokenizer = Path(self.recipe.data.shards) / "tokenizer.model"  # for generate
             ckpt.write_model_files(
-                staging, self.model, self.optimizer, self.recipe.to_yaml(), tokenizer
-            )
+                staging, self.model, self.optimizer, self.recipe.to_yaml(), self.tokenizer
+            )  # the tokenizer too, for generate
+            if accelerator.scaler is not None:  # fp16: the same on every rank
+                ckpt.write_scaler_file(staging, accelerator.scaler)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state = {
@@ -656,6 +659,21 @@ class _Layout:
 
 
 # --------------------------------------------------------------------------- run directory
+
+
+def _restore_scaler(accelerator, existing) -> None:
+    """fp16: the gradient scaler's state (scale, growth tracker) from the checkpoint, so the
+    resumed run goes on with the scale it had found; a checkpoint without one (an fp16 run
+    from before scalers were saved) restarts it, with a warning."""
+    if accelerator.scaler is None:
+        return
+    restored = ckpt.load_scaler_state(existing.path, accelerator.scaler)
+    if not restored and accelerator.is_main_process:
+        print(
+            f"warning: checkpoint {existing.path} has no {ckpt.SCALER_FILE} (saved before "
+            "fp16 scaler states were): the loss scale starts again from its initial value",
+            file=sys.stderr,
+        )
 
 
 def _check_shared_run_dir(accelerator, run_dir: Path, patience_s: float = 10.0) -> None:

@@ -152,3 +152,76 @@ def test_torn_last_metrics_line_is_dropped_on_resume(reference_run, corpus, tmp_
         {**r, "tokens_per_s": m["tokens_per_s"], "elapsed_s": m["elapsed_s"]}
         for r, m in zip(_metrics(reference_run), _metrics(run))
     ]
+
+
+def _scaled_steps(model, optimizer, scaler, overflow_at: set[int], steps: range) -> None:
+    """Plain fp16-style steps through a real GradScaler: an infinite loss at ``overflow_at``."""
+    import torch
+
+    for step in steps:
+        loss = model(torch.ones(2, 3)).sum()
+        if step in overflow_at:
+            loss = loss * float("inf")
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
+    """fp16's loss scale and growth tracker are saved (hashed like every file) and restored: a
+    restored scaler continues exactly like the one that never stopped; a fresh one does not."""
+    import copy
+
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", growth_interval=3)
+    _scaled_steps(model, optimizer, scaler, {1, 2}, range(5))  # backs off twice, then grows
+    assert scaler.state_dict()["scale"] == 2.0**14 and scaler.state_dict()["_growth_tracker"] == 2
+
+    staging = tmp_path / "checkpoints" / ".tmp-step-0000005"
+    staging.mkdir(parents=True)
+    ckpt.write_scaler_file(staging, scaler)
+    final = tmp_path / "checkpoints" / "step-0000005"
+    ckpt.finish_checkpoint(staging, final, {"step": 5})
+    assert ckpt.SCALER_FILE in ckpt.verify_checkpoint(final).state["files"]
+
+    restored = torch.amp.GradScaler("cpu", growth_interval=3)
+    assert ckpt.load_scaler_state(final, restored)
+    assert restored.state_dict() == scaler.state_dict()
+    fresh = torch.amp.GradScaler("cpu", growth_interval=3)
+    runs = {}
+    for name, which in (("kept", scaler), ("restored", restored), ("fresh", fresh)):
+        twin, twin_optimizer = copy.deepcopy(model), copy.deepcopy(optimizer)
+        twin_optimizer.param_groups[0]["params"] = list(twin.parameters())
+        _scaled_steps(twin, twin_optimizer, which, {6}, range(5, 9))
+        runs[name] = (which.state_dict(), [p.detach().clone() for p in twin.parameters()])
+    assert runs["restored"][0] == runs["kept"][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs["restored"][1], runs["kept"][1]))
+    assert runs["fresh"][0]["scale"] != runs["kept"][0]["scale"]
+    assert not ckpt.load_scaler_state(tmp_path, torch.amp.GradScaler("cpu"))  # none saved
+
+
+@pytest.mark.gpu
+def test_fp16_resume_restores_the_loss_scale(reference_run, corpus, tmp_path):
+    """On CUDA with fp16: resumed from step 8, the run's scaler at step 12 is the uninterrupted
+    run's (its growth tracker counts from step 0, not from the resume)."""
+    import torch
+
+    def scaler_at(run: Path, step: int) -> dict:
+        path = run / "checkpoints" / f"step-{step:07d}" / ckpt.SCALER_FILE
+        return torch.load(path, weights_only=True)
+
+    recipe = _write_recipe(tmp_path, corpus, train__precision="fp16")
+    whole = tmp_path / "whole"
+    assert _cli("train", str(recipe), "--out", str(whole), "--quiet") == 0
+    run = _copy_run(whole, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "step-0000012")
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert scaler_at(run, 12) == scaler_at(whole, 12)
+    assert scaler_at(whole, 12)["_growth_tracker"] != scaler_at(whole, 8)["_growth_tracker"]
+    for a, b in zip(_metrics(whole), _metrics(run)):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)

@@ -27,6 +27,7 @@ class InspectReport:
     # (a corpus tokenized before held-out splits existed: every document is train)
     splits: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
+    version: str | None = None  # "versions/000003": the current version, inspected; None: flat
     doc_id: int | None = None
     text: str | None = None
 
@@ -50,6 +51,7 @@ class InspectReport:
 
 def inspect_corpus(directory: Path, doc_id: int | None = None) -> InspectReport:
     """Read the manifest, verify everything (hashes, ids, documents table), decode ``doc_id``.
+    Of a versioned directory, the current version (the one ``manifest.json`` points to).
 
     A missing directory or manifest raises CorpusError; ``doc_id`` out of range, InputError.
     Problems inside the corpus do not raise: they are listed in the report.
@@ -69,17 +71,43 @@ def inspect_corpus(directory: Path, doc_id: int | None = None) -> InspectReport:
         tokenizer_sha256=manifest["tokenizer_sha256"],
         skipped=dict(skipped) if isinstance(skipped, dict) else {},
         splits=manifest.get("splits") if isinstance(manifest.get("splits"), dict) else None,
+        version=corpus.version,
         doc_id=doc_id,
     )
     if doc_id is not None and not 0 <= doc_id < corpus.num_documents:
         valid = f"0..{corpus.num_documents - 1}" if corpus.num_documents else "none (it is empty)"
         raise InputError(f"--doc {doc_id} is out of range: documents of {directory} are {valid}")
-    report.problems = corpus.verify(full=True)
+    report.problems = corpus.verify(full=True) + _check_links(corpus)
     if report.splits is not None and not report.problems:
         report.problems.extend(_check_splits(corpus, report.splits))
     if doc_id is not None:
         report.text = _decode(corpus, doc_id, report.problems)
     return report
+
+
+def _check_links(corpus: TokenizedCorpus) -> list[str]:
+    """A versioned directory's top-level tokenizer.model, documents.parquet and shards are the
+    current version's files (links): people and tools open those paths."""
+    import os
+
+    from longnet_cli.data.shards import DOCUMENTS_FILE, TOKENIZER_FILE
+
+    if corpus.version is None:
+        return []
+    problems = []
+    for name in (TOKENIZER_FILE, DOCUMENTS_FILE, *(e["file"] for e in corpus.manifest["shards"])):
+        top, current = corpus.directory / name, corpus.version_directory / name
+        try:
+            linked = os.path.samefile(top, current)
+        except OSError:
+            linked = False
+        if not linked:
+            problems.append(
+                f"{top}: is not {current}, the current version's file (removed or replaced, or "
+                "an older version's kept while a reader had it open); longnet tokenize links it "
+                "again"
+            )
+    return problems
 
 
 def _check_splits(corpus: TokenizedCorpus, splits: dict[str, Any]) -> list[str]:
@@ -97,7 +125,7 @@ def _check_splits(corpus: TokenizedCorpus, splits: dict[str, Any]) -> list[str]:
         recorded = splits.get(name)
         if not isinstance(recorded, dict) or any(recorded.get(k) != v for k, v in found.items()):
             problems.append(
-                f"{corpus.directory / 'manifest.json'}: splits.{name} is {recorded}, but "
+                f"{corpus.manifest_path}: splits.{name} is {recorded}, but "
                 f"documents.parquet has {found['documents']} {name} documents of "
                 f"{found['tokens']} tokens"
             )

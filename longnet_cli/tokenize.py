@@ -3,9 +3,12 @@
 The run: walk the corpus; if the output's manifest carries the same fingerprint (inputs'
 paths, sizes and modification times, options, tokenizer) it is up to date and nothing is
 written. Otherwise train or load the tokenizer, encode every document in pieces with
-SentencePiece's own threads, and write shards into a staging directory. Committing moves the
-old manifest out of the way first, then the new files in, and writes the manifest last: an
-interrupted run never leaves a manifest that describes incomplete data.
+SentencePiece's own threads, and write a new version ``OUT/versions/N/`` (shards, documents
+table, tokenizer, every file fsynced, its manifest last). One rename of the ``manifest.json``
+symlink then makes it current (``data/versions.py``): a run that fails or is killed before
+leaves the previous version current and untouched; what it wrote is removed at once or, after
+SIGKILL or power loss, by the next run. Every run also removes old versions that no reader
+holds (a training run keeps reading the version it opened, whatever is rebuilt meanwhile).
 
 Output is byte-identical for any number of workers: documents are cut into pieces by their
 text alone, pieces are encoded independently, and the tokenizer is trained with a fixed
@@ -31,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from longnet_cli.data import versions
 from longnet_cli.data.sources import (
     Document,
     DocumentChanged,
@@ -50,7 +54,6 @@ MIN_VOCAB_SIZE = 320  # 256 byte-fallback pieces, specials, and some room to lea
 BATCH_CHARS = 4 << 20  # characters handed to one multi-threaded encode call
 BATCH_PIECES = 1 << 12  # and pieces at most: many tiny files must not fill memory with ids
 SKIP_EXAMPLES = 100  # skipped items listed by name in the manifest (all are counted)
-STAGING = ".staging"
 LOCK = ".lock"
 
 
@@ -95,6 +98,8 @@ class TokenizeResult:
     holdout: float = 0.0  # the --holdout fraction
     splits: dict = field(default_factory=dict)  # {"train"|"heldout": {"documents", "tokens"}}
     heldout_fallback: bool = False  # the fraction selected none: the smallest hash was taken
+    version: str | None = None  # "versions/000003"; None: a flat directory (written before)
+    kept_versions: list[str] = field(default_factory=list)  # older, still open by a reader
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +143,9 @@ def tokenize_corpus(options: TokenizeOptions) -> TokenizeResult:
         tokenizer_bytes = options.tokenizer.read_bytes() if options.tokenizer else None
         scan = _scan(options, tokenizer_bytes)
         current = _current_result(options.out, scan.fingerprint, started)
+        kept = versions.clean(options.out)  # failed builds, versions no reader holds
         if current is not None and not options.force:
+            current.kept_versions = kept
             return current
         return _build(options, scan, tokenizer_bytes, started)
 
@@ -167,18 +174,35 @@ class _Scan:
 
 
 def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
-    """Tokenize into the staging directory, then commit it into ``out``."""
+    """Tokenize into a new version directory, then make it the current version of ``out``.
+    Until the switch the previous version stays current; a failure removes the new one."""
+    out = options.out
+    version = versions.new_version(out)
+    try:
+        manifest, trained = _write_version(options, scan, tokenizer_bytes, version)
+        versions.switch(out, version)
+    except BaseException:
+        if not versions.is_current(out, version):
+            shutil.rmtree(version, ignore_errors=True)
+        raise
+    kept = versions.clean(out)  # links to the new version first, then old versions no one reads
+    result = _result(out, manifest, False, started, trained)
+    result.version = versions.version_name(out, version)
+    result.kept_versions = kept
+    return result
+
+
+def _write_version(options, scan: _Scan, tokenizer_bytes, version: Path) -> tuple[dict, bool]:
+    """Write tokenizer.model, the shards, documents.parquet and manifest.json (last) into the
+    version directory, each fsynced. Returns (manifest, whether the tokenizer was trained)."""
     from longnet_cli.data.shards import ShardWriter, token_dtype, write_manifest
     from longnet_cli.data.tokenizer import sha256_bytes, tokenizer_from_bytes, train_tokenizer
 
-    staging = options.out / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     trained = tokenizer_bytes is None
     if trained:
-        sample = _sample_texts(options, scan, staging)
+        sample = _sample_texts(options, scan, version)
         tokenizer_bytes = train_tokenizer(sample, options.vocab_size, options.seed)
-    _write_synced(staging / "tokenizer.model", tokenizer_bytes)
+    _write_synced(version / "tokenizer.model", tokenizer_bytes)
     processor = tokenizer_from_bytes(tokenizer_bytes)
     if processor.eos_id() < 0:
         raise InputError(f"--tokenizer {options.tokenizer} defines no EOS id; longnet needs one")
@@ -189,12 +213,12 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
         _walk(options, skips.add),
         text_field=options.text_field,
         errors=options.errors,
-        scratch=staging,
+        scratch=version,
         on_skip=skips.add,
     )
-    table = _DocumentTable(staging / "documents.parquet", options.holdout)
+    table = _DocumentTable(version / "documents.parquet", options.holdout)
     total_bytes = 0
-    with ShardWriter(staging, dtype, options.shard_tokens, processor.eos_id()) as writer:
+    with ShardWriter(version, dtype, options.shard_tokens, processor.eos_id()) as writer:
         bar = _progress(scan.file_bytes, options.progress)
         encoded = _encoded_pieces(documents, processor, options.workers, skips.add)
         for document, ids, first, last in encoded:
@@ -234,9 +258,8 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
         "options": _fingerprint_options(options),
         "splits": splits,
     }
-    _commit(staging, options.out, [s["file"] for s in shards])
-    write_manifest(options.out, manifest)
-    return _result(options.out, manifest, False, started, trained)
+    write_manifest(version, manifest)
+    return manifest, trained
 
 
 # --------------------------------------------------------------------------- encoding
@@ -452,18 +475,6 @@ class _DocumentTable:
         os.replace(rewritten, self.path)
 
 
-def _commit(staging: Path, out: Path, shard_files: list[str]) -> None:
-    """Move staged files into ``out``: old manifest first away, stale shards removed after."""
-    (out / "manifest.json").unlink(missing_ok=True)
-    for path in sorted(staging.iterdir()):
-        os.replace(path, out / path.name)
-    keep = set(shard_files)
-    for stale in out.glob("shard-*.bin"):
-        if stale.name not in keep:
-            stale.unlink()
-    staging.rmdir()
-
-
 def _write_synced(path: Path, data: bytes) -> None:
     """Write a file and fsync it: on disk before the manifest that names it is written."""
     with open(path, "wb") as file:
@@ -547,9 +558,12 @@ def _current_result(out: Path, fingerprint: str, started: float) -> TokenizeResu
         corpus = TokenizedCorpus.open(out, verify="sizes")
     except CorpusError:
         return None
+    corpus.close()  # its reader lock would keep ``clean`` from removing this version later
     if corpus.manifest.get("fingerprint") != fingerprint:
         return None
-    return _result(out, corpus.manifest, True, started, False)
+    result = _result(out, corpus.manifest, True, started, False)
+    result.version = corpus.version
+    return result
 
 
 def _result(out, manifest, up_to_date, started, trained) -> TokenizeResult:

@@ -154,9 +154,15 @@ def check_output(out: Path, expected, skipped, processor, model_bytes: bytes | N
     names = {p.name for p in out.iterdir()}
     manifest = json.loads((out / "manifest.json").read_text())
     shard_files = [entry["file"] for entry in manifest["shards"]]
-    assert names - {".lock"} == {"manifest.json", "tokenizer.model", "documents.parquet",
-                                 *shard_files}  # fmt: skip
+    files = {"manifest.json", "tokenizer.model", "documents.parquet", *shard_files}
+    assert names - {".lock"} == {*files, "versions"}
     assert shard_files == [f"shard-{i:05d}.bin" for i in range(len(shard_files))]
+    # one version, the current one; every top-level name is a relative link into it
+    (version,) = (out / "versions").iterdir()
+    assert {p.name for p in version.iterdir()} == {*files, ".readers.lock"}
+    for name in files:
+        assert os.readlink(out / name) == f"versions/{version.name}/{name}", name
+        assert (version / name).is_file() and not (version / name).is_symlink(), name
 
     assert set(manifest) >= MANIFEST_KEYS
     assert manifest["format"] == 1
@@ -413,10 +419,10 @@ def fail_after(count: int, error: type[BaseException]):
 
 
 def assert_no_incomplete_manifest(out: Path) -> None:
-    """Either no manifest, or one whose data verifies completely."""
+    """Either no manifest, or one whose data verifies completely; no temporary file left."""
     if (out / "manifest.json").exists():
         TokenizedCorpus.open(out, verify="full")
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob("*.tmp")) and not list(out.glob("versions/*/*.tmp"))
 
 
 def test_interrupted_first_run_leaves_no_manifest(corpus, tmp_path, model_file, processor,
@@ -429,6 +435,7 @@ def test_interrupted_first_run_leaves_no_manifest(corpus, tmp_path, model_file, 
     assert tokenize([root], out, *options, model=model_file) == 130
     assert not (out / "manifest.json").exists()
     assert_no_incomplete_manifest(out)
+    assert os.listdir(out / "versions") == []  # what it wrote is removed at once
     monkeypatch.undo()
     assert tokenize([root], out, *options, model=model_file) == 0
     check_output(out, expected, skipped, processor)
@@ -436,47 +443,52 @@ def test_interrupted_first_run_leaves_no_manifest(corpus, tmp_path, model_file, 
 
 def test_interrupted_rebuild_never_describes_incomplete_data(corpus, tmp_path, model_file,
                                                              processor, monkeypatch):  # fmt: skip
+    """A build that fails after some shards: the previous version stays current and whole,
+    and what the failed build wrote is gone."""
     root, expected, skipped = corpus
     out = tmp_path / "out"
     options = ("--shard-tokens", "1000")
     assert tokenize([root], out, *options, model=model_file) == 0
-    old_files = files_of(out)
+    old_files, old_versions = files_of(out), sorted(os.listdir(out / "versions"))
 
     write(root / "books" / "alice.txt", PROSE + "a new paragraph\n")
-    expected = [(s, PROSE + "a new paragraph\n" if s == "books/alice.txt" else t)
-                for s, t in expected]  # fmt: skip
+    new_expected = [(s, PROSE + "a new paragraph\n" if s == "books/alice.txt" else t)
+                    for s, t in expected]  # fmt: skip
     monkeypatch.setattr(shards_module.ShardWriter, "_finish_shard",
                         fail_after(3, RuntimeError))  # fmt: skip
     assert tokenize([root], out, *options, model=model_file) == 1
     assert_no_incomplete_manifest(out)
-    if (out / "manifest.json").exists():  # the previous output, intact
-        assert files_of(out) == old_files
-
+    assert files_of(out) == old_files
+    assert sorted(os.listdir(out / "versions")) == old_versions  # the failed build removed
     monkeypatch.undo()
-    assert tokenize([root], out, *options, model=model_file) == 0
     check_output(out, expected, skipped, processor)
 
+    assert tokenize([root], out, *options, model=model_file) == 0
+    check_output(out, new_expected, skipped, processor)
 
-def test_interrupted_commit_never_describes_incomplete_data(corpus, tmp_path, model_file,
+
+def test_interrupted_switch_never_describes_incomplete_data(corpus, tmp_path, model_file,
                                                             processor, monkeypatch):  # fmt: skip
+    """The one rename that makes a build current fails (disk full): nothing changed."""
     root, expected, skipped = corpus
     out = tmp_path / "out"
     assert tokenize([root], out, "--shard-tokens", "1000", model=model_file) == 0
+    old_files = files_of(out)
 
     real_replace = os.replace
-    moved = []
+    switches = []
 
     def failing_replace(src, dst, *args, **kwargs):
-        if Path(dst).parent == out and Path(src).parent.name == ".staging":
-            moved.append(dst)
-            if len(moved) == 3:
-                raise OSError("disk full, on purpose")
+        if Path(dst) == out / "manifest.json":
+            switches.append(dst)
+            raise OSError("disk full, on purpose")
         return real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    assert tokenize([root], out, "--shard-tokens", "700", model=model_file) != 0
-    assert len(moved) == 3
+    assert tokenize([root], out, "--shard-tokens", "700", model=model_file) == 1
+    assert len(switches) == 1
     assert_no_incomplete_manifest(out)
+    assert files_of(out) == old_files and len(os.listdir(out / "versions")) == 1
     monkeypatch.undo()
     assert tokenize([root], out, "--shard-tokens", "700", model=model_file) == 0
     manifest = check_output(out, expected, skipped, processor)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,7 @@ def bench_tokenize(
             _run_command(["tokenize", *map(str, paths), "--out", str(out), "--quiet", "--json",
                           "--vocab-size", str(vocab_size), *excludes])  # fmt: skip
             tokenizer = Path(scratch) / "tokenizer.model"
-            os.replace(out / "tokenizer.model", tokenizer)
+            shutil.copyfile(out / "tokenizer.model", tokenizer)  # a link into the corpus
         args = ["tokenize", *map(str, paths), "--out", str(out), "--tokenizer", str(tokenizer),
                 "--workers", str(workers), "--force", "--quiet", "--json", *excludes]  # fmt: skip
         texts = [d.text if d.text is not None else "".join(d.stream())

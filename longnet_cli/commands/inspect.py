@@ -48,7 +48,8 @@ def inspect(directory: Path, doc_id: int | None, as_json: bool) -> None:
 
 def _summary_lines(report) -> list[str]:
     lines = [
-        f"corpus      {report.directory}",
+        f"corpus      {report.directory}"
+        + (f" (current version: {report.version})" if report.version else ""),
         f"documents   {report.documents:,}",
         f"tokens      {report.tokens:,} (EOS included)",
         f"bytes       {report.bytes:,}",

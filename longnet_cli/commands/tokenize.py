@@ -104,8 +104,10 @@ def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, er
     Reads text, markdown and source files (one document each), .jsonl and .parquet (one per
     record), and .zst-compressed versions of these. Binary files, invalid UTF-8, empty files,
     corrupt zstd streams and malformed jsonl lines are skipped and counted, never fatal.
-    Writes shard-NNNNN.bin, documents.parquet, tokenizer.model, and manifest.json last;
-    re-running on an unchanged corpus writes nothing.
+    Writes shard-NNNNN.bin, documents.parquet, tokenizer.model, and manifest.json last, into
+    a new version (--out/versions/N) that one rename makes current; a failed run leaves the
+    previous version as it was, and a training run keeps reading the version it opened.
+    Re-running on an unchanged corpus writes nothing.
 
     Every document is assigned to the train or the held-out split (--holdout) by its content
     hash; training never reads held-out documents, evaluation scores them.
@@ -152,6 +154,10 @@ def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, er
             + (" (trained)" if result.trained_tokenizer else "")
         )
     click.echo(_splits_line(result))
+    if result.kept_versions:
+        kept = ", ".join(f"the files directly in {out}" if name == "." else str(out / name)
+                         for name in result.kept_versions)  # fmt: skip
+        click.echo(f"kept {kept}: still open by a reader (a later run removes it once closed)")
     if result.skipped:
         listed = ", ".join(f"{reason} {count}" for reason, count in result.skipped.items())
         click.echo(f"skipped: {listed} (details in {out / 'manifest.json'})")

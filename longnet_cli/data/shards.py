@@ -1,6 +1,6 @@
 """The tokenized corpus on disk: token shards, a documents table and a manifest.
 
-A corpus is one directory (DESIGN.md, "Data on disk"):
+One version of a corpus is one directory (DESIGN.md, "Data on disk"):
 
     manifest.json       written last and atomically; FORMAT_VERSION, tokenizer hash, totals, shards
     tokenizer.model     the SentencePiece model that produced the ids
@@ -8,6 +8,11 @@ A corpus is one directory (DESIGN.md, "Data on disk"):
                         each followed by EOS; every shard holds exactly ``shard_tokens`` tokens
                         except the last, so a document may continue in the next shard
     documents.parquet   one row per document: where it starts, its length, its source
+
+``longnet tokenize`` writes each build as ``OUT/versions/N/`` and points ``OUT/manifest.json``
+at the current one (``versions.py``); a flat directory (the files directly in it) is read as
+it is. ``TokenizedCorpus.open`` resolves the pointer once and reads only that version, under a
+shared lock that keeps a rebuild from removing it.
 
 The stream of all shards concatenated is what training reads: ``TokenizedCorpus.tokens`` gives
 any window of it, zero-copy while the window stays inside one shard. numpy, pyarrow, stdlib only.
@@ -28,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from longnet_cli.data import versions
 from longnet_cli.errors import InputError
 
 FORMAT_VERSION = 1
@@ -110,18 +116,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make renames inside ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+_fsync_directory = versions.fsync_directory
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -389,7 +384,8 @@ def _is_int(value: Any) -> bool:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """Read and check ``manifest.json``: required keys, their types, and the format version."""
+    """Read and check ``manifest.json`` (the current version's, through the pointer): required
+    keys, their types, and the format version."""
     directory = Path(directory)
     path = directory / MANIFEST_FILE
     if not directory.is_dir():
@@ -397,8 +393,17 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CorpusError(f"{directory}: not a tokenized corpus (no {MANIFEST_FILE})")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CorpusError(f"{path}: cannot read: {err}") from None
+    return parse_manifest(path, data)
+
+
+def parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
+    """Check the bytes of the manifest at ``path``; CorpusError names ``path`` and the key."""
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
         raise CorpusError(f"{path}: cannot read: {err}") from None
     except json.JSONDecodeError as err:
         raise CorpusError(f"{path}: invalid JSON: {err}") from None
@@ -462,16 +467,29 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 class TokenizedCorpus:
     """A tokenized corpus directory opened for reading: token windows, documents, verification.
 
+    One version, fixed when it is opened: ``directory`` is the path given (for messages),
+    ``version_directory`` the version every file is read from (``directory`` itself when it is
+    flat). The corpus holds a shared lock on that version until ``close`` or garbage
+    collection, so a rebuild never removes it under a reader.
+
     Shards are opened lazily as read-only memory maps and never read whole. Pickling drops the
     memory maps and the cached documents table, so a DataLoader worker or another rank receives
-    a cheap copy that re-opens what it touches.
+    a cheap copy that re-opens what it touches (of the same version, which it locks again).
     """
 
     VERIFY_LEVELS = ("none", "sizes", "full")
 
-    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
-        """Prefer ``TokenizedCorpus.open``, which reads and checks the manifest."""
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        version_directory: Path | None = None,
+        lock: versions.ReaderLock | None = None,
+    ) -> None:
+        """Prefer ``TokenizedCorpus.open``, which resolves the version and checks the manifest."""
         self.directory = Path(directory)
+        self.version_directory = Path(version_directory or directory)
+        self._lock = lock
         self.manifest = manifest
         self.dtype = _DTYPES[manifest["dtype"]]
         self.vocab_size = int(manifest["vocab_size"])
@@ -496,7 +514,16 @@ class TokenizedCorpus:
         """
         if verify not in cls.VERIFY_LEVELS:
             raise ValueError(f"verify must be one of {cls.VERIFY_LEVELS}, got {verify!r}")
-        corpus = cls(Path(directory), read_manifest(Path(directory)))
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CorpusError(f"{directory}: no such corpus directory")
+        opened = versions.open_version(directory)  # the pointer, resolved once
+        try:
+            manifest = parse_manifest(opened.manifest_path, opened.manifest_bytes)
+        except CorpusError:
+            opened.lock.release()
+            raise
+        corpus = cls(directory, manifest, opened.directory, opened.lock)
         if verify != "none":
             problems = corpus.verify(full=verify == "full")
             if problems:
@@ -505,30 +532,44 @@ class TokenizedCorpus:
         return corpus
 
     @property
+    def version(self) -> str | None:
+        """The version read, relative to ``directory`` (``versions/000003``); None when flat."""
+        return versions.version_name(self.directory, self.version_directory)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.version_directory / MANIFEST_FILE
+
+    @property
     def tokenizer_path(self) -> Path:
-        return self.directory / TOKENIZER_FILE
+        return self.version_directory / TOKENIZER_FILE
 
     @property
     def documents_path(self) -> Path:
-        return self.directory / DOCUMENTS_FILE
+        return self.version_directory / DOCUMENTS_FILE
 
     def shard_path(self, index: int) -> Path:
-        return self.directory / self.manifest["shards"][index]["file"]
+        return self.version_directory / self.manifest["shards"][index]["file"]
 
     # -- pickling ---------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(_memmaps={}, _documents=None, _starts=None, _lengths=None, _heldout=None)
+        state["_lock"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._lock = versions.reattach(self.version_directory)
 
     def close(self) -> None:
-        """Drop the memory maps and cached tables (they re-open on next use)."""
+        """Drop the memory maps, cached tables and the lock on the version: files re-open on
+        next use, but a rebuild may remove the version once no reader holds it."""
         self._memmaps.clear()
         self._documents = self._starts = self._lengths = self._heldout = None
+        if self._lock is not None:
+            self._lock.release()
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -684,7 +725,7 @@ class TokenizedCorpus:
         vocab_size (in bounded chunks), and the documents table against the token stream.
         """
         problems: list[str] = []
-        manifest_path = self.directory / MANIFEST_FILE
+        manifest_path = self.manifest_path
         itemsize = self.dtype.itemsize
         if self.num_tokens != self.manifest["tokens"]:
             problems.append(
@@ -693,7 +734,7 @@ class TokenizedCorpus:
             )
         sizes_ok = []
         for index, entry in enumerate(self.manifest["shards"]):
-            path = self.directory / entry["file"]
+            path = self.version_directory / entry["file"]
             ok = True
             if entry["file"] != shard_name(index):
                 problems.append(
@@ -723,7 +764,7 @@ class TokenizedCorpus:
 
         if full:
             for index, entry in enumerate(self.manifest["shards"]):
-                path = self.directory / entry["file"]
+                path = self.version_directory / entry["file"]
                 if path.is_file():
                     problems.extend(self._check_shard_contents(path, entry, sizes_ok[index]))
             if self.tokenizer_path.is_file():

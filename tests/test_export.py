@@ -232,7 +232,8 @@ def test_longnet_reads_the_export_as_a_checkpoint(run, exported, capsysbinary, t
 @pytest.mark.parametrize("model", [TINY, VARIED], ids=["tied-rotary", "untied-xpos-qknorm"])
 def test_transformers_logits_equal_longnet_without_the_run(corpus, tmp_path, model):
     """AutoModelForCausalLM loads the export offline, the run directory deleted, and gives
-    longnet's logits (and loss) within 1e-5 in fp32 over sequences crossing several blocks."""
+    longnet's logits (and loss) within 1e-5 in fp32 over sequences crossing several blocks;
+    so does the copy its save_pretrained writes."""
     transformers = pytest.importorskip("transformers")
     run = _fresh_run(tmp_path / "run", corpus, model)
     out = tmp_path / "export"
@@ -252,6 +253,13 @@ def test_transformers_logits_equal_longnet_without_the_run(corpus, tmp_path, mod
     assert output.logits.dtype == torch.float32
     assert (output.logits - expected).abs().max().item() <= 1e-5
     assert abs(output.loss.item() - expected_loss.item()) <= 1e-5
+
+    hf_model.save_pretrained(tmp_path / "saved")  # transformers' own copy loads the same
+    again = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "saved", trust_remote_code=True
+    )
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=tokens).logits, output.logits)
 
 
 def test_transformers_generate_is_longnet_greedy_with_the_bounded_cache(corpus, tmp_path):
@@ -287,9 +295,9 @@ def test_transformers_generate_is_longnet_greedy_with_the_bounded_cache(corpus, 
         hf_model(input_ids=prompt, attention_mask=torch.zeros_like(prompt))
 
 
-def test_transformers_tokenizer_is_longnets(corpus, exported):
+def test_transformers_tokenizer_is_longnets(corpus, exported, tmp_path):
     """AutoTokenizer encodes as ``longnet tokenize`` does (no BOS/EOS added) and decodes back
-    to exactly the text, U+2581 and byte-fallback characters included."""
+    to exactly the text, U+2581 and byte-fallback characters included; it saves and reloads."""
     transformers = pytest.importorskip("transformers")
     tokenizer = transformers.AutoTokenizer.from_pretrained(exported, trust_remote_code=True)
     text = "def f(x):\n\treturn  x \u2581 \u00fc 1234 \U0001f600\n"
@@ -297,6 +305,9 @@ def test_transformers_tokenizer_is_longnets(corpus, exported):
     assert ids == encode_lossless(load_tokenizer(corpus / "tokenizer.model"), [text])[0]
     assert tokenizer.decode(ids) == text
     assert tokenizer.eos_token_id == 1 and len(tokenizer) == VOCAB
+    tokenizer.save_pretrained(tmp_path / "saved")
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    assert again(text).input_ids == ids
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -52,9 +52,9 @@ VERIFIED_FILES = (WEIGHTS_FILE, TOKENIZER_FILE)  # hashed in state.json's "files
 # The modules an exported directory carries: transformers copies them and imports the classes
 # named in auto_map. They hold no code of their own, so an export never goes stale.
 REMOTE_CODE = {
-    "configuration_longnet.py": ("longnet_cli.hf.configuration", "LongNetHFConfig"),
-    "modeling_longnet.py": ("longnet_cli.hf.modeling", "LongNetForCausalLM"),
-    "tokenization_longnet.py": ("longnet_cli.hf.tokenization", "LongNetTokenizer"),
+    "configuration_longnet.py": ("longnet_cli.hf.configuration_longnet", "LongNetHFConfig"),
+    "modeling_longnet.py": ("longnet_cli.hf.modeling_longnet", "LongNetForCausalLM"),
+    "tokenization_longnet.py": ("longnet_cli.hf.tokenization_longnet", "LongNetTokenizer"),
 }
 AUTO_MAP = {
     "AutoConfig": "configuration_longnet.LongNetHFConfig",

@@ -1,9 +1,12 @@
 """Hugging Face side of an exported model (``longnet export``): config, model and tokenizer.
 
-These classes need the optional ``hf`` extra (``pip install 'longnet-cli[hf]'``, which brings
-transformers); nothing else in longnet imports this package. An exported directory's
-``configuration_longnet.py``, ``modeling_longnet.py`` and ``tokenization_longnet.py`` only
-re-export them, so ``longnet-cli`` must be installed where the directory is loaded.
+The modules ``configuration_longnet``, ``modeling_longnet`` and ``tokenization_longnet`` need
+the optional ``hf`` extra (``pip install 'longnet-cli[hf]'``, which brings transformers);
+nothing else in longnet imports them. An exported directory's files of the same names only
+re-export their classes, so ``longnet-cli`` must be installed where the directory is loaded;
+``save_pretrained`` copies these modules themselves, under the same names (transformers names
+the files after the classes' modules), so its output loads the same way. This ``__init__``
+imports nothing: ``longnet export`` runs without transformers.
 """
 
 # The recipe's model keys (``recipes.ModelConfig``) that ``LongNetTransformer`` takes, besides

@@ -22,6 +22,7 @@ class LongNetTokenizer(PreTrainedTokenizer):
     """The SentencePiece model of a longnet corpus (``tokenizer.model``)."""
 
     vocab_files_names = VOCAB_FILES
+    _auto_class = "AutoTokenizer"  # save_pretrained writes this file and its auto_map
     model_input_names = ["input_ids", "attention_mask"]  # noqa: RUF012 (transformers attribute)
 
     def __init__(

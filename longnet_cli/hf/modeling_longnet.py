@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from longnet_cli.hf.configuration import LongNetHFConfig
+from longnet_cli.hf.configuration_longnet import LongNetHFConfig
 from longnet_cli.model import decode as decoding
 from longnet_cli.model.transformer import LongNetTransformer
 
@@ -45,6 +45,7 @@ class LongNetForCausalLM(PreTrainedModel, GenerationMixin):
     """A causal LongNet language model loadable with ``AutoModelForCausalLM``."""
 
     config_class = LongNetHFConfig
+    _auto_class = "AutoModelForCausalLM"  # save_pretrained writes this file and its auto_map
     base_model_prefix = ""
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False

@@ -18,6 +18,7 @@ class LongNetHFConfig(PretrainedConfig):
     """
 
     model_type = "longnet"
+    _auto_class = "AutoConfig"  # save_pretrained writes this file and its auto_map
     attribute_map = {  # noqa: RUF012 (a transformers class attribute)
         "hidden_size": "dim",
         "num_hidden_layers": "depth",

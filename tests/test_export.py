@@ -207,7 +207,7 @@ def test_longnet_reads_the_export_as_a_checkpoint(run, exported, capsysbinary, t
     """``longnet generate`` and ``longnet eval`` take the exported directory as they take the
     run, with the same results; ``read_exported`` tells an export from a checkpoint."""
     assert read_exported(latest_checkpoint(run).path) is None
-    assert read_exported(exported).step == 3
+    assert read_exported(exported).step == 3 and read_exported(exported).recipe.model.dim == 32
     results = {}
     for name, source in (("run", run), ("export", exported)):
         out = tmp_path / f"{name}.json"
@@ -331,6 +331,7 @@ def test_refusals_exit_2_and_force_replaces(run, corpus, tmp_path, capsys):
         ((str(corpus), "--out", str(tmp_path / "b")), "no checkpoint found in"),
         ((str(run), "--out", str(out / "config.json")), "exists and is not a directory"),
         ((str(run), "--out", str(run), "--force"), "would replace the checkpoint it exports"),
+        ((str(run), "--out", "."), "is the current directory or holds it"),
         ((str(run), "--out", str(tmp_path / "c"), "--tokenizer", str(out / "README.md")),
          "but " + str(latest_checkpoint(run).path) + " was trained with tokenizer"),
     ]  # fmt: skip

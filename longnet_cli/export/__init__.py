@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +60,14 @@ AUTO_MAP = {
     "AutoConfig": "configuration_longnet.LongNetHFConfig",
     "AutoModelForCausalLM": "modeling_longnet.LongNetForCausalLM",
 }
+# longnet generate's defaults (sampling at 0.8, no top-k or top-p, 256 new tokens)
 GENERATION_DEFAULTS = {
     "do_sample": True,
     "temperature": 0.8,
     "top_k": 0,
     "top_p": 1.0,
     "max_new_tokens": 256,
-}  # fmt: skip  (longnet generate's defaults)
+}
 
 
 @dataclass
@@ -80,7 +81,6 @@ class ExportResult:
     files: list[str]
     bytes: int
     replaced: bool  # an existing --out was replaced (--force)
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,7 +91,6 @@ class ExportResult:
             "files": self.files,
             "bytes": self.bytes,
             "replaced": self.replaced,
-            "notes": self.notes,
         }
 
 
@@ -114,6 +113,13 @@ class ExportedModel:
     @property
     def step(self) -> int:
         return int(self.state["step"])
+
+    @property
+    def recipe(self):
+        """The run's resolved recipe (``recipes.Recipe``), as the checkpoint recorded it."""
+        from longnet_cli.recipes import Recipe
+
+        return Recipe.from_saved(self.state["recipe"], source=str(self.path))
 
     def model_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``LongNetTransformer(...)``, from config.json."""
@@ -147,14 +153,15 @@ def export_model(
     checkpoint = _resolve_source(Path(source))
     out = Path(out)
     replaced = _check_out(out, force, checkpoint.path)
+    target = out.resolve()  # "." or "a/.." have no name to stage beside
     recipe = Recipe.from_saved(checkpoint.state["recipe"], source=str(checkpoint.path))
     tokenizer_path, processor = _find_tokenizer(checkpoint, recipe, tokenizer)
     tensors = _read_weights(checkpoint.path / WEIGHTS_FILE, recipe)
     vocab_size = int(tensors[TIED_NAME if TIED_NAME in tensors else TIED_ALIAS].shape[0])
     note(f"exporting {checkpoint.path} (step {checkpoint.step}) to {out}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         from safetensors.torch import save_file
 
@@ -165,7 +172,7 @@ def export_model(
             CONFIG_FILE: _json(config),
             "generation_config.json": _json(_generation_config(processor)),
             "tokenizer_config.json": _json(_tokenizer_config(processor)),
-            "README.md": model_card(checkpoint, recipe, out.name, vocab_size, _count(tensors)),
+            "README.md": model_card(checkpoint, recipe, target.name, vocab_size, _count(tensors)),
         }
         for name, (module, cls) in REMOTE_CODE.items():
             texts[name] = (
@@ -180,7 +187,7 @@ def export_model(
             os.chmod(path, 0o666 & ~mask)
             fsync_path(path)
         os.chmod(staging, 0o777 & ~mask)
-        _publish(staging, out)
+        _publish(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -261,16 +268,18 @@ def _check_out(out: Path, force: bool, checkpoint: Path) -> bool:
     """Whether ``out`` will replace a non-empty directory; refuses what must not be replaced."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
+    target, cwd = out.resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise InputError(f"--out {out}: is the current directory or holds it; name a new one")
     if not out.exists() or not any(out.iterdir()):
         return False
     if not force:
         raise InputError(f"--out {out}: exists and is not empty; pass --force to replace it")
-    target = out.resolve()
-    kept = ((checkpoint, "the checkpoint it exports"), (Path.cwd(), "the current directory"))
-    for keep, what in kept:
-        keep = keep.resolve()
-        if keep == target or target in keep.parents:
-            raise InputError(f"--out {out}: would replace {what} ({keep}); choose another --out")
+    keep = checkpoint.resolve()
+    if keep == target or target in keep.parents:
+        raise InputError(
+            f"--out {out}: would replace the checkpoint it exports ({keep}); choose another --out"
+        )
     return True
 
 

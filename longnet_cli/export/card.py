@@ -52,7 +52,7 @@ def model_card(checkpoint, recipe, name: str, vocab_size: int, parameters: int) 
         f"# {name}",
         "",
         f"A causal language model on LongNet's dilated attention ({PAPER}), trained with "
-        f"longnet {__version__}: {parameters:,} parameters, {model.depth} layers of width "
+        f"longnet-cli: {parameters:,} parameters, {model.depth} layers of width "
         f"{model.dim}, {model.heads} heads of {model.dim_head}, {model.positions} positions, "
         f"branches (segment length, dilation rate) {branches}. Its reach is "
         f"{format_length(reach)} tokens: a token reads only inside its block of {reach:,} "
@@ -83,7 +83,7 @@ def model_card(checkpoint, recipe, name: str, vocab_size: int, parameters: int) 
         f"- steps: {checkpoint.step:,} of {recipe.train.steps:,}",
         f"- tokens: {_int(state.get('tokens'))} (sequences of {recipe.train.seq_len:,} tokens)",
         f"- last logged training loss: {_float(state.get('loss'))}",
-        f"- exported from `{checkpoint.path}`",
+        f"- exported from `{checkpoint.path}` by longnet {__version__}",
         "",
         "## Corpus",
         "",

@@ -10,7 +10,6 @@ tokenizer must be the one the weights were trained with (the token ids must mean
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,26 +69,18 @@ def resolve_init_source(path: str | Path) -> InitSource:
 
 
 def _read_export(path: Path) -> InitSource | None:
-    """An export written by ``longnet export`` (config.json naming the longnet model type)."""
-    config_file = path / "config.json"
-    if not config_file.is_file() or (path / "state.json").exists():
+    """A directory written by ``longnet export`` (None when ``path`` is not one)."""
+    from longnet_cli.export import read_exported
+
+    exported = read_exported(path)
+    if exported is None:
         return None
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"train.init_from: {config_file}: cannot read: {err}") from None
-    if not isinstance(config, dict) or config.get("model_type") != "longnet":
-        return None
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise InputError(f"train.init_from: {weights} is missing")
-    training = config.get("longnet_training") or {}
     return InitSource(
         path=path,
-        weights=weights,
+        weights=exported.weights,
         kind="export",
-        step=training.get("step"),
-        tokenizer_sha256=config.get("tokenizer_sha256") or training.get("tokenizer_sha256"),
+        step=exported.step,
+        tokenizer_sha256=exported.state.get("tokenizer_sha256"),
     )
 
 

@@ -22,7 +22,8 @@ from longnet_cli.data.sources import stdlib_path
 
 FILES = ("json/decoder.py", "json/encoder.py")
 SUBCOMMANDS = [["tokenize"], ["inspect"], ["train"], ["eval"], ["runs"], ["bench"],
-               ["bench", "attention"], ["bench", "tokenize"], ["bench", "train"]]  # fmt: skip
+               ["bench", "attention"], ["bench", "tokenize"], ["bench", "train"],
+               ["bench", "generate"], ["generate"], ["export"], ["study-report"]]  # fmt: skip
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:

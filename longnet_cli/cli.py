@@ -13,7 +13,7 @@ import click
 
 from longnet_cli import __version__
 from longnet_cli.commands.common import CONTEXT
-from longnet_cli.errors import LongnetError
+from longnet_cli.errors import LongnetError, one_line
 
 
 @click.group(context_settings=CONTEXT)
@@ -56,6 +56,10 @@ _register_commands()
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one- or two-line errors and meaningful exit codes.
 
+    Every error is one ``error:`` line (a usage error adds a ``usage:`` line), whatever line
+    breaks the message holds. An OSError naming a file (a disk or permission fault, a file gone
+    while read) is a failure like a LongnetError: that line names the file, exit code 1. Any
+    other exception is unexpected: its type and message, and a pointer to ``--debug``.
     ``--debug`` may appear anywhere on the command line; it adds the traceback above the error
     line and keeps the exit code.
     """
@@ -74,22 +78,43 @@ def main(argv: list[str] | None = None) -> None:
     except LongnetError as err:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {one_line(err)}", err=True)
         sys.exit(err.exit_code)
+    except OSError as err:
+        if err.filename is None:  # no file to name: an unexpected error like any other
+            _show_unexpected(err, debug)
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {_file_error(err)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as err:  # the CLI's last line of defence
-        if debug:
-            traceback.print_exc()
-            click.echo(f"error: {type(err).__name__}: {err}", err=True)
-        else:
-            click.echo(
-                f"error: {type(err).__name__}: {err} (run with --debug for a traceback)",
-                err=True,
-            )
-        sys.exit(1)
+        _show_unexpected(err, debug)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _show_unexpected(err: Exception, debug: bool) -> None:
+    """An exception no stage turned into a LongnetError (a bug, most likely): its type and
+    message on one line, the traceback with ``--debug``; exit code 1."""
+    if debug:
+        traceback.print_exc()
+        click.echo(f"error: {type(err).__name__}: {one_line(err)}", err=True)
+    else:
+        click.echo(
+            f"error: {type(err).__name__}: {one_line(err)} (run with --debug for a traceback)",
+            err=True,
+        )
+    sys.exit(1)
+
+
+def _file_error(err: OSError) -> str:
+    """``path: what went wrong`` for an OSError naming a file (both files for a rename)."""
+    what = err.strerror or one_line(err)
+    if err.filename2 is not None:
+        return f"{err.filename} -> {err.filename2}: {what}"
+    return f"{err.filename}: {what}"
 
 
 def _show_click_error(err: click.ClickException) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from longnet_cli.errors import InputError
+from longnet_cli.errors import InputError, LongnetError, one_line
 from longnet_cli.evaluate import EvalResult, RunResult, Stats, plot_available
 from longnet_cli.lengths import format_length
 
@@ -27,16 +27,37 @@ def write_json(result: EvalResult, path: Path) -> None:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """``text`` to ``path`` through a temporary file renamed into place: a reader sees the old
-    file or the new one, never half of one."""
+    """``text`` to ``path`` through a temporary file, fsynced, renamed into place (the directory
+    fsynced too): a reader, or a machine that lost power, sees the old file or the new one,
+    never half of one. A failure to write raises LongnetError naming ``path``."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.tmp")
     try:
-        temp.write_text(text)
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         temp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise LongnetError(f"{path}: cannot write: {err.strerror or one_line(err)}") from err
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (skipped where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def plot(result: EvalResult, path: Path) -> None:

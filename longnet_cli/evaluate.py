@@ -50,14 +50,14 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from longnet_cli.errors import InputError, LongnetError
+from longnet_cli.errors import DamagedFileError, InputError, one_line, reading
 from longnet_cli.lengths import format_length
 from longnet_cli.probe import DEFAULT_DISTANCES, PROBES, CopyFigure, copy_probe
 
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 DEFAULT_RUNS = Path("runs")
 FIRST_BUCKET = 1024  # default buckets: [0, 1K), then doubling
 LN2 = math.log(2)
+WEIGHTS_FILE = "model.safetensors"
 EVAL_SPLITS = ("heldout", "train", "all")
 EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -426,7 +427,7 @@ def _score_run(
 
     label = run.name if named else "eval"
     documents = _progress(doc_ids, options.progress, label)
-    reports = scorer.run((corpus.document(i) for i in documents), options.windows)
+    reports = scorer.run(checked_documents(corpus, documents), options.windows)
     scored = sum(report.overall.tokens for report in reports)
     seconds = scorer.model_seconds
     probe = None
@@ -434,7 +435,7 @@ def _score_run(
         documents = _progress(doc_ids, options.progress, f"{label}: copy probe")
         with torch.inference_mode():
             probe = copy_probe(
-                scorer.token_nll, (corpus.document(i) for i in documents), options.distances,
+                scorer.token_nll, checked_documents(corpus, documents), options.distances,
                 run.reach,
             )  # fmt: skip
     return RunResult(
@@ -530,7 +531,7 @@ def evaluate_model(
     model.eval()
     try:
         scorer = _Scorer(model, contexts, None, token_bytes, chunk_size, precision)
-        reports = scorer.run((corpus.document(i) for i in doc_ids), windows)
+        reports = scorer.run(checked_documents(corpus, doc_ids), windows)
     finally:
         model.train(was_training)
     return {"contexts": {str(r.context): _summary(r.overall) for r in reports}}
@@ -690,6 +691,38 @@ def bucket_starts(context: int, boundaries: Sequence[int] | None = None) -> list
     return [0, *(b for b in boundaries if 0 < b < context)]
 
 
+def checked_documents(corpus: TokenizedCorpus, doc_ids: Iterable[int]) -> Iterator[np.ndarray]:
+    """The tokens of each document, checked below the corpus's vocab_size: a corrupted shard
+    stops scoring with a CorpusError naming it, not with an index error deep in the model."""
+    from longnet_cli.data.shards import CorpusError
+
+    for doc_id in doc_ids:
+        tokens = corpus.document(doc_id)
+        if tokens.size and int(tokens.max()) >= corpus.vocab_size:
+            where = int(np.argmax(tokens >= corpus.vocab_size))
+            position = int(corpus.document_starts()[doc_id]) + where
+            shard = int(np.searchsorted(corpus.shard_starts, position, side="right")) - 1
+            raise CorpusError(
+                f"{corpus.shard_path(shard)}: token id {int(tokens[where])} (document {doc_id}, "
+                f"stream position {position}) is >= vocab_size {corpus.vocab_size}: the shard "
+                f"is corrupted; longnet inspect {corpus.directory} checks every shard"
+            )
+        yield tokens
+
+
+def _verify_tokenizer(path: Path, expected: object) -> None:
+    """A corpus's tokenizer.model against the sha256 its manifest records."""
+    from longnet_cli.data.shards import CorpusError, sha256_file
+
+    with reading(path, "tokenizer"):
+        digest = sha256_file(path)
+    if digest != expected:
+        raise CorpusError(
+            f"{path}: sha256 {digest} does not match the manifest's tokenizer_sha256 "
+            f"{expected} (corrupted or replaced); longnet inspect {path.parent} checks the corpus"
+        )
+
+
 def scorable_documents(corpus: TokenizedCorpus, docs: int | None, min_tokens: int = 2) -> list[int]:
     """Ids of the first ``docs`` documents (all when None) with at least ``min_tokens`` tokens
     (and at least 2), in order."""
@@ -703,12 +736,17 @@ def token_byte_lengths(corpus_or_model: TokenizedCorpus | Path | str) -> np.ndar
     Byte-fallback pieces ``<0xNN>`` are 1 byte; ordinary pieces the UTF-8 length of their text
     (U+2581 decodes as a space, 1 byte); control and unknown pieces 0 (EOS, <unk>: no source
     text). Over a whole document the table sums to the document's source bytes. Takes a corpus
-    (its ``tokenizer.model``) or the path of a SentencePiece model.
+    (its ``tokenizer.model``, first checked against the manifest's sha256) or the path of a
+    SentencePiece model. A damaged model raises a LongnetError naming the file.
     """
     from longnet_cli.data.tokenizer import SPACE_SYMBOL, load_tokenizer
 
     path = getattr(corpus_or_model, "tokenizer_path", corpus_or_model)
-    processor = load_tokenizer(path)
+    manifest = getattr(corpus_or_model, "manifest", None)
+    if manifest is not None:
+        _verify_tokenizer(Path(path), manifest.get("tokenizer_sha256"))
+    with reading(path, "SentencePiece model"):
+        processor = load_tokenizer(path)
     size = processor.get_piece_size()
     vocab_size = max(size, int(getattr(corpus_or_model, "vocab_size", size)))
     table = np.zeros(vocab_size, dtype=np.int64)
@@ -769,9 +807,30 @@ def _resolve_runs(paths: Sequence[Path], runs_dir: Path, chosen: list[str]) -> l
     for checkpoint in checkpoints:
         path = checkpoint.path
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
-        recipe = Recipe.from_saved(checkpoint.state["recipe"], source=str(path))
+        state_file = path / "state.json"
+        saved = checkpoint.state.get("recipe")
+        if not isinstance(saved, Mapping):
+            raise DamagedFileError(f"{state_file}: 'recipe' is not a recipe, got {saved!r:.60}")
+        recipe = Recipe.from_saved(saved, source=str(state_file))
+        try:
+            verify_weights(checkpoint)  # before the corpus is opened: fail fast
+        except DamagedFileError as err:
+            raise DamagedFileError(f"{err}{_intact_hint(run_dir, path)}") from None
         runs.append(_Run(checkpoint, recipe, str(run_dir)))
     return runs
+
+
+def _intact_hint(run_dir: Path, damaged: Path) -> str:
+    """A hint naming the newest intact checkpoint of the run (the one resume would fall back
+    to) when it is another than ``damaged``, else ""."""
+    from longnet_cli.checkpoints import newest_intact_checkpoint
+
+    if damaged.parent.name != "checkpoints":
+        return ""
+    intact, _ = newest_intact_checkpoint(run_dir)
+    if intact is None or intact.path == damaged:
+        return ""
+    return f"; the newest intact checkpoint of {run_dir} is {intact.path} (evaluate it by name)"
 
 
 def _check_same_tokenizer(runs: list[_Run]) -> None:
@@ -807,13 +866,47 @@ def _resolve_contexts(contexts: list[int], runs: list[_Run], chosen: list[str]) 
 def _load_model(run: _Run, corpus: TokenizedCorpus, device: torch.device) -> LongNetTransformer:
     from longnet_cli.checkpoints import load_model_weights
 
-    model = run.recipe.model.build(corpus.vocab_size)
+    model = run.recipe.model.build(corpus.vocab_size)  # weights verified by _resolve_runs
+    weights = run.checkpoint.path / WEIGHTS_FILE
     try:
-        load_model_weights(run.checkpoint.path, model)
-    except Exception as err:  # a truncated or foreign file: name it
-        weights = run.checkpoint.path / "model.safetensors"
-        raise LongnetError(f"{weights}: cannot load the model weights: {err}") from err
+        with reading(weights, "model weights"):
+            load_model_weights(run.checkpoint.path, model)
+    except DamagedFileError as err:  # intact weights that do not fit: state.json's recipe?
+        raise DamagedFileError(
+            f"{weights}: cannot load the weights into the model that "
+            f"{run.checkpoint.path / 'state.json'} describes: {one_line(err.__cause__)}"
+        ) from err
     return model.to(device).eval()
+
+
+def verify_weights(checkpoint: Checkpoint) -> None:
+    """A checkpoint's model.safetensors against the size and sha256 its state.json records
+    (``files``), before anything reads it: a flipped bit in a tensor loads without complaint.
+    Checkpoints written before hashes were recorded have nothing to compare: not checked."""
+    from longnet_cli.checkpoints import sha256_file
+
+    weights = checkpoint.path / WEIGHTS_FILE
+    files = checkpoint.state.get("files")
+    if files is None:
+        return
+    entry = files.get(WEIGHTS_FILE) if isinstance(files, dict) else None
+    if not isinstance(entry, dict):
+        raise DamagedFileError(
+            f"{checkpoint.path / 'state.json'}: 'files' records no sha256 of {WEIGHTS_FILE}"
+        )
+    with reading(weights, "model weights"):
+        size = weights.stat().st_size
+        digest = sha256_file(weights) if size == entry.get("bytes") else None
+    if digest is None:
+        raise DamagedFileError(
+            f"{weights}: {size} bytes, state.json records {entry.get('bytes')} (truncated or "
+            "replaced)"
+        )
+    if digest != entry.get("sha256"):
+        raise DamagedFileError(
+            f"{weights}: sha256 {digest[:16]}... does not match the {str(entry.get('sha256'))[:16]}"
+            "... state.json records (corrupted)"
+        )
 
 
 def _recipe_name(state: dict[str, Any]) -> str | None:
@@ -842,8 +935,9 @@ def _resolve_checkpoint(path: Path | None, runs_dir: Path, chosen: list[str]) ->
                 f"no checkpoint found in {path} (looked for {path}/state.json and "
                 f"{path}/checkpoints/step-*/)"
             ) from None
-        except ValueError as err:
-            raise InputError(str(err)) from None
+        except ValueError as err:  # checkpoints.DamagedCheckpoint: names the file
+            hint = "" if (Path(path) / "state.json").exists() else _damaged_hint(Path(path))
+            raise DamagedFileError(f"{one_line(err)}{hint}") from None
     runs = []  # runs_dir itself may be a run; else its subdirectories are
     if runs_dir.is_dir():
         runs = [runs_dir, *sorted(p for p in runs_dir.iterdir() if p.is_dir())]
@@ -856,12 +950,20 @@ def _resolve_checkpoint(path: Path | None, runs_dir: Path, chosen: list[str]) ->
     newest = max(latest, key=_mtime)
     try:
         checkpoint = read_checkpoint(newest)
-    except ValueError as err:
-        raise InputError(str(err)) from None
+    except ValueError as err:  # checkpoints.DamagedCheckpoint: names the file
+        raise DamagedFileError(f"{one_line(err)}{_damaged_hint(newest.parent.parent)}") from None
     chosen.append(
         f"checkpoint: {newest} (step {checkpoint.step}, the most recent run under {runs_dir}/)"
     )
     return checkpoint
+
+
+def _damaged_hint(run_dir: Path) -> str:
+    """The intact-checkpoint hint for a run whose latest checkpoint's state.json is damaged."""
+    from longnet_cli.checkpoints import list_checkpoints
+
+    paths = list_checkpoints(run_dir)
+    return _intact_hint(run_dir, paths[-1]) if paths else ""
 
 
 def _mtime(checkpoint_path: Path) -> float:

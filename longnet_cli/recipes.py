@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
-from longnet_cli.errors import InputError
+from longnet_cli.errors import InputError, one_line
 from longnet_cli.lengths import parse_length
 
 if TYPE_CHECKING:
@@ -598,13 +598,24 @@ _RecipeLoader.add_implicit_resolver(
 
 
 def _parse_yaml(text: str, source: str) -> Any:
+    """The YAML value of ``text``; RecipeError with the line and column of a syntax error, on
+    one line (PyYAML's own messages span several and name "<unicode string>", not the file)."""
     try:
         return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass: no objects
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow (a control byte)
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        shown = f"#x{err.character:04x}" if isinstance(err.character, int) else err.character
+        raise RecipeError(
+            f"invalid YAML at line {line}, column {column}: unacceptable character {shown!s} "
+            f"({err.reason})",
+            source=source,
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise RecipeError(f"invalid YAML{where}: {problem}", source=source) from None
+        raise RecipeError(f"invalid YAML{where}: {one_line(problem)}", source=source) from None
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -150,9 +150,12 @@ def tokenize_corpus(options: TokenizeOptions) -> TokenizeResult:
         return _build(options, scan, tokenizer_bytes, started)
 
 
-def _walk(options: TokenizeOptions, on_skip=lambda skip: None) -> Iterator[Entry]:
+def _walk(options: TokenizeOptions, on_skip=lambda skip: None, stat=False) -> Iterator[Entry]:
     """The corpus files, freshly walked: the file list is never held in memory (a corpus may
-    have millions of files), so each pass walks again (stat only, cheap next to reading)."""
+    have millions of files), so each pass lists the directories again. Only the fingerprint's
+    pass ``stat``s each file; reading needs no size (an unreadable file is skipped when read):
+    one stat per file in a run (with a trained tokenizer, the sample passes open only the files
+    they pick)."""
     return walk_corpus(
         options.paths,
         group=options.group,
@@ -161,6 +164,7 @@ def _walk(options: TokenizeOptions, on_skip=lambda skip: None) -> Iterator[Entry
         hidden=options.hidden,
         skip_dirs=(options.out,),  # an output inside the corpus is never read as input
         on_skip=on_skip,
+        stat=stat,
     )
 
 
@@ -527,7 +531,7 @@ def _scan(options: TokenizeOptions, tokenizer: bytes | None) -> _Scan:
     digest = hashlib.sha256(json.dumps(_fingerprint_options(options), sort_keys=True).encode())
     digest.update(hashlib.sha256(tokenizer or b"").digest())
     files = file_bytes = 0
-    for e in _walk(options):
+    for e in _walk(options, stat=True):
         line = f"{e.path}\0{e.rel}\0{e.size}\0{e.mtime_ns}\0{e.group}\n"
         digest.update(line.encode("utf-8", "surrogateescape"))  # names are bytes on Linux
         files += 1

@@ -780,12 +780,12 @@ def change_on_second_read(monkeypatch, name: str, change) -> None:
     reads = Counter()
     original = sources._file_blocks
 
-    def file_blocks(entry):
+    def file_blocks(entry, **options):
         if entry.path.name == name:
             reads[name] += 1
             if reads[name] == 2:
                 change(entry.path)
-        return original(entry)
+        return original(entry, **options)
 
     monkeypatch.setattr(sources, "_file_blocks", file_blocks)
 
@@ -870,6 +870,38 @@ def test_every_file_is_fsynced_before_the_manifest_names_it(tmp_path, model_file
         assert name in events[:manifest], (name, events)
 
 
+def test_each_file_is_statted_once_in_a_run(tmp_path, model_file, monkeypatch):
+    """Only the fingerprint's walk stats the files; the sample and encode passes list the
+    directories and open files (before: 2 stats a file with --tokenizer, 4 when training)."""
+    root = tmp_path / "in"
+    files = [str(write(root / f"d{d}" / f"f{i}.txt", f"file {d} {i}: {PROSE}"))
+             for d in range(3) for i in range(10)]  # fmt: skip
+    calls = Counter()
+    real_stat = os.stat
+
+    def counted_stat(path, *args, **kwargs):
+        calls[os.fspath(path)] += 1
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counted_stat)
+    for name, options in (("given", ["--tokenizer", str(model_file)]),
+                          ("trained", ["--vocab-size", "400"])):  # fmt: skip
+        calls.clear()
+        assert tokenize([root], tmp_path / name, *options) == 0
+        assert {calls[path] for path in files} == {1}, name
+
+
+def write_tiny_files(root: Path, directories: int, per_directory: int) -> None:
+    """``directories`` x ``per_directory`` files of a few bytes each (os calls: fast)."""
+    for d in range(directories):
+        directory = os.fsencode(root / f"d{d:03d}")
+        os.makedirs(directory)
+        for i in range(per_directory):
+            fd = os.open(os.path.join(directory, b"f%04d.txt" % i), os.O_WRONLY | os.O_CREAT)
+            os.write(fd, b"file %d %d\n" % (d, i))
+            os.close(fd)
+
+
 def test_many_tiny_files_peak_memory(tmp_path, model_file):
     """100,000 files of a few bytes in 100 directories: peak memory does not follow the number
     of files (no file list is kept; encode batches are capped in pieces; documents.parquet is
@@ -878,13 +910,7 @@ def test_many_tiny_files_peak_memory(tmp_path, model_file):
     import time
 
     root = tmp_path / "many"
-    for d in range(100):
-        directory = os.fsencode(root / f"d{d:02d}")
-        os.makedirs(directory)
-        for i in range(1000):
-            fd = os.open(os.path.join(directory, b"f%03d.txt" % i), os.O_WRONLY | os.O_CREAT)
-            os.write(fd, b"file %d %d\n" % (d, i))
-            os.close(fd)
+    write_tiny_files(root, 100, 1000)
     write(tmp_path / "one" / "a.txt", "file 0 0\n")
     base, _ = peak_rss_tokenizing(tmp_path / "one", tmp_path / "out-one", model_file)
     started = time.perf_counter()
@@ -893,3 +919,28 @@ def test_many_tiny_files_peak_memory(tmp_path, model_file):
     assert summary["documents"] == 100_000
     print(f"100,000 files: peak RSS {peak >> 20} MiB (one file: {base >> 20} MiB), {seconds:.1f} s")
     assert peak - base < 64 << 20, f"peak RSS {peak >> 20} MiB, one file {base >> 20} MiB"
+
+
+@pytest.mark.slow
+def test_a_million_tiny_files_peak_memory(tmp_path, model_file):
+    """1,000,000 files of a few bytes in 1,000 directories: peak RSS under 1 GiB (the issue's
+    bound). Minutes, and about 4 GiB of disk for the files' blocks: run with -m slow."""
+    import time
+
+    free = os.statvfs(tmp_path)
+    if free.f_files and free.f_favail < 1_100_000:
+        pytest.skip(f"{tmp_path}: {free.f_favail:,} free inodes, 1,100,000 needed")
+    if free.f_bavail * free.f_frsize < 6 << 30:
+        pytest.skip(f"{tmp_path}: under 6 GiB free")
+    root = tmp_path / "million"
+    started = time.perf_counter()
+    write_tiny_files(root, 1000, 1000)
+    written = time.perf_counter() - started
+    started = time.perf_counter()
+    peak, summary = peak_rss_tokenizing(root, tmp_path / "out", model_file)
+    seconds = time.perf_counter() - started
+    assert summary["documents"] == 1_000_000
+    print(
+        f"1,000,000 files: peak RSS {peak >> 20} MiB, {seconds:.0f} s (written in {written:.0f} s)"
+    )
+    assert peak < 1 << 30, f"peak RSS {peak >> 20} MiB"

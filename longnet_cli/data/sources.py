@@ -3,7 +3,10 @@
 Two layers:
 - ``walk_corpus`` lists the files of the input paths in a deterministic order (directories
   recursively, sorted by name), applying include/exclude globs, skipping hidden and VCS
-  directories and symlink loops. It reads no file contents.
+  directories and symlink loops. It reads no file contents. One directory is listed at a time,
+  held as one tagged name string per entry (about 80 bytes, against 230 for an os.DirEntry);
+  what readdir says of an entry decides file or directory, so a walk makes one ``stat`` per
+  directory and per symlink, and one per file only when sizes are asked for (``stat``).
 - ``read_documents`` turns those files into ``Document`` objects: a text file is one document,
   every record of a jsonl or parquet file is one, and with ``group="repo"`` all files under one
   immediate subdirectory of an input path are one, each preceded by a ``==> path <==`` header.
@@ -39,6 +42,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR
 
 SKIP_REASONS = (
     "binary",
@@ -198,20 +202,24 @@ def walk_corpus(
     hidden: bool = False,
     skip_dirs: Sequence[Path] = (),
     on_skip: Callable[[Skip], None] = lambda skip: None,
+    stat: bool = True,
 ) -> Iterator[Entry]:
     """The corpus files in deterministic order. Paths must exist (checked by the caller).
 
     ``group="repo"``: files inside an immediate subdirectory of a directory input belong to that
     repository (``group``, its source name); files directly under the input have none.
     ``skip_dirs``: directories never walked (the output directory when it lies in the corpus).
+    ``stat`` False: no ``stat`` per file; an entry's size and mtime_ns are -1 unless already
+    known (a symlink's), and a file that cannot be read is reported when it is read
+    (``read_documents`` needs neither).
     """
     skipped_keys = set()
     for directory in skip_dirs:
         try:
-            stat = os.stat(directory)
+            found = os.stat(directory)
         except OSError:
             continue
-        skipped_keys.add((stat.st_dev, stat.st_ino))
+        skipped_keys.add((found.st_dev, found.st_ino))
     for root, name in zip(paths, input_names(paths)):
         root = Path(root)
         visited: set[tuple[int, int]] = set(skipped_keys)
@@ -221,19 +229,21 @@ def walk_corpus(
                 yield entry
             continue
         prefix = f"{name}/" if name else ""
-        for path, rel in _walk_dir(root, "", visited, hidden, exclude, on_skip, skipped_keys):
+        walk = _walk_dir(root, "", visited, hidden, exclude, on_skip, skipped_keys)
+        for path, rel, known in walk:
             if include and not _matches(rel, include):
                 continue
             top = rel.split("/", 1)[0] if group == "repo" and "/" in rel else None
             repo = None if top is None else source_name(prefix + top)
-            entry = _entry(path, rel, repo, prefix + rel, on_skip)
+            entry = _entry(path, rel, repo, prefix + rel, on_skip, known, stat)
             if entry is not None:
                 yield entry
 
 
 def _walk_dir(directory, prefix, visited, hidden, exclude, on_skip, quiet=frozenset()):
-    """(path, relative path) of files under ``directory``, sorted, following symlinks once.
-    Directories whose (device, inode) is in ``quiet`` are left out without a word."""
+    """(path, relative path, stat or None) of files under ``directory``, sorted, following
+    symlinks once (a symlink's stat comes with it). Directories whose (device, inode) is in
+    ``quiet`` are left out without a word."""
     try:
         stat = directory.stat()
     except OSError as err:
@@ -247,54 +257,84 @@ def _walk_dir(directory, prefix, visited, hidden, exclude, on_skip, quiet=frozen
         return
     visited.add(key)
     try:
-        children = sorted(os.scandir(directory), key=lambda e: e.name)
+        children = _listing(directory)
     except OSError as err:
         on_skip(Skip(source_name(prefix or str(directory)), "unreadable", err.strerror or str(err)))
         return
-    for child in children:
-        rel = f"{prefix}{child.name}"
+    for tagged in children:
+        name, tag = tagged[:-2], tagged[-1]
+        rel = f"{prefix}{name}"
         if exclude and _matches(rel, exclude):
             continue
-        try:
-            is_dir = child.is_dir()  # follows symlinks
-        except OSError:
-            is_dir = False
+        path = os.path.join(directory, name)
+        known = None
+        if tag == "l":  # a symlink: what it points to decides (followed)
+            with contextlib.suppress(OSError):  # broken, or a loop: reported when read
+                known = os.stat(path)
+        is_dir = tag == "d" or (known is not None and S_ISDIR(known.st_mode))
         if is_dir:
-            if child.name in VCS_DIRS or (child.name.startswith(".") and not hidden):
+            if name in VCS_DIRS or (name.startswith(".") and not hidden):
                 continue
-            yield from _walk_dir(
-                Path(child.path), rel + "/", visited, hidden, exclude, on_skip, quiet
-            )
+            yield from _walk_dir(Path(path), rel + "/", visited, hidden, exclude, on_skip, quiet)
         else:
-            yield Path(child.path), rel
+            yield Path(path), rel, known
 
 
-def _entry(path: Path, rel: str, group: str | None, name: str, on_skip) -> Entry | None:
+def _listing(directory: Path) -> list[str]:
+    """The names in ``directory``, sorted, each as ``name + "\\0" + tag``: "l" symlink, "d"
+    directory, "f" anything else, as readdir tells (no stat). Names hold no NUL, and NUL sorts
+    first, so the tagged strings sort as the names do."""
+    names = []
+    with os.scandir(directory) as entries:
+        for child in entries:
+            if child.is_symlink():
+                tag = "l"
+            elif child.is_dir(follow_symlinks=False):
+                tag = "d"
+            else:
+                tag = "f"
+            names.append(f"{child.name}\0{tag}")
+    names.sort()
+    return names
+
+
+def _entry(path, rel, group, name, on_skip, known=None, stat=True) -> Entry | None:
+    """The Entry of one file; its size and mtime from ``known``, else from a ``stat`` (-1 when
+    ``stat`` is False). A file that cannot be statted is reported and left out."""
     source = source_name(name)
-    try:
-        stat = path.stat()
-    except OSError as err:  # a broken symlink, a file removed meanwhile, a symlink loop
-        reason = "symlink-loop" if err.errno == errno.ELOOP else "unreadable"
-        on_skip(Skip(source, reason, err.strerror or str(err)))
-        return None
     kind, compressed = _kind(path.name)
-    return Entry(path, rel, kind, compressed, stat.st_size, stat.st_mtime_ns, group, source)
+    if known is None and not stat:
+        return Entry(path, rel, kind, compressed, -1, -1, group, source)
+    if known is None:
+        try:
+            known = path.stat()
+        except OSError as err:  # a broken symlink, a file removed meanwhile, a symlink loop
+            on_skip(Skip(source, _unreadable_reason(err), err.strerror or str(err)))
+            return None
+    return Entry(path, rel, kind, compressed, known.st_size, known.st_mtime_ns, group, source)
+
+
+def _unreadable_reason(err: OSError) -> str:
+    return "symlink-loop" if err.errno == errno.ELOOP else "unreadable"
 
 
 # --------------------------------------------------------------------------- reading bytes
 
 
-def _file_blocks(entry: Entry) -> Iterator[bytes]:
-    """Raw bytes of a file, decompressed when it is a .zst; errors become SourceError."""
+def _file_blocks(entry: Entry, empty: bool = False) -> Iterator[bytes]:
+    """Raw bytes of a file, decompressed when it is a .zst; errors become SourceError.
+    ``empty``: a file of 0 bytes on disk raises SourceError("empty") (told by fstat)."""
     try:
         with open(entry.path, "rb") as handle:
+            if empty and os.fstat(handle.fileno()).st_size == 0:
+                raise SourceError("empty", "")
             if entry.compressed:
                 yield from _zstd_blocks(handle)
                 return
             while block := handle.read(READ_BLOCK):
                 yield block
     except OSError as err:
-        raise SourceError("unreadable", err.strerror or str(err)) from None
+        raise SourceError(_unreadable_reason(err), err.strerror or str(err)) from None
 
 
 def _zstd_blocks(handle) -> Iterator[bytes]:
@@ -382,25 +422,29 @@ def read_documents(
 
 
 def _repo_document(entries: list[Entry], errors: str, on_skip) -> Iterator[Document]:
-    """One document of all usable files of a repository, each after a header line."""
+    """One document of all usable files of a repository, each after a header line (an empty
+    file is skipped as "empty" when it is read)."""
     parts = []
     for entry in entries:
-        if entry.size == 0:
-            on_skip(Skip(entry.source, "empty"))
-        else:
-            inside = source_name(entry.rel.split("/", 1)[1])
-            parts.append((entry, f"==> {inside} <==\n"))
+        inside = source_name(entry.rel.split("/", 1)[1])
+        parts.append((entry, f"==> {inside} <==\n"))
     document = _text_document(entries[0].group, parts, errors, on_skip, drop_bad_parts=True)
     if document is not None:
         yield document
 
 
 def _part_text(entry: Entry, header: str, errors: str) -> Iterator[str]:
-    """A file's text, after its header (if any), ending with a newline when it has a header."""
+    """A file's text, after its header (if any), ending with a newline when it has a header.
+    With a header, an empty file raises SourceError("empty") before the header."""
+    text = _decoded(_file_blocks(entry, empty=bool(header)), errors)
+    first = next(text, None)  # opens the file: its errors come before the header
     if header:
         yield header
     last = ""
-    for last in _decoded(_file_blocks(entry), errors):
+    if first is not None:
+        yield first
+        last = first
+    for last in text:
         yield last
     if header and not last.endswith("\n"):
         yield "\n"  # the next header starts on its own line
@@ -555,6 +599,11 @@ def _parquet_rows(entry, text_field, on_skip, scratch, stack) -> Iterator[Docume
 
     try:
         source = entry.path
+        if entry.size < 0:  # walked without stat: a broken link is "unreadable", not bad parquet
+            try:
+                os.stat(source)
+            except OSError as err:
+                raise SourceError(_unreadable_reason(err), err.strerror or str(err)) from None
         if entry.compressed:  # parquet needs random access: decompressed into a temporary file
             spill = stack.enter_context(tempfile.NamedTemporaryFile(dir=scratch))  # noqa: SIM115
             for block in _file_blocks(entry):

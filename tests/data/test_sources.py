@@ -157,6 +157,54 @@ def test_broken_symlink_is_unreadable(tmp_path):
     assert skips == [("broken.txt", "unreadable")]
 
 
+@pytest.mark.parametrize("group", ["file", "repo"])
+def test_a_walk_without_stat_reads_and_skips_the_same(tmp_path, group):
+    """walk_corpus(stat=False) (what tokenize's reading passes use) makes no stat per file;
+    broken links, link loops and empty files are then reported when read, with the same
+    reasons, and the documents are the same."""
+    write(tmp_path / "a.txt", "alpha\n")
+    write(tmp_path / "empty.txt", "")
+    write(tmp_path / "r" / "x.py", "x = 1\n")
+    write(tmp_path / "r" / "empty.py", "")
+    write(tmp_path / "r" / "s" / "y.py", "y = 2")
+    os.symlink(tmp_path / "r" / "x.py", tmp_path / "r" / "z-link.py")
+    os.symlink("missing.txt", tmp_path / "broken.txt")
+    os.symlink("self.txt", tmp_path / "self.txt")
+    os.symlink("missing.parquet", tmp_path / "table.parquet")
+    os.symlink("missing.py", tmp_path / "r" / "broken.py")
+    texts, skips = read([tmp_path], group=group)
+    unstatted_texts, unstatted_skips = read([tmp_path], group=group, stat=False)
+    assert unstatted_texts == texts and sorted(unstatted_skips) == sorted(skips)
+    assert sorted(skips) == sorted(
+        [("broken.txt", "unreadable"), ("empty.txt", "empty"), ("r/broken.py", "unreadable"),
+         ("r/empty.py", "empty"), ("self.txt", "symlink-loop"), ("table.parquet", "unreadable")]
+    )  # fmt: skip
+    assert len(texts) == (2 if group == "repo" else 4)
+    entries = list(walk_corpus([tmp_path], stat=False))
+    assert {(e.size, e.mtime_ns) for e in entries if not e.path.is_symlink()} == {(-1, -1)}
+
+
+def test_a_directory_listing_costs_a_string_per_entry(tmp_path):
+    """One directory of 5,000 files: the walk holds its sorted listing as one tagged string
+    per name: 116 bytes an entry at the peak (a list of os.DirEntry: 240)."""
+    import tracemalloc
+
+    count = 5_000
+    for i in range(count):
+        os.close(os.open(tmp_path / f"file-{i:06d}.txt", os.O_WRONLY | os.O_CREAT))
+    tracemalloc.start()
+    try:
+        walked, previous = 0, ""
+        for entry in walk_corpus([tmp_path], stat=False):
+            assert entry.rel > previous  # sorted
+            walked, previous = walked + 1, entry.rel
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert walked == count
+    assert peak / count < 160, f"{peak / count:.0f} bytes an entry"  # measured: 116
+
+
 def test_skip_reasons_are_the_documented_ones():
     assert set(SKIP_REASONS) >= {
         "binary",

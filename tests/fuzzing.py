@@ -1,8 +1,10 @@
 """The fuzz tests' machinery: seeded mutations of one file, and what a CLI answer must look like.
 
 A mutation changes a file's content at seeded random places: bytes flipped, overwritten, two
-ranges swapped, the file truncated (to 0 bytes too), garbage appended, the file removed; for
-structured text (JSON, JSON lines, YAML) also a key deleted or a value of the wrong type. Every
+ranges swapped, the file truncated (to 0 bytes too), garbage appended, the file removed, every
+byte set to 0xFF (``saturate``: a shard of token ids beyond the vocabulary); for structured
+text (JSON, JSON lines, YAML) also a key deleted or a value of the wrong type; for a symbolic
+link: removed, dangling, pointed at another file or at an incomplete copy of its directory. Every
 mutation changes the bytes; ``Mutated.same_meaning`` says when structured text still parses to
 the same value (a truncated final newline), which no reader can or need notice.
 
@@ -27,6 +29,7 @@ from typing import Any
 import yaml
 
 BYTE_MUTATIONS = ("flip", "overwrite", "swap", "truncate", "empty", "append", "remove")
+SATURATE = "saturate"  # every byte 0xFF, the size kept: a shard of token ids beyond any vocabulary
 STRUCTURED_MUTATIONS = ("delete_key", "wrong_type")
 # a symbolic link: gone, broken, at another file beside its target, at an incomplete copy of its
 # target's directory (a version a failed build left: one file missing)
@@ -74,7 +77,7 @@ def mutate(path: Path, mutation: str, rng: random.Random, fmt: str = "binary") -
     key = None
     if mutation in STRUCTURED_MUTATIONS:
         after, detail, key = _structured(before, mutation, rng, fmt)
-    elif mutation in BYTE_MUTATIONS:
+    elif mutation in (*BYTE_MUTATIONS, SATURATE):
         after, detail = _bytes(before, mutation, rng)
     else:
         raise ValueError(f"unknown mutation {mutation!r}")
@@ -148,6 +151,8 @@ def _bytes(data: bytes, mutation: str, rng: random.Random) -> tuple[bytes, str]:
         return data[:offset], f"truncated to {offset} of {size} bytes"
     if mutation == "empty":
         return b"", f"truncated to 0 of {size} bytes"
+    if mutation == SATURATE:
+        return b"\xff" * size, f"all {size} bytes set to 0xff"
     if mutation == "append":
         junk = rng.randbytes(rng.randint(1, 64)) + b"\x00"  # never only whitespace
         return data + junk, f"{len(junk)} garbage bytes appended"

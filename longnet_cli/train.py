@@ -471,6 +471,8 @@ class _Loop:
         self.tokens_per_step = cfg.seq_len * cfg.micro_batch_size * cfg.grad_accum * self.dp_size
         self.last_loss: float | None = None
         self.tokens_per_s: float | None = None
+        self.saved_step: int | None = None  # the step of the newest checkpoint it wrote or read
+        self.stopped: tuple[int, int] = (0, 0)  # a signal that stopped a step, micro-steps done
 
     def run(self, start: int, received: list[int], progress: bool) -> None:
         from tqdm import tqdm
@@ -485,8 +487,16 @@ class _Loop:
             disable=not (progress and self.accelerator.is_main_process),
         )
         window_start, window_steps = time.perf_counter(), 0
+        self.saved_step = start if start else None  # the checkpoint it resumed from
         for step in range(start, cfg.steps):
-            loss, grad_norm, lr = self._step(step)
+            # A signal stops the step at its next micro-step boundary: the partial step is
+            # dropped and the state after ``step`` steps saved, with the RNG state from before it.
+            before = ckpt.rng_state() if cfg.grad_accum > 1 else None
+            result = self._step(step, received)
+            if result is None:
+                bar.close()
+                self._stop_within(step, before)
+            loss, grad_norm, lr = result
             done = step + 1
             window_steps += 1
             if not math.isfinite(loss):
@@ -526,14 +536,38 @@ class _Loop:
                 )
         bar.close()
 
-    def _step(self, step: int) -> tuple[float, float, float]:
-        """One optimizer step over grad_accum micro-batches; (loss, grad norm, lr)."""
+    def _stop_within(self, step: int, rng: dict | None) -> None:
+        """A signal arrived during step ``step`` + 1 (``self.stopped``: the signal and the
+        micro-steps done): save the state after ``step`` steps unless it is saved already
+        (weights and optimizer are untouched until the last micro-step; ``rng``: the RNG state
+        from before the step), then raise TrainingInterrupted."""
+        stop, micro = self.stopped
+        name = signal.Signals(stop).name
+        where = (
+            f"stopped by {name} during step {step + 1} (after micro-step {micro} of "
+            f"{self.recipe.train.grad_accum}; the partial step is dropped)"
+        )
+        final = ckpt.checkpoint_dir(self.run_dir) / ckpt.step_name(step)
+        if step == 0:
+            saved = "no step had completed, nothing to save; run the same command to start again"
+        else:
+            if self.saved_step != step:
+                self.save(step, rng)
+            saved = f"checkpoint {final}; run the same command to resume"
+        raise TrainingInterrupted(f"{where}; {saved}", EXIT_ON_SIGNAL.get(stop, 1))
+
+    def _step(self, step: int, received: list[int]) -> tuple[float, float, float] | None:
+        """One optimizer step over grad_accum micro-batches; (loss, grad norm, lr), or None when
+        a signal (agreed by every rank, checked between micro-steps) stopped it midway."""
         cfg, accelerator = self.recipe.train, self.accelerator
         lr = self.schedule.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=accelerator.device)
         for micro in range(cfg.grad_accum):
+            if micro and (stop := self._signal_agreed(received)):
+                self.stopped = (stop, micro)
+                return None
             window = self.windows.batch(
                 step,
                 micro,
@@ -587,14 +621,15 @@ class _Loop:
         flags = self.accelerator.gather(torch.tensor([local], device=self.accelerator.device))
         return int(flags.max())
 
-    def save(self, step: int) -> None:
-        """Checkpoint after ``step`` completed steps (atomic; prunes to keep_last)."""
+    def save(self, step: int, rng: dict | None = None) -> None:
+        """Checkpoint after ``step`` completed steps (atomic; prunes to keep_last); ``rng``:
+        this rank's RNG state as captured then (default: now)."""
         accelerator = self.accelerator
         staging = ckpt.staging_path(self.run_dir, step)
         if accelerator.is_main_process:
             staging.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
-        ckpt.write_rng_file(staging, accelerator.process_index)
+        ckpt.write_rng_file(staging, accelerator.process_index, rng)
         if accelerator.is_main_process:
             ckpt.write_model_files(
                 staging, self.model, self.optimizer, self.recipe.to_yaml(), self.tokenizer
@@ -621,6 +656,7 @@ class _Loop:
             ckpt.finish_checkpoint(staging, final, state)
             ckpt.prune_checkpoints(self.run_dir, self.recipe.checkpoint.keep_last)
         accelerator.wait_for_everyone()
+        self.saved_step = step
 
 
 @dataclass

@@ -95,6 +95,13 @@ def _train_subprocess(*args: str, env_extra: dict | None = None) -> subprocess.P
     )
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used (user + system, all threads): unlike wall time, it says
+    how far the process got, however busy the machine is."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -175,6 +182,46 @@ def test_sigterm_saves_a_checkpoint_and_resumes(reference_run, corpus, tmp_path)
     assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
     losses = [r["loss"] for r in _metrics(run)]
     assert losses == [r["loss"] for r in _metrics(reference_run)]
+
+
+def test_sigterm_stops_at_the_next_micro_step_and_resumes_exactly(corpus, tmp_path):
+    """With many micro-steps per step, SIGTERM does not wait for the step to end: the run stops
+    at the next micro-step, drops the partial step, saves the state after the last whole step
+    (with the RNG state from before the dropped one: dropout draws from it) and resumes bit for
+    bit. Under torchrun or SLURM the grace period then needs one micro-step, not one step."""
+    import re
+
+    changes = {"train__grad_accum": 32, "train__steps": 3, "checkpoint__every": 100,
+               "model__dropout": 0.1}  # fmt: skip
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    recipe = _write_recipe(reference, corpus, **changes)
+    assert _cli("train", str(recipe), "--out", str(reference / "run"), "--quiet") == 0
+    run = tmp_path / "run"
+    process = _train_subprocess(str(recipe), "--out", str(run))
+    _wait_for(run / "metrics.jsonl", process)  # step 1 is logged ...
+    started = _cpu_seconds(process.pid)
+    while _cpu_seconds(process.pid) < started + 0.05:  # ... and step 2 well begun (a step
+        assert process.poll() is None, process.communicate()[1].decode()  # takes ~0.5 s CPU)
+        time.sleep(0.002)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate()
+    message = stderr.decode()
+    assert process.returncode == 143, message
+    stopped = re.search(
+        r"stopped by SIGTERM during step (\d+) \(after micro-step (\d+) of 32", message
+    )
+    assert stopped, message
+    step, micro = int(stopped[1]), int(stopped[2])
+    assert step >= 2 and 1 <= micro < 32 and "the partial step is dropped" in message
+    (saved,) = (run / "checkpoints").iterdir()
+    assert saved.name == f"step-{step - 1:07d}" and f"checkpoint {saved}" in message
+    assert [r["step"] for r in _metrics(run)] == list(range(1, step))
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert _metrics(run) == [
+        {**r, "tokens_per_s": m["tokens_per_s"], "elapsed_s": m["elapsed_s"]}
+        for r, m in zip(_metrics(reference / "run"), _metrics(run))
+    ]
 
 
 def test_no_resume_refuses_to_overwrite_without_force(reference_run, corpus, tmp_path, capsys):
@@ -492,13 +539,16 @@ def test_sequence_parallel_training_matches_one_process_and_checkpoints_intercha
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
     state = json.loads((tmp_path / "two/checkpoints/step-0000005/state.json").read_text())
     assert state["sequence_parallel"] == 2 and state["dp_size"] == 1
-    # A sequence-parallel checkpoint resumes in one process ...
-    mixed = tmp_path / "mixed"
-    _launch(recipe, mixed, "--set", "parallel.sequence=2", "--set", "train.steps=3")
+    # Both runs cut back to their step-3 checkpoint (a lower train.steps would change the
+    # schedule): a sequence-parallel checkpoint resumes in one process ...
+    import shutil
+
+    mixed, back = tmp_path / "mixed", tmp_path / "back"
+    for source, copy in ((tmp_path / "two", mixed), (tmp_path / "one", back)):
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns(".train.lock"))
+        shutil.rmtree(copy / "checkpoints" / "step-0000005")
     assert _cli("train", str(recipe), "--out", str(mixed), "--quiet") == 0
     # ... and a single-process one in a sequence-parallel run.
-    back = tmp_path / "back"
-    assert _cli("train", str(recipe), "--out", str(back), "--quiet", "--set", "train.steps=3") == 0
     _launch(recipe, back, "--set", "parallel.sequence=2")
     for run in (mixed, back):
         for a, b in zip(one, _metrics(run)):

@@ -94,8 +94,9 @@ def train(
     run does nothing) that verifies against its recorded hashes, saying which newer ones it
     skipped. A corpus whose content changed since that checkpoint (its shards' sha256s, not
     paths or times) is trained on with a warning and a data_changed record in metrics.jsonl;
-    --strict-data refuses instead. SIGTERM or Ctrl-C saves a checkpoint and stops. One process
-    per device: the command starts them itself (--devices; world = devices x nodes =
+    --strict-data refuses instead. SIGTERM or Ctrl-C stops at the next micro-step (a partial
+    step is dropped), saves a checkpoint and exits 143 / 130. One process per device: the
+    command starts them itself (--devices; world = devices x nodes =
     parallel.sequence x data-parallel degree), or runs as one of them under accelerate launch,
     torchrun or srun.
     Several nodes: one `longnet train --nnodes N --node-rank I --master-addr HOST` per node, the

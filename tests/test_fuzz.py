@@ -465,7 +465,13 @@ def test_fuzz(case: Case, pristine: Path, tmp_path: Path, monkeypatch, capsys) -
         pytest.skip(f"the mutated recipe asks for a much larger run ({grown})")
     answer = call(main, COMMANDS[case.command], capsys)
     found = problems(answer, expectation.allowed, expectation.names, expectation.note)
-    OUTCOMES.append({**record, "outcome": answer.outcome, "ok": not found, "problems": found})
+    said = answer.error_lines or [
+        line
+        for line in (answer.stderr + answer.stdout).splitlines()
+        if any(name in line for name in expectation.names)
+    ]
+    OUTCOMES.append({**record, "outcome": answer.outcome, "ok": not found, "problems": found,
+                     "said": said[0][:300] if said else None})  # fmt: skip
     assert not found, (
         f"case {case.id} (seed {case.seed}): {mutated}\n"
         f"{describe(answer)}\nproblems: {found}\n"

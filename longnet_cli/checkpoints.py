@@ -139,16 +139,31 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> Checkpoint:
     return checkpoint
 
 
-def newest_intact_checkpoint(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint of a run that verifies (``verify_checkpoint``), and one line per
-    newer checkpoint skipped, saying why."""
-    skipped: list[str] = []
+def newest_intact_checkpoint(run_dir: Path) -> tuple[Checkpoint | None, list[Path], list[str]]:
+    """The newest checkpoint of a run that verifies (``verify_checkpoint``), the newer ones it
+    skipped, and one line per skipped one saying why."""
+    skipped: list[Path] = []
+    reasons: list[str] = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return verify_checkpoint(path), skipped
+            return verify_checkpoint(path), skipped, reasons
         except DamagedCheckpoint as err:
-            skipped.append(f"{path.name}: {err}")
-    return None, skipped
+            skipped.append(path)
+            reasons.append(f"{path.name}: {err}")
+    return None, skipped, reasons
+
+
+DAMAGED_SUFFIX = ".damaged"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to ``step-NNNNNNN.damaged`` (kept for inspection, no longer a
+    checkpoint: neither resumed from nor counted by ``keep_last`` pruning, which could otherwise
+    delete the intact checkpoints beside it)."""
+    target = path.with_name(path.name + DAMAGED_SUFFIX)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(path, target)
+    return target
 
 
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:

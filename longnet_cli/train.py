@@ -772,20 +772,25 @@ def _prepare_run_dir(accelerator, run_dir: Path, resume: bool, force: bool):
 
 def _intact_checkpoint(accelerator, run_dir: Path):
     """The newest checkpoint of ``run_dir`` that verifies against its recorded hashes (None: the
-    run has no checkpoint). The main process verifies and says on stderr which newer ones it
-    skipped and why; every rank gets its choice. Checkpoints, none intact: InputError."""
+    run has no checkpoint). The main process verifies, says on stderr which newer ones it
+    skipped and why, and sets them aside (``step-NNNNNNN.damaged``: kept, but out of pruning's
+    count); every rank gets its choice. Checkpoints, none intact: InputError, nothing moved."""
     choice: list = [None, None]  # the path to resume from, or the error
     if accelerator.is_main_process:
-        found, skipped = ckpt.newest_intact_checkpoint(run_dir)
+        found, skipped, reasons = ckpt.newest_intact_checkpoint(run_dir)
         if found is None and skipped:
             choice[1] = (
-                f"no intact checkpoint in {ckpt.checkpoint_dir(run_dir)}: {'; '.join(skipped)}; "
+                f"no intact checkpoint in {ckpt.checkpoint_dir(run_dir)}: {'; '.join(reasons)}; "
                 "restore them, or start over with --no-resume --force"
             )
         elif found is not None:
             choice[0] = str(found.path)
-            for line in skipped:
-                print(f"warning: skipped damaged checkpoint {line}", file=sys.stderr)
+            for path, reason in zip(skipped, reasons):
+                kept = ckpt.set_aside(path)
+                print(
+                    f"warning: skipped damaged checkpoint {reason} (kept as {kept.name})",
+                    file=sys.stderr,
+                )
             if skipped:
                 print(f"warning: resuming from {found.path}", file=sys.stderr)
     if accelerator.num_processes > 1:

@@ -85,6 +85,20 @@ def test_resume_skips_a_corrupted_checkpoint_and_says_why(reference_run, corpus,
     assert ckpt.verify_checkpoint(run / "checkpoints" / "step-0000012").step == 12
 
 
+def test_a_skipped_checkpoint_is_set_aside_out_of_pruning(reference_run, corpus, tmp_path, capsys):
+    """The damaged step-12 is renamed step-0000012.damaged: with keep_last 1 it would otherwise
+    outrank (and prune) every checkpoint the resumed run writes before step 12."""
+    run = _copy_run(reference_run, tmp_path)
+    _flip_byte(run / "checkpoints" / "step-0000012" / "optimizer.pt", 5)
+    recipe = _write_recipe(tmp_path, corpus, train__steps=11, checkpoint__every=10,
+                           checkpoint__keep_last=1)  # fmt: skip
+    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert "(kept as step-0000012.damaged)" in capsys.readouterr().err
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["step-0000011", "step-0000012.damaged"]
+    assert ckpt.newest_intact_checkpoint(run)[0].step == 11
+
+
 @pytest.mark.parametrize(
     "damage",
     ["missing-file", "truncated-state", "not-json", "missing-rng"],

@@ -183,15 +183,21 @@ def resolve_checkpoint(path: Path) -> Checkpoint:
     return latest
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states in weights_only-loadable form."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": json.dumps(_jsonable(np.random.get_state())),
-        "python": json.dumps(_jsonable(random.getstate())),
-    }
+def capture_rng() -> dict[str, Any]:
+    """This process's RNG states as they are (cheap: copies, no conversion), for ``rng_state``
+    to convert later if they have to be saved."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def rng_state(captured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """This process's RNG states (or those ``capture_rng`` took) in weights_only-loadable form."""
+    state = dict(captured if captured is not None else capture_rng())
+    state["numpy"] = json.dumps(_jsonable(state["numpy"]))
+    state["python"] = json.dumps(_jsonable(state["python"]))
     return state
 
 
@@ -252,11 +258,11 @@ def load_scaler_state(path: Path, scaler) -> bool:
     return True
 
 
-def write_rng_file(directory: Path, rank: int, state: dict[str, Any] | None = None) -> None:
-    """This rank's RNG state (``state``: one captured earlier by ``rng_state``), fsynced by the
+def write_rng_file(directory: Path, rank: int, captured: dict[str, Any] | None = None) -> None:
+    """This rank's RNG state (``captured``: one ``capture_rng`` took earlier), fsynced by the
     rank that wrote it (on a shared filesystem the other nodes' writes are theirs to flush)."""
     file = directory / f"rng-rank{rank}.pt"
-    torch.save(rng_state() if state is None else state, file)
+    torch.save(rng_state(captured), file)
     fsync_path(file)
 
 

@@ -491,7 +491,7 @@ class _Loop:
         for step in range(start, cfg.steps):
             # A signal stops the step at its next micro-step boundary: the partial step is
             # dropped and the state after ``step`` steps saved, with the RNG state from before it.
-            before = ckpt.rng_state() if cfg.grad_accum > 1 else None
+            before = ckpt.capture_rng() if cfg.grad_accum > 1 else None
             result = self._step(step, received)
             if result is None:
                 bar.close()
@@ -623,7 +623,7 @@ class _Loop:
 
     def save(self, step: int, rng: dict | None = None) -> None:
         """Checkpoint after ``step`` completed steps (atomic; prunes to keep_last); ``rng``:
-        this rank's RNG state as captured then (default: now)."""
+        this rank's RNG states as ``capture_rng`` took them then (default: now)."""
         accelerator = self.accelerator
         staging = ckpt.staging_path(self.run_dir, step)
         if accelerator.is_main_process:

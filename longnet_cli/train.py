@@ -1063,7 +1063,9 @@ def _trackers(recipe: Recipe) -> list[str] | None:
 class _MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step, written by the main process.
 
-    On resume, lines after the resumed step (logged before a crash, then lost) are dropped, and
+    On resume, lines after the resumed step (logged before a crash, then lost) are dropped, so
+    is a ``data_changed`` line of the resumed step (written again if the data still differs
+    from the checkpoint's: one line per change, however often that resume is repeated), and
     so is a line that does not parse: the torn last line of a process killed while writing it
     (with a warning), which appending after it would otherwise glue to the next record.
     """
@@ -1084,6 +1086,8 @@ class _MetricsLog:
                     torn += bool(line.strip())
                     continue
                 step = record.get("step", 0)
+                if "data_changed" in record and step == resumed_step:
+                    continue  # a resume from this step writes it again if it still applies
                 if isinstance(step, int | float) and step <= resumed_step:
                     kept.append(line)
                     elapsed = record.get("elapsed_s")

@@ -94,6 +94,10 @@ def test_changed_corpus_is_recorded_by_content(tmp_path, capsys):
     assert changed["data_changed"]["checkpoint"].endswith("step-0000004")
     assert [r["step"] for r in _metrics(run) if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert _state(run, 6)["corpus"]["shards"] == [e["sha256"] for e in grown["shards"]]
+    shutil.rmtree(run / "checkpoints" / "step-0000006")  # killed before its next checkpoint:
+    code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=6")
+    assert code == 0 and "warning: the corpus" in capsys.readouterr().err  # said again ...
+    assert len([r for r in _metrics(run) if "data_changed" in r]) == 1  # ... recorded once
     code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=8")
     assert code == 0 and "the corpus" not in capsys.readouterr().err  # recorded once
 

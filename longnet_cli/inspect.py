@@ -1,4 +1,8 @@
-"""Stage ``inspect``: totals of a tokenized corpus, a full verification, one decoded document."""
+"""Stage ``inspect``: totals of a tokenized corpus, a full verification, one decoded document.
+
+A manifest.json that does not parse or check cannot be inspected at all: CorruptCorpusError,
+exit 1, one line naming it and the key; a path that is no corpus: CorpusError, exit 2.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +57,9 @@ def inspect_corpus(directory: Path, doc_id: int | None = None) -> InspectReport:
     """Read the manifest, verify everything (hashes, ids, documents table), decode ``doc_id``.
     Of a versioned directory, the current version (the one ``manifest.json`` points to).
 
-    A missing directory or manifest raises CorpusError; ``doc_id`` out of range, InputError.
-    Problems inside the corpus do not raise: they are listed in the report.
+    A missing directory or manifest raises CorpusError (exit 2), a damaged manifest
+    CorruptCorpusError (exit 1); ``doc_id`` out of range, InputError. Problems inside the corpus
+    do not raise: they are listed in the report.
     """
     directory = Path(directory)
     corpus = TokenizedCorpus.open(directory, verify="none")
@@ -70,7 +75,7 @@ def inspect_corpus(directory: Path, doc_id: int | None = None) -> InspectReport:
         dtype=manifest["dtype"],
         tokenizer_sha256=manifest["tokenizer_sha256"],
         skipped=dict(skipped) if isinstance(skipped, dict) else {},
-        splits=manifest.get("splits") if isinstance(manifest.get("splits"), dict) else None,
+        splits=manifest.get("splits"),  # checked by parse_manifest when present
         version=corpus.version,
         doc_id=doc_id,
     )
@@ -134,8 +139,6 @@ def _check_splits(corpus: TokenizedCorpus, splits: dict[str, Any]) -> list[str]:
 
 def _decode(corpus: TokenizedCorpus, doc_id: int, problems: list[str]) -> str | None:
     """The text of one document; a failure is added to ``problems`` instead of raised."""
-    import sentencepiece
-
     try:
         ids = corpus.document(doc_id)
     except (CorpusError, IndexError) as err:
@@ -149,8 +152,9 @@ def _decode(corpus: TokenizedCorpus, doc_id: int, problems: list[str]) -> str | 
         )
         return None
     try:
-        processor = sentencepiece.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
-    except (OSError, RuntimeError) as err:
-        problems.append(f"{corpus.tokenizer_path}: cannot load the tokenizer: {err}")
+        processor = corpus.load_tokenizer()
+    except CorpusError as err:
+        if not any(str(corpus.tokenizer_path) in problem for problem in problems):
+            problems.append(str(err))
         return None
     return processor.decode(ids.tolist())

@@ -581,7 +581,7 @@ def _result(out, manifest, up_to_date, started, trained) -> TokenizeResult:
         shards=len(manifest["shards"]),
         vocab_size=manifest["vocab_size"],
         tokenizer_sha256=manifest["tokenizer_sha256"],
-        skipped=manifest["skipped"]["counts"],
+        skipped=manifest["skipped"].get("counts", {}),
         seconds=time.perf_counter() - started,
         trained_tokenizer=trained,
         holdout=float(splits.get("holdout", 0.0)),

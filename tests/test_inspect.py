@@ -212,8 +212,24 @@ def test_inspect_shows_documents_and_tokens_per_split(corpus_dir, capsys):
 
 
 def test_inspect_reports_splits_that_disagree_with_the_documents_table(corpus_dir, capsys):
-    wrong = {"holdout": 0.25, "train": {"documents": 5, "tokens": 1}, "heldout": {}}
+    wrong = {
+        "holdout": 0.25,
+        "train": {"documents": 5, "tokens": 1},
+        "heldout": {"documents": 0, "tokens": 0},
+    }
     _add_splits(corpus_dir, {1}, recorded=wrong)
     code, out, _ = _run(capsys, "inspect", str(corpus_dir))
     assert code == 1
     assert "splits.train" in out and "splits.heldout" in out
+
+
+def test_inspect_splits_of_the_wrong_shape_one_line_exit_1(corpus_dir, capsys):
+    """A "splits" whose figures are not counts: one line naming manifest.json and the key
+    (it was a TypeError formatting the figures)."""
+    figures = {"documents": {"n": 1}, "tokens": 3}
+    _add_splits(corpus_dir, {1}, recorded={"holdout": 0.25, "train": figures, "heldout": figures})
+    code, out, err = _run(capsys, "inspect", str(corpus_dir))
+    assert code == 1 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and "manifest.json" in line
+    assert "'splits.train.documents'" in line

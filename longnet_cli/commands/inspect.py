@@ -28,7 +28,8 @@ def inspect(directory: Path, doc_id: int | None, as_json: bool) -> None:
     Shows documents and tokens (EOS included) per split: train, and held out of training.
     Checks the sha256 of every shard and of tokenizer.model, that every token id is below the
     vocabulary size and that documents.parquet matches the token stream. Exit code 1 when a
-    problem is found.
+    problem is found (a damaged manifest.json included), 2 when DIRECTORY is not a tokenized
+    corpus.
     """
     from longnet_cli.inspect import inspect_corpus
 

@@ -16,6 +16,15 @@ shared lock that keeps a rebuild from removing it.
 
 The stream of all shards concatenated is what training reads: ``TokenizedCorpus.tokens`` gives
 any window of it, zero-copy while the window stays inside one shard. numpy, pyarrow, stdlib only.
+
+Errors, the same for every command that reads a corpus (train, eval, generate, inspect): a path
+that is no corpus at all (no directory, no manifest.json, a pointer to no version) raises
+``CorpusError``, exit 2: the user named the wrong directory. A corpus whose own files are
+damaged (a manifest.json that does not parse or has a key of the wrong type or value, a shard,
+documents.parquet or tokenizer.model that is missing, of the wrong size or unreadable) raises
+``CorruptCorpusError``, exit 1: the data failed, and ``longnet tokenize --force`` rebuilds it.
+Both are one line naming the file (and the key); ``inspect`` lists what ``verify`` finds
+instead of raising, and exits 1 when anything is found.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from longnet_cli.data import versions
-from longnet_cli.errors import InputError
+from longnet_cli.errors import DamagedFileError, InputError, one_line
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -80,7 +89,24 @@ _SHARD_NAME = re.compile(r"shard-\d{5}\.bin")
 
 
 class CorpusError(InputError):
-    """A corpus directory that is missing, incomplete or corrupt; the message names the file."""
+    """A path that is not a tokenized corpus (exit 2); the message names it. Its subclass
+    ``CorruptCorpusError`` is a corpus whose files are damaged (exit 1)."""
+
+
+class CorruptCorpusError(CorpusError, DamagedFileError):
+    """A file of a tokenized corpus that is damaged (unparseable, missing, wrong size, failing
+    its checks): exit 1, one line naming the file. Still a CorpusError, so every reader that
+    handles a bad corpus handles it."""
+
+    exit_code = 1
+
+
+REBUILD_HINT = "the corpus is damaged: longnet tokenize --force rebuilds it"
+
+
+def corrupt(message: str) -> CorruptCorpusError:
+    """A CorruptCorpusError of ``message`` (naming the file) on one line, with the rebuild hint."""
+    return CorruptCorpusError(f"{one_line(message)}; {REBUILD_HINT}")
 
 
 class DocumentPlacement(NamedTuple):
@@ -379,8 +405,9 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     _atomic_write(Path(directory) / MANIFEST_FILE, lambda file: file.write(text.encode()))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_int(value: Any, low: int = 0) -> bool:
+    """An int (not a bool) in [low, 2**63): what the int64 arrays built from it can hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < 1 << 63
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -400,65 +427,106 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
-    """Check the bytes of the manifest at ``path``; CorpusError names ``path`` and the key."""
+    """Check the bytes of the manifest at ``path``: it parses, has every required key, and
+    every key any reader uses (optional ones too) has the right type and range. Anything else
+    raises CorruptCorpusError (exit 1) naming ``path`` and the key."""
     try:
         manifest = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise CorpusError(f"{path}: cannot read: {err}") from None
-    except json.JSONDecodeError as err:
-        raise CorpusError(f"{path}: invalid JSON: {err}") from None
+        raise corrupt(f"{path}: not UTF-8 text ({err})") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise corrupt(f"{path}: invalid JSON: {err}") from None
     if not isinstance(manifest, dict):
-        raise CorpusError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+        raise corrupt(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     for key in REQUIRED_MANIFEST_KEYS:
         if key not in manifest:
-            raise CorpusError(f"{path}: missing key {key!r}")
+            raise corrupt(f"{path}: missing key {key!r}")
     version = manifest["format"]
     if version != FORMAT_VERSION or not _is_int(version):
-        raise CorpusError(
-            f"{path}: unknown format version {version!r} (this longnet reads {FORMAT_VERSION}); "
-            "re-run longnet tokenize"
+        raise corrupt(
+            f"{path}: unknown format version {version!r:.40} (this longnet reads {FORMAT_VERSION})"
         )
 
-    def bad(key: str, expected: str) -> CorpusError:
-        return CorpusError(f"{path}: key {key!r} must be {expected}, got {manifest[key]!r}")
+    def bad(key: str, expected: str) -> CorruptCorpusError:
+        return corrupt(f"{path}: key {key!r} must be {expected}, got {manifest[key]!r:.60}")
 
     for key in ("vocab_size", "documents", "tokens", "bytes"):
-        if not _is_int(manifest[key]) or manifest[key] < (1 if key == "vocab_size" else 0):
+        if not _is_int(manifest[key], 1 if key == "vocab_size" else 0):
             raise bad(key, "a positive integer" if key == "vocab_size" else "an integer >= 0")
     vocab_size = manifest["vocab_size"]
-    if manifest["dtype"] not in _DTYPES:
+    if not isinstance(manifest["dtype"], str) or manifest["dtype"] not in _DTYPES:
         raise bad("dtype", f"one of {sorted(_DTYPES)}")
     if np.iinfo(_DTYPES[manifest["dtype"]]).max < vocab_size - 1:
         raise bad("dtype", f"wide enough for vocab_size {vocab_size}")
-    if not _is_int(manifest["eos_id"]) or not 0 <= manifest["eos_id"] < vocab_size:
+    if not _is_int(manifest["eos_id"]) or not manifest["eos_id"] < vocab_size:
         raise bad("eos_id", f"an id in [0, {vocab_size})")
-    if not _is_int(manifest["bos_id"]) or not -1 <= manifest["bos_id"] < vocab_size:
+    if not _is_int(manifest["bos_id"], -1) or not manifest["bos_id"] < vocab_size:
         raise bad("bos_id", f"-1 or an id in [0, {vocab_size})")
     if not isinstance(manifest["tokenizer_sha256"], str):
         raise bad("tokenizer_sha256", "a hex string")
-    if not isinstance(manifest["skipped"], dict):
-        raise bad("skipped", "an object")
+    _check_skipped(path, manifest["skipped"])
+    if "splits" in manifest:
+        _check_splits(path, manifest["splits"])
     if not isinstance(manifest["shards"], list):
         raise bad("shards", "a list")
     for index, entry in enumerate(manifest["shards"]):
-        where = f"{path}: shards[{index}]"
+        where = f"{path}: key 'shards[{index}]'"
         if not isinstance(entry, dict):
-            raise CorpusError(f"{where} must be an object, got {entry!r}")
+            raise corrupt(f"{where} must be an object, got {entry!r:.60}")
         for key in SHARD_ENTRY_KEYS:
             if key not in entry:
-                raise CorpusError(f"{where}: missing key {key!r}")
+                raise corrupt(f"{where}: missing key {key!r}")
         if not isinstance(entry["file"], str) or not _SHARD_NAME.fullmatch(entry["file"]):
-            raise CorpusError(
-                f"{where}: key 'file' must be a shard-NNNNN.bin name, got {entry['file']!r}"
+            raise corrupt(
+                f"{where}: key 'file' must be a shard-NNNNN.bin name, got {entry['file']!r:.60}"
             )
         for key in ("tokens", "bytes"):
-            if not _is_int(entry[key]) or entry[key] < 0:
-                raise CorpusError(
-                    f"{where}: key {key!r} must be an integer >= 0, got {entry[key]!r}"
+            if not _is_int(entry[key]):
+                raise corrupt(
+                    f"{where}: key {key!r} must be an integer >= 0, got {entry[key]!r:.60}"
                 )
         if not isinstance(entry["sha256"], str):
-            raise CorpusError(f"{where}: key 'sha256' must be a hex string")
+            raise corrupt(
+                f"{where}: key 'sha256' must be a hex string, got {entry['sha256']!r:.60}"
+            )
     return manifest
+
+
+def _check_skipped(path: Path, skipped: Any) -> None:
+    """``skipped``: an object; its ``counts`` (when present) reason -> count, ``examples``
+    a list."""
+    if not isinstance(skipped, dict):
+        raise corrupt(f"{path}: key 'skipped' must be an object, got {skipped!r:.60}")
+    counts = skipped.get("counts", {})
+    if not isinstance(counts, dict) or not all(_is_int(n) for n in counts.values()):
+        raise corrupt(
+            f"{path}: key 'skipped.counts' must map reasons to integers >= 0, got {counts!r:.60}"
+        )
+    if not isinstance(skipped.get("examples", []), list):
+        raise corrupt(f"{path}: key 'skipped.examples' must be a list")
+
+
+def _check_splits(path: Path, splits: Any) -> None:
+    """``splits``: the held-out fraction, documents and tokens per split, the fallback flag."""
+    if not isinstance(splits, dict):
+        raise corrupt(f"{path}: key 'splits' must be an object, got {splits!r:.60}")
+    holdout = splits.get("holdout")
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout < 1:
+        raise corrupt(
+            f"{path}: key 'splits.holdout' must be a fraction in [0, 1), got {holdout!r:.60}"
+        )
+    for name in SPLITS:
+        figures = splits.get(name)
+        if not isinstance(figures, dict):
+            raise corrupt(f"{path}: key 'splits.{name}' must be an object, got {figures!r:.60}")
+        for key in ("documents", "tokens"):
+            if not _is_int(figures.get(key)):
+                raise corrupt(
+                    f"{path}: key 'splits.{name}.{key}' must be an integer >= 0, "
+                    f"got {figures.get(key)!r:.60}"
+                )
+    if not isinstance(splits.get("fallback", False), bool):
+        raise corrupt(f"{path}: key 'splits.fallback' must be true or false")
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -527,8 +595,9 @@ class TokenizedCorpus:
         if verify != "none":
             problems = corpus.verify(full=verify == "full")
             if problems:
+                corpus.close()
                 more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-                raise CorpusError(problems[0] + more)
+                raise corrupt(problems[0] + more)
         return corpus
 
     @property
@@ -584,8 +653,8 @@ class TokenizedCorpus:
             else:
                 try:
                     mapped = np.memmap(path, dtype=self.dtype, mode="r", shape=(count,))
-                except (OSError, ValueError) as err:
-                    raise CorpusError(f"{path}: cannot map {count} tokens: {err}") from None
+                except (OSError, ValueError) as err:  # missing, or shorter than the manifest says
+                    raise corrupt(f"{path}: cannot map {count} tokens: {err}") from None
             self._memmaps[index] = mapped
         return mapped
 
@@ -622,19 +691,19 @@ class TokenizedCorpus:
             path = self.documents_path
             try:
                 table = pq.read_table(path)
-            except (OSError, pa.ArrowException) as err:
-                raise CorpusError(f"{path}: cannot read: {err}") from None
+            except (OSError, pa.ArrowException, ValueError) as err:
+                raise corrupt(f"{path}: cannot read: {err}") from None
             if table.schema.names == LEGACY_DOCUMENTS_NAMES:
                 train = pa.array(["train"] * table.num_rows, pa.string())
                 table = table.append_column("split", train)
             if table.schema.names != DOCUMENTS_SCHEMA.names:
-                raise CorpusError(
+                raise corrupt(
                     f"{path}: columns {table.schema.names}, expected {DOCUMENTS_SCHEMA.names}"
                 )
             try:
                 self._documents = table.cast(DOCUMENTS_SCHEMA)
             except (pa.ArrowException, ValueError) as err:
-                raise CorpusError(f"{path}: column types do not match: {err}") from None
+                raise corrupt(f"{path}: column types do not match: {err}") from None
         return self._documents
 
     def _index_column(self, name: str) -> pa.ChunkedArray | None:
@@ -650,11 +719,17 @@ class TokenizedCorpus:
                 if names == LEGACY_DOCUMENTS_NAMES and name == "split":
                     return None
                 if names not in (DOCUMENTS_SCHEMA.names, LEGACY_DOCUMENTS_NAMES):
-                    raise CorpusError(f"{path}: columns {names}, expected {DOCUMENTS_SCHEMA.names}")
+                    raise corrupt(f"{path}: columns {names}, expected {DOCUMENTS_SCHEMA.names}")
                 column = parquet.read(columns=[name]).column(0)
-            return column.cast(DOCUMENTS_SCHEMA.field(name).type)
+            column = column.cast(DOCUMENTS_SCHEMA.field(name).type)
         except (OSError, pa.ArrowException, ValueError) as err:
-            raise CorpusError(f"{path}: cannot read column {name!r}: {err}") from None
+            raise corrupt(f"{path}: cannot read column {name!r}: {err}") from None
+        if len(column) != self.num_documents or (name != "split" and column.null_count):
+            raise corrupt(
+                f"{path}: column {name!r} has {len(column)} values ({column.null_count} null), "
+                f"manifest says {self.num_documents} documents"
+            )
+        return column
 
     def document_starts(self) -> np.ndarray:
         """int64 stream position of each document's first token (its EOS when empty)."""
@@ -662,7 +737,7 @@ class TokenizedCorpus:
             shard = self._index_column("shard").to_numpy().astype(np.int64)
             offset = self._index_column("offset").to_numpy().astype(np.int64)
             if shard.size and (shard.min() < 0 or shard.max() >= len(self.shard_starts)):
-                raise CorpusError(
+                raise corrupt(
                     f"{self.documents_path}: shard index outside [0, {len(self.shard_starts)})"
                 )
             self._starts = self.shard_starts[shard] + offset
@@ -778,6 +853,33 @@ class TokenizedCorpus:
                 problems.extend(self._check_documents_table())
         return problems
 
+    def tokenizer_bytes(self) -> bytes:
+        """tokenizer.model's bytes, checked against the manifest's tokenizer_sha256: a damaged
+        or replaced model raises CorruptCorpusError naming it (read once; a few MB at most)."""
+        path = self.tokenizer_path
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise corrupt(f"{path}: cannot read the tokenizer: {err.strerror or err}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.manifest["tokenizer_sha256"]:
+            raise corrupt(
+                f"{path}: sha256 {digest} does not match the manifest's tokenizer_sha256 "
+                f"{self.manifest['tokenizer_sha256']} (corrupted or replaced)"
+            )
+        return data
+
+    def load_tokenizer(self):
+        """The corpus's SentencePieceProcessor, its model first checked against the manifest
+        (``tokenizer_bytes``); a model SentencePiece cannot load raises CorruptCorpusError."""
+        from longnet_cli.data.tokenizer import tokenizer_from_bytes
+
+        data = self.tokenizer_bytes()
+        try:
+            return tokenizer_from_bytes(data)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise corrupt(f"{self.tokenizer_path}: not a SentencePiece model: {err}") from None
+
     def _check_documents_file(self, problems: list[str]) -> bool:
         """Cheap checks of documents.parquet from its footer; False when it cannot be used."""
         path = self.documents_path
@@ -787,7 +889,7 @@ class TokenizedCorpus:
         try:
             metadata = pq.ParquetFile(path)
             names, rows = metadata.schema_arrow.names, metadata.metadata.num_rows
-        except (OSError, pa.ArrowException) as err:
+        except (OSError, pa.ArrowException, ValueError) as err:
             problems.append(f"{path}: cannot read: {err}")
             return False
         if names != DOCUMENTS_SCHEMA.names and names != LEGACY_DOCUMENTS_NAMES:

@@ -101,10 +101,19 @@ def _encode_space_symbols(processor, text: str) -> list[int]:
 
 
 def load_tokenizer(path: Path | str):
-    """A SentencePieceProcessor for the model at ``path``."""
+    """A SentencePieceProcessor for the model at ``path``; a file SentencePiece cannot load
+    (missing, truncated, not a model: its OSError or RuntimeError) raises DamagedFileError,
+    one line naming it."""
     import sentencepiece as spm
 
-    return spm.SentencePieceProcessor(model_file=str(path))
+    from longnet_cli.errors import DamagedFileError, one_line
+
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as err:
+        raise DamagedFileError(
+            f"{path}: cannot load the SentencePiece model: {one_line(err)}"
+        ) from None
 
 
 def tokenizer_from_bytes(model: bytes):

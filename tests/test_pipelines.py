@@ -8,6 +8,7 @@ interpreter and the quickstart shrunk through its environment variables.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.data.sources import stdlib_path
 from longnet_cli.evaluate import plot_available
 from longnet_cli.runs import list_runs
 
@@ -174,11 +177,33 @@ def test_repos_pipeline_logs_each_run(batch_setup, tmp_path):
                      "[3/3] evaluate", "overall", "repos.sh: done"):  # fmt: skip
         assert expected in text, text
 
+    kept = workdir / "tokenizer.model"  # the first run's vocabulary, for every later run
+    vocabulary = TokenizedCorpus.open(workdir / "data").manifest["tokenizer_sha256"]
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == vocabulary
+
     again, _ = _run("repos.sh", corpus, recipe, workdir, env=env)
     assert again.returncode == 0
     logs = sorted((workdir / "logs").glob("*.log"))
     assert len(logs) == 2  # a log file per run, even within the same second
     assert sum("already finished at step 2" in log.read_text() for log in logs) == 1
+    assert sum(f"with the first run's tokenizer ({kept})" in log.read_text() for log in logs) == 1
+
+    # The corpus grows by a repository: tokenized with the kept tokenizer (a new one would
+    # stop every resume), trained on from step 2, the change recorded.
+    (corpus / "gamma").mkdir()
+    for name in ("json/tool.py", "json/__init__.py"):
+        shutil.copyfile(stdlib_path() / name, corpus / "gamma" / Path(name).name)
+    longer = {**env, "LONGNET_TRAIN_ARGS": "--set train.steps=4"}
+    grown, _ = _run("repos.sh", corpus, recipe, workdir, env=longer)
+    assert grown.returncode == 0, grown.stderr
+    manifest = TokenizedCorpus.open(workdir / "data").manifest
+    assert manifest["documents"] == 3 and manifest["tokenizer_sha256"] == vocabulary
+    records = [
+        json.loads(line) for line in (workdir / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    (changed,) = [r for r in records if "data_changed" in r]  # not on the unchanged rerun
+    assert changed["step"] == 2 and "documents 2 -> 3" in changed["data_changed"]["change"]
+    assert json.loads((workdir / "eval.json").read_text())["step"] == 4
 
 
 def test_books_pipeline_passes_exit_code_through(batch_setup, tmp_path):
@@ -305,38 +330,3 @@ def test_books_pipeline_starts_a_sequence_parallel_layout_with_longnet_devices(
     assert json.loads((workdir / "eval.json").read_text())["step"] == 2
     (log,) = (workdir / "logs").glob("*.log")
     assert log.read_text().count(f"trained {workdir}/run to step 2") == 1  # rank 0's only
-
-
-def test_batch_pipeline_keeps_its_first_tokenizer_as_the_corpus_grows(batch_setup, tmp_path):
-    """The first run keeps its tokenizer; after the corpus grows, the next run tokenizes with it
-    (not a newly trained one, which no checkpoint could resume on) and training continues on
-    the grown corpus, recording the change."""
-    import hashlib
-
-    from longnet_cli.data.shards import TokenizedCorpus
-    from longnet_cli.data.sources import stdlib_path
-
-    corpus, recipe, env = batch_setup
-    workdir = tmp_path / "work"
-    first, _ = _run("repos.sh", corpus, recipe, workdir, env=env)
-    assert first.returncode == 0, first.stderr
-    kept = workdir / "tokenizer.model"
-    vocabulary = TokenizedCorpus.open(workdir / "data").manifest["tokenizer_sha256"]
-    assert hashlib.sha256(kept.read_bytes()).hexdigest() == vocabulary
-
-    (corpus / "gamma").mkdir()  # the corpus grows by a repository
-    for name in ("json/tool.py", "json/__init__.py"):
-        shutil.copyfile(stdlib_path() / name, corpus / "gamma" / Path(name).name)
-    longer = {**env, "LONGNET_TRAIN_ARGS": "--set train.steps=4"}
-    second, _ = _run("repos.sh", corpus, recipe, workdir, env=longer)
-    assert second.returncode == 0, second.stderr
-    grown = TokenizedCorpus.open(workdir / "data").manifest
-    assert grown["documents"] == 3 and grown["tokenizer_sha256"] == vocabulary
-    logs = [log.read_text() for log in (workdir / "logs").glob("*.log")]
-    assert sum(f"with the first run's tokenizer ({kept})" in log for log in logs) == 1
-    records = [
-        json.loads(line) for line in (workdir / "run/metrics.jsonl").read_text().splitlines()
-    ]
-    (changed,) = [r for r in records if "data_changed" in r]
-    assert changed["step"] == 2 and "documents 2 -> 3" in changed["data_changed"]["change"]
-    assert json.loads((workdir / "eval.json").read_text())["step"] == 4

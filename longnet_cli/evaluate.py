@@ -827,7 +827,7 @@ def _intact_hint(run_dir: Path, damaged: Path) -> str:
 
     if damaged.parent.name != "checkpoints":
         return ""
-    intact, _ = newest_intact_checkpoint(run_dir)
+    intact = newest_intact_checkpoint(run_dir)[0]  # (checkpoint, skipped paths, reasons)
     if intact is None or intact.path == damaged:
         return ""
     return f"; the newest intact checkpoint of {run_dir} is {intact.path} (evaluate it by name)"

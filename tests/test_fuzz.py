@@ -139,30 +139,13 @@ SINGLE = ("empty", "remove", "dangle", SATURATE)  # the same every time: one cas
 # Cases that fail today because of a fault in a file this module's author does not own; each
 # entry names the fault and the file to fix. They are skipped with that reason (visible in the
 # test report: pytest -rs), never expected to fail silently; remove an entry once its fix lands.
-_MANIFEST_EXIT_2 = (
-    "inspect exits 2 (read_manifest's CorpusError) when manifest.json itself is damaged; the "
-    "issue asks exit 1 for every change found (inspect.py inspect_corpus, commands/inspect.py)"
-)
 _UNHASHED = (
     "a change to {} passes inspect: {} (data/shards.py write_manifest and verify, tokenize.py)"
 )
 PENDING_FIXES: dict[str, str] = {
-    **dict.fromkeys(
-        [f"manifest-{m}-inspect-{i}" for m in ("flip", "overwrite", "swap", "truncate", "append")
-         for i in range(3)]
-        + ["manifest-empty-inspect-0", "manifest-delete_key-inspect-0",
-           "manifest-delete_key-inspect-1", "manifest-wrong_type-inspect-0",
-           "manifest-wrong_type-inspect-2"],
-        _MANIFEST_EXIT_2,
-    ),
     "manifest-delete_key-inspect-2": _UNHASHED.format(
         "manifest.json keys inspect does not compare (options, fingerprint, splits.holdout ...)",
         "the manifest has no checksum of its own",
-    ),
-    "manifest-wrong_type-inspect-1": (
-        "a manifest whose splits hold another type (splits.train.documents: {...}) makes inspect "
-        "raise TypeError in commands/inspect.py _split_lines ('{:,}' of a dict); read_manifest "
-        "does not check 'splits' (data/shards.py)"
     ),
     **dict.fromkeys(
         ["documents-flip-inspect-2", "documents-overwrite-inspect-0"],

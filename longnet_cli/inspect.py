@@ -1,7 +1,11 @@
 """Stage ``inspect``: totals of a tokenized corpus, a full verification, one decoded document.
 
-A manifest.json that does not parse or check cannot be inspected at all: CorruptCorpusError,
-exit 1, one line naming it and the key; a path that is no corpus: CorpusError, exit 2.
+Every change to a corpus file is found: each shard, tokenizer.model and documents.parquet by
+its sha256 in the manifest, the manifest by its own ``manifest_sha256`` (data/shards.py). A
+corpus written before the last two were recorded is inspected as far as it can be, with a note
+naming what cannot be verified (not a problem). A manifest.json that does not parse or check
+cannot be inspected at all: CorruptCorpusError, exit 1, one line naming it and the key; a path
+that is no corpus: CorpusError, exit 2.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class InspectReport:
     # (a corpus tokenized before held-out splits existed: every document is train)
     splits: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be verified, and why
     version: str | None = None  # "versions/000003": the current version, inspected; None: flat
     doc_id: int | None = None
     text: str | None = None
@@ -59,7 +64,7 @@ def inspect_corpus(directory: Path, doc_id: int | None = None) -> InspectReport:
 
     A missing directory or manifest raises CorpusError (exit 2), a damaged manifest
     CorruptCorpusError (exit 1); ``doc_id`` out of range, InputError. Problems inside the corpus
-    do not raise: they are listed in the report.
+    do not raise: they are listed in the report, files that cannot be verified in its notes.
     """
     directory = Path(directory)
     corpus = TokenizedCorpus.open(directory, verify="none")
@@ -83,6 +88,7 @@ def inspect_corpus(directory: Path, doc_id: int | None = None) -> InspectReport:
         valid = f"0..{corpus.num_documents - 1}" if corpus.num_documents else "none (it is empty)"
         raise InputError(f"--doc {doc_id} is out of range: documents of {directory} are {valid}")
     report.problems = corpus.verify(full=True) + _check_links(corpus)
+    report.notes = corpus.unverified()
     if report.splits is not None and not report.problems:
         report.problems.extend(_check_splits(corpus, report.splits))
     if doc_id is not None:

@@ -4,7 +4,8 @@ The run: walk the corpus; if the output's manifest carries the same fingerprint 
 paths, sizes and modification times, options, tokenizer) it is up to date and nothing is
 written. Otherwise train or load the tokenizer, encode every document in pieces with
 SentencePiece's own threads, and write a new version ``OUT/versions/N/`` (shards, documents
-table, tokenizer, every file fsynced, its manifest last). One rename of the ``manifest.json``
+table, tokenizer, every file fsynced, its manifest last, recording every other file's sha256
+and its own). One rename of the ``manifest.json``
 symlink then makes it current (``data/versions.py``): a run that fails or is killed before
 leaves the previous version current and untouched; what it wrote is removed at once or, after
 SIGKILL or power loss, by the next run. Every run also removes old versions that no reader
@@ -199,7 +200,7 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
 def _write_version(options, scan: _Scan, tokenizer_bytes, version: Path) -> tuple[dict, bool]:
     """Write tokenizer.model, the shards, documents.parquet and manifest.json (last) into the
     version directory, each fsynced. Returns (manifest, whether the tokenizer was trained)."""
-    from longnet_cli.data.shards import ShardWriter, token_dtype, write_manifest
+    from longnet_cli.data.shards import ShardWriter, sha256_file, token_dtype, write_manifest
     from longnet_cli.data.tokenizer import sha256_bytes, tokenizer_from_bytes, train_tokenizer
 
     trained = tokenizer_bytes is None
@@ -241,7 +242,8 @@ def _write_version(options, scan: _Scan, tokenizer_bytes, version: Path) -> tupl
         bar.close()
         shards = writer.close()
     table.close()
-    splits = table.finish_splits()
+    splits = table.finish_splits()  # may rewrite documents.parquet: hashed after it
+    documents_sha256 = sha256_file(table.path)
     counts = dict(sorted(skips.counts.items()))
     manifest = {
         "format": 1,
@@ -261,8 +263,9 @@ def _write_version(options, scan: _Scan, tokenizer_bytes, version: Path) -> tupl
         "fingerprint": scan.fingerprint,
         "options": _fingerprint_options(options),
         "splits": splits,
+        "documents_sha256": documents_sha256,
     }
-    write_manifest(version, manifest)
+    write_manifest(version, manifest, seal=True)  # with manifest_sha256, of its own content
     return manifest, trained
 
 

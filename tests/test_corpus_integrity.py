@@ -4,14 +4,18 @@ One small corpus is tokenized once (a trained tokenizer, several shards, a held-
 each test copies it and damages one file. What the module checks (issue 12, "Fuzzing what
 users hand us"):
 
+- the manifest records the sha256 of documents.parquet and of its own content
+  (``manifest_sha256``), so ``longnet inspect`` finds a change to any corpus file (exit 1);
 - a damaged manifest.json (bytes, truncation, keys missing, values of the wrong type) exits 1
   with one line naming it and the key, never a traceback; a directory without one, exit 2;
+- a corpus written before those two sha256s inspects with a note naming what it cannot verify;
 - ``TokenizedCorpus`` answers a damaged documents.parquet, a truncated shard or a damaged
   tokenizer.model with ``CorruptCorpusError`` (exit 1, the file named, the rebuild hint).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -21,9 +25,14 @@ import pytest
 
 from longnet_cli.cli import main
 from longnet_cli.data.shards import (
+    DOCUMENTS_SHA256,
+    MANIFEST_SHA256,
     CorpusError,
     CorruptCorpusError,
     TokenizedCorpus,
+    manifest_digest,
+    sha256_file,
+    write_manifest,
 )
 from longnet_cli.data.tokenizer import load_tokenizer
 from longnet_cli.errors import DamagedFileError
@@ -103,6 +112,26 @@ def _rewrite(path: Path, manifest: dict) -> None:
     path.write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n")
 
 
+# -- what a build records ------------------------------------------------------------------------
+
+
+def test_build_records_documents_and_manifest_sha256(pristine):
+    path, manifest = _manifest(pristine)
+    assert manifest[DOCUMENTS_SHA256] == sha256_file(path.parent / "documents.parquet")
+    content = {key: value for key, value in manifest.items() if key != MANIFEST_SHA256}
+    text = json.dumps(content, sort_keys=True, indent=2) + "\n"
+    assert manifest[MANIFEST_SHA256] == hashlib.sha256(text.encode()).hexdigest()
+    assert manifest_digest(manifest) == manifest[MANIFEST_SHA256]
+    corpus = TokenizedCorpus.open(pristine, verify="full")
+    assert corpus.unverified() == [] and corpus.verify(full=True) == []
+
+
+def test_inspect_of_a_sound_corpus_has_no_notes(pristine, capsys):
+    code, out, err = _cli(capsys, "inspect", pristine)
+    assert code == 0, err
+    assert "NOTE:" not in out and "OK: all" in out
+
+
 # -- manifest.json damaged: exit 1, one line naming it and the key -------------------------------
 
 
@@ -161,6 +190,8 @@ STRUCTURAL = [  # (key changed, new value or ... to delete it, the key the error
     ("dtype", 7, "dtype"),
     ("format", "1", "format"),
     ("eos_id", ..., "eos_id"),
+    ("documents_sha256", "not a hash", "documents_sha256"),
+    ("manifest_sha256", 12, "manifest_sha256"),
 ]
 
 
@@ -179,6 +210,35 @@ def test_inspect_manifest_wrong_type_or_missing_key_exit_1(corpus, capsys, key, 
     assert info.value.exit_code == 1 and isinstance(info.value, CorpusError)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("options.seed", 1),
+        ("fingerprint", "0" * 64),
+        ("splits.holdout", 0.25),
+        ("skipped.examples", ...),
+        ("bytes", 12345),
+        ("extra", "a key no reader knows"),
+    ],
+)
+def test_inspect_finds_a_manifest_change_no_check_reads(corpus, capsys, key, value):
+    """Values that still parse and that no structural check compares: found by the
+    manifest's own sha256."""
+    path, manifest = _manifest(corpus)
+    _set(manifest, key, value)
+    _rewrite(path, manifest)
+    code, out, _ = _cli(capsys, "inspect", corpus)
+    problems = [line for line in out.splitlines() if line.startswith("PROBLEM:")]
+    assert code == 1 and any(str(path) in p and MANIFEST_SHA256 in p for p in problems), out
+
+
+def test_whitespace_of_the_manifest_is_not_content(corpus, capsys):
+    path, manifest = _manifest(corpus)
+    path.write_text(json.dumps(manifest))  # one line, keys in another order: same content
+    code, out, err = _cli(capsys, "inspect", corpus)
+    assert code == 0 and "OK: all" in out, out + err
+
+
 def test_a_directory_without_manifest_is_exit_2(corpus, capsys):
     path, _ = _manifest(corpus)
     path.unlink()
@@ -193,6 +253,33 @@ def _documents(corpus: Path) -> Path:
     return (corpus / "documents.parquet").resolve()
 
 
+def test_inspect_finds_every_flip_in_documents_parquet(corpus, capsys):
+    """Bytes flipped anywhere (data pages that still decode included): a PROBLEM line naming
+    documents.parquet, exit 1; the readers raise CorruptCorpusError or read the table."""
+    path = _documents(corpus)
+    original = path.read_bytes()
+    rng = random.Random(12)
+    offsets = sorted(rng.sample(range(len(original)), 24))
+    decoded = 0  # flips pyarrow still reads: only the sha256 can tell
+    for offset in offsets:
+        damaged = bytearray(original)
+        damaged[offset] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(damaged))
+        code, out, err = _cli(capsys, "inspect", corpus)
+        assert code == 1, (offset, out, err)
+        assert any(
+            line.startswith("PROBLEM:") and str(path) in line for line in out.splitlines()
+        ), (offset, out)
+        try:
+            reader = TokenizedCorpus.open(corpus, verify="none")
+            reader.documents()
+            reader.document_starts(), reader.document_lengths(), reader.heldout_mask()
+            decoded += 1
+        except CorpusError as err:
+            assert isinstance(err, CorruptCorpusError) and str(path) in str(err), (offset, err)
+    assert decoded >= 1  # the case the sha256 is for was met
+
+
 @pytest.mark.parametrize("size", [0, 7, 100, -12, -1])
 def test_truncated_documents_parquet_is_corrupt(corpus, size):
     path = _documents(corpus)
@@ -204,6 +291,32 @@ def test_truncated_documents_parquet_is_corrupt(corpus, size):
     for read in (reader.document_starts, reader.document_lengths, reader.documents):
         with pytest.raises(CorruptCorpusError, match=str(path)):
             read()
+
+
+def test_old_corpus_without_the_sha256s_inspects_with_notes(corpus, capsys):
+    """A manifest written before documents_sha256 and manifest_sha256: read and inspected as
+    before, each file inspect cannot verify named in a note, exit 0."""
+    path, manifest = _manifest(corpus)
+    del manifest[DOCUMENTS_SHA256], manifest[MANIFEST_SHA256]
+    write_manifest(path.parent, manifest)
+    assert MANIFEST_SHA256 not in json.loads(path.read_text())
+    code, out, err = _cli(capsys, "inspect", corpus)
+    assert code == 0, out + err
+    notes = [line for line in out.splitlines() if line.startswith("NOTE:")]
+    assert len(notes) == 2, out
+    assert str(path) in notes[0] and str(_documents(corpus)) in notes[1]
+    code, out, _ = _cli(capsys, "inspect", corpus, "--json")
+    assert code == 0 and len(json.loads(out)["notes"]) == 2
+
+
+def test_rewritten_sealed_manifest_stays_sealed(corpus):
+    """write_manifest of a sealed manifest records the checksum of what it writes."""
+    path, manifest = _manifest(corpus)
+    manifest["options"]["seed"] = 5
+    write_manifest(path.parent, manifest)
+    written = json.loads(path.read_text())
+    assert written[MANIFEST_SHA256] == manifest_digest(written) != manifest[MANIFEST_SHA256]
+    assert TokenizedCorpus.open(corpus, verify="full").verify(full=True) == []
 
 
 # -- shards and tokenizer ------------------------------------------------------------------------

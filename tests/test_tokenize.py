@@ -166,6 +166,13 @@ def check_output(out: Path, expected, skipped, processor, model_bytes: bytes | N
 
     assert set(manifest) >= MANIFEST_KEYS
     assert manifest["format"] == 1
+    # every file's content recorded: documents.parquet's sha256, and the manifest's own (its
+    # text as written, without that key)
+    documents = (out / "documents.parquet").read_bytes()
+    assert manifest["documents_sha256"] == hashlib.sha256(documents).hexdigest()
+    content = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    text = json.dumps(content, sort_keys=True, indent=2) + "\n"
+    assert manifest["manifest_sha256"] == hashlib.sha256(text.encode()).hexdigest()
     model = (out / "tokenizer.model").read_bytes()
     if model_bytes is not None:
         assert model == model_bytes

@@ -26,10 +26,10 @@ def inspect(directory: Path, doc_id: int | None, as_json: bool) -> None:
     """Show totals of the tokenized corpus DIRECTORY and verify it completely.
 
     Shows documents and tokens (EOS included) per split: train, and held out of training.
-    Checks the sha256 of every shard and of tokenizer.model, that every token id is below the
-    vocabulary size and that documents.parquet matches the token stream. Exit code 1 when a
-    problem is found (a damaged manifest.json included), 2 when DIRECTORY is not a tokenized
-    corpus.
+    Checks the sha256 of every shard, of tokenizer.model, of documents.parquet and of the
+    manifest itself, that every token id is below the vocabulary size and that
+    documents.parquet matches the token stream. Exit code 1 when a problem is found (a damaged
+    manifest.json included), 2 when DIRECTORY is not a tokenized corpus.
     """
     from longnet_cli.inspect import inspect_corpus
 
@@ -67,6 +67,7 @@ def _summary_lines(report) -> list[str]:
         lines.append(f"skipped     {skipped}")
     else:
         lines.append("skipped     none")
+    lines.extend(f"NOTE: {note}" for note in report.notes)
     if report.ok:
         lines.append(f"OK: all {report.shards} shards verified")
     else:

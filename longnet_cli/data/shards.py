@@ -2,7 +2,8 @@
 
 One version of a corpus is one directory (DESIGN.md, "Data on disk"):
 
-    manifest.json       written last and atomically; FORMAT_VERSION, tokenizer hash, totals, shards
+    manifest.json       written last and atomically; FORMAT_VERSION, tokenizer hash, totals, shards,
+                        documents.parquet's sha256 and the manifest's own (``manifest_sha256``)
     tokenizer.model     the SentencePiece model that produced the ids
     shard-NNNNN.bin     raw little-endian token ids (uint16 or uint32), documents concatenated,
                         each followed by EOS; every shard holds exactly ``shard_tokens`` tokens
@@ -16,6 +17,13 @@ shared lock that keeps a rebuild from removing it.
 
 The stream of all shards concatenated is what training reads: ``TokenizedCorpus.tokens`` gives
 any window of it, zero-copy while the window stays inside one shard. numpy, pyarrow, stdlib only.
+
+Every file's content is recorded: each shard's and tokenizer.model's sha256, documents.parquet's
+(``documents_sha256``), and the manifest's own (``manifest_sha256``: the sha256 of the manifest's
+text as ``write_manifest`` writes it, sorted keys and indent 2, without that key; a change of any
+key, value or type changes it, whitespace does not). ``verify(full=True)`` (``longnet inspect``)
+checks them all; a corpus written before these two were recorded still reads, and ``unverified``
+says which files cannot be checked.
 
 Errors, the same for every command that reads a corpus (train, eval, generate, inspect): a path
 that is no corpus at all (no directory, no manifest.json, a pointer to no version) raises
@@ -391,23 +399,46 @@ def write_documents_table(directory: Path, rows: dict[str, list] | pa.Table) -> 
     _atomic_write(Path(directory) / DOCUMENTS_FILE, lambda file: pq.write_table(table, file))
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+MANIFEST_SHA256 = "manifest_sha256"  # the manifest's checksum of its own content
+DOCUMENTS_SHA256 = "documents_sha256"  # documents.parquet's sha256
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """The text ``write_manifest`` writes for ``manifest``: sorted keys, indent 2, a newline."""
+    return json.dumps(manifest, sort_keys=True, indent=2) + "\n"
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """The ``manifest_sha256`` of ``manifest``: the sha256 of its text without that key. Every
+    change of a key, value or type changes it; whitespace (which no reader sees) does not."""
+    content = {key: value for key, value in manifest.items() if key != MANIFEST_SHA256}
+    return hashlib.sha256(manifest_text(content).encode()).hexdigest()
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any], seal: bool = False) -> None:
     """Write ``manifest.json`` atomically (sorted keys, indent 2); write it after everything else.
 
     ``format`` defaults to FORMAT_VERSION; the other required keys must be present. Extra keys
-    (``fingerprint``, ``options``, ...) are kept as given.
+    (``fingerprint``, ``options``, ...) are kept as given. ``seal`` (or a ``manifest`` that is
+    sealed already) records ``manifest_sha256``, computed anew over what is written.
     """
     content = {"format": FORMAT_VERSION, **manifest}
     missing = [key for key in REQUIRED_MANIFEST_KEYS if key not in content]
     if missing:
         raise ValueError(f"manifest is missing required keys {missing}")
-    text = json.dumps(content, sort_keys=True, indent=2) + "\n"
+    if seal or MANIFEST_SHA256 in content:
+        content[MANIFEST_SHA256] = manifest_digest(content)
+    text = manifest_text(content)
     _atomic_write(Path(directory) / MANIFEST_FILE, lambda file: file.write(text.encode()))
 
 
 def _is_int(value: Any, low: int = 0) -> bool:
     """An int (not a bool) in [low, 2**63): what the int64 arrays built from it can hold."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value < 1 << 63
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -464,6 +495,9 @@ def parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
         raise bad("bos_id", f"-1 or an id in [0, {vocab_size})")
     if not isinstance(manifest["tokenizer_sha256"], str):
         raise bad("tokenizer_sha256", "a hex string")
+    for key in (DOCUMENTS_SHA256, MANIFEST_SHA256):
+        if key in manifest and not _is_sha256(manifest[key]):
+            raise bad(key, "a sha256 (64 lowercase hex digits)")
     _check_skipped(path, manifest["skipped"])
     if "splits" in manifest:
         _check_splits(path, manifest["splits"])
@@ -796,8 +830,10 @@ class TokenizedCorpus:
 
         Always (cheap): totals agree with the shard entries, every shard exists with its size,
         tokenizer.model exists, documents.parquet has the right columns and row count.
-        With ``full``: sha256 of every shard and of tokenizer.model, every token id below
-        vocab_size (in bounded chunks), and the documents table against the token stream.
+        With ``full``: the manifest's own checksum and the sha256 of every shard, of
+        tokenizer.model and of documents.parquet (those recorded: ``unverified`` names the
+        others), every token id below vocab_size (in bounded chunks), and the documents table
+        against the token stream.
         """
         problems: list[str] = []
         manifest_path = self.manifest_path
@@ -838,6 +874,7 @@ class TokenizedCorpus:
         table_ok = self._check_documents_file(problems)
 
         if full:
+            problems.extend(self._check_manifest_digest())
             for index, entry in enumerate(self.manifest["shards"]):
                 path = self.version_directory / entry["file"]
                 if path.is_file():
@@ -849,9 +886,49 @@ class TokenizedCorpus:
                         f"{self.tokenizer_path}: sha256 {digest} does not match the manifest's "
                         f"tokenizer_sha256 {self.manifest['tokenizer_sha256']}"
                     )
+            documents_sha256 = self.manifest.get(DOCUMENTS_SHA256)
+            if documents_sha256 is not None and self.documents_path.is_file():
+                digest = sha256_file(self.documents_path)
+                if digest != documents_sha256:
+                    table_ok = False
+                    problems.append(
+                        f"{self.documents_path}: sha256 {digest} does not match the manifest's "
+                        f"{DOCUMENTS_SHA256} {documents_sha256} (corrupted)"
+                    )
             if table_ok and all(sizes_ok) and self.num_tokens == self.manifest["tokens"]:
                 problems.extend(self._check_documents_table())
         return problems
+
+    def _check_manifest_digest(self) -> list[str]:
+        """The manifest's content against its own ``manifest_sha256`` (when it records one)."""
+        recorded = self.manifest.get(MANIFEST_SHA256)
+        if recorded is None:
+            return []
+        digest = manifest_digest(self.manifest)
+        if digest == recorded:
+            return []
+        return [
+            f"{self.manifest_path}: its content hashes to {digest}, not to its {MANIFEST_SHA256} "
+            f"{recorded} (changed after it was written)"
+        ]
+
+    def unverified(self) -> list[str]:
+        """The files ``verify(full=True)`` cannot check, each with why: a corpus written before
+        longnet recorded the sha256 of documents.parquet and of the manifest itself."""
+        notes = []
+        if MANIFEST_SHA256 not in self.manifest:
+            notes.append(
+                f"{self.manifest_path}: records no {MANIFEST_SHA256} (written by an older "
+                "longnet): a change to its content cannot be told; longnet tokenize --force "
+                "records it"
+            )
+        if DOCUMENTS_SHA256 not in self.manifest:
+            notes.append(
+                f"{self.documents_path}: the manifest records no {DOCUMENTS_SHA256} (written by "
+                "an older longnet): only its structure is checked; longnet tokenize --force "
+                "records it"
+            )
+        return notes
 
     def tokenizer_bytes(self) -> bytes:
         """tokenizer.model's bytes, checked against the manifest's tokenizer_sha256: a damaged

@@ -21,6 +21,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from longnet_cli.cli import main
@@ -338,6 +339,22 @@ def test_missing_shard_exit_1_naming_it(corpus, capsys):
     shard.unlink()
     with pytest.raises(CorruptCorpusError, match=f"{shard}: missing shard"):
         TokenizedCorpus.open(corpus)
+
+
+def test_token_ids_beyond_the_vocabulary_name_the_shard(corpus):
+    """Every token window read is checked below vocab_size (what training, eval and generate
+    read through): a shard of ids beyond it raises CorruptCorpusError naming it."""
+    shard = (corpus / "shard-00001.bin").resolve()
+    shard.write_bytes(b"\xff" * shard.stat().st_size)
+    reader = TokenizedCorpus.open(corpus)  # sizes unchanged: opens
+    start = int(reader.shard_starts[1])
+    assert reader.tokens(0, start).size == start  # shard 0 is sound
+    for first, length in ((start + 5, 10), (start - 3, 10)):  # inside shard 1, across 0 and 1
+        with pytest.raises(CorruptCorpusError, match=rf"{shard}: token id 65535 at offset"):
+            reader.tokens(first, length)
+    doc = int(np.searchsorted(reader.document_starts(), start, side="right"))
+    with pytest.raises(CorruptCorpusError, match=str(shard)):
+        reader.document(doc)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])

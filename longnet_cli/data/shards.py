@@ -696,6 +696,7 @@ class TokenizedCorpus:
         """Tokens ``[start, start + length)`` of the stream of all shards concatenated.
 
         A zero-copy read-only view when the window lies inside one shard, a copy otherwise.
+        An id >= vocab_size (a damaged shard) raises CorruptCorpusError naming the shard.
         """
         start, length = operator.index(start), operator.index(length)
         if start < 0 or length < 0 or start + length > self.num_tokens:
@@ -708,14 +709,31 @@ class TokenizedCorpus:
         first = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
         offset = start - int(self.shard_starts[first])
         if offset + length <= self.shard_tokens[first]:
-            return self.shard(first)[offset : offset + length]
+            return self._checked(first, offset, length)
         pieces, index = [], first
         while length > 0:
             take = min(length, int(self.shard_tokens[index]) - offset)
-            pieces.append(self.shard(index)[offset : offset + take])
+            pieces.append(self._checked(index, offset, take))
             length -= take
             index, offset = index + 1, 0
         return np.concatenate(pieces)
+
+    def _checked(self, index: int, offset: int, length: int) -> np.ndarray:
+        """Tokens ``[offset, offset + length)`` of shard ``index``, every id below vocab_size:
+        a damaged shard raises CorruptCorpusError naming it here, not an index error deep in
+        a model (one max per window: microseconds beside what reads it)."""
+        ids = self.shard(index)[offset : offset + length]
+        if (
+            ids.size
+            and self.vocab_size <= np.iinfo(self.dtype).max
+            and ids.max() >= self.vocab_size
+        ):
+            where = int(np.argmax(ids >= self.vocab_size))
+            raise corrupt(
+                f"{self.shard_path(index)}: token id {int(ids[where])} at offset "
+                f"{offset + where} is >= vocab_size {self.vocab_size}"
+            )
+        return ids
 
     # -- documents --------------------------------------------------------------------------
 

@@ -139,21 +139,7 @@ SINGLE = ("empty", "remove", "dangle", SATURATE)  # the same every time: one cas
 # Cases that fail today because of a fault in a file this module's author does not own; each
 # entry names the fault and the file to fix. They are skipped with that reason (visible in the
 # test report: pytest -rs), never expected to fail silently; remove an entry once its fix lands.
-_UNHASHED = (
-    "a change to {} passes inspect: {} (data/shards.py write_manifest and verify, tokenize.py)"
-)
 PENDING_FIXES: dict[str, str] = {
-    "manifest-delete_key-inspect-2": _UNHASHED.format(
-        "manifest.json keys inspect does not compare (options, fingerprint, splits.holdout ...)",
-        "the manifest has no checksum of its own",
-    ),
-    **dict.fromkeys(
-        ["documents-flip-inspect-2", "documents-overwrite-inspect-0"],
-        _UNHASHED.format(
-            "documents.parquet inside its data pages (source, sha256 columns)",
-            "the manifest records no sha256 of documents.parquet",
-        ),
-    ),
     **dict.fromkeys(
         [f"tokenizer-{m}-train-{i}" for m in ("flip", "overwrite", "swap", "truncate", "append")
          for i in range(2)] + ["tokenizer-empty-train-0"],
@@ -165,11 +151,6 @@ PENDING_FIXES: dict[str, str] = {
         ["model-flip-generate-0", "model-overwrite-generate-0", "model-swap-generate-0"],
         "generate loads model.safetensors without the sha256 check state.json allows: flipped "
         "tensor bytes generate without a word (generate.py _load_model; evaluate.verify_weights)",
-    ),
-    "shard-ids-saturate-train-0": (
-        "train feeds token ids >= vocab_size to the model: the embedding's IndexError reaches "
-        "cli.py's unexpected-exception fallback instead of a line naming the shard (train.py "
-        "or data/windows.py: check each window's largest id, as evaluate.checked_documents does)"
     ),
     "state-wrong_type-resume-0": (
         "resume builds the checkpoint's recipe with Recipe.from_saved(state['recipe']) and no "

@@ -55,6 +55,7 @@ SAFE_ON_RESUME = (
     "train.steps",
     "train.threads",
     "train.deterministic",  # kernel choice, not the math: bit-exact on a CPU either way
+    "train.init_from",  # read at step 0 only: a resumed run continues from its checkpoint
     "checkpoint.every",
     "checkpoint.keep_last",
     "log",
@@ -357,6 +358,9 @@ class TrainConfig(_Section):
     threads: int | None = field(default=None, metadata=_kind("int", minimum=1, optional=True))
     # deterministic kernels where they exist (torch.use_deterministic_algorithms, cuDNN, cuBLAS)
     deterministic: bool = field(default=False, metadata=_kind("bool"))
+    # start from these weights (a checkpoint, a run directory or a `longnet export` directory):
+    # fresh optimizer, schedule and step 0; every parameter's shape must match
+    init_from: str | None = field(default=None, metadata=_kind("str", optional=True))
 
     def _check(self) -> None:
         if self.lr <= 0:
@@ -399,12 +403,14 @@ class CheckpointConfig(_Section):
 
 @dataclass(kw_only=True)
 class LogConfig(_Section):
-    """Metrics to ``metrics.jsonl`` every ``every`` steps; optional tensorboard tracker."""
+    """Metrics to ``metrics.jsonl`` every ``every`` steps; optional tensorboard and wandb."""
 
     SECTION: ClassVar[str] = "log"
 
     every: int = field(default=10, metadata=_kind("int", minimum=1))
     tensorboard: bool = field(default=False, metadata=_kind("bool"))
+    # Weights & Biases through accelerate's tracker (WANDB_MODE=offline works without network)
+    wandb: bool = field(default=False, metadata=_kind("bool"))
 
 
 @dataclass(kw_only=True)

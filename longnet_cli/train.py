@@ -41,6 +41,8 @@ from torch import nn
 
 from longnet_cli import checkpoints as ckpt
 from longnet_cli.errors import InputError, LongnetError
+from longnet_cli.init_from import check_tokenizer, load_initial_weights, resolve_init_source
+from longnet_cli.model.flops import training_flops_per_token
 from longnet_cli.recipes import Recipe, check_against_corpus, safe_to_change_on_resume
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -270,10 +272,27 @@ def check_inputs(recipe: Recipe):
     from longnet_cli.data.shards import TokenizedCorpus
 
     corpus = TokenizedCorpus.open(Path(recipe.data.shards), verify="sizes")
+    corpus.tokenizer_bytes()  # checked against its sha256: checkpoints carry a copy of it
     vocab_size = check_against_corpus(recipe, corpus)
     if recipe.train.precision == "fp16" and not torch.cuda.is_available():
         raise InputError("train.precision: fp16 needs a GPU; use bf16 or fp32 on a CPU")
     return corpus, vocab_size
+
+
+def _same_corpus_version(accelerator, corpus):
+    """Every rank reads the corpus version rank 0 opened: a rebuild between two ranks opening
+    the corpus would otherwise give them different data (a version directory opens as a
+    corpus of its own, and stays readable while a reader holds it)."""
+    if accelerator.num_processes == 1:
+        return corpus
+    from accelerate.utils import broadcast_object_list
+
+    from longnet_cli.data.shards import TokenizedCorpus
+
+    chosen = broadcast_object_list([str(corpus.version_directory)], from_process=0)[0]
+    if chosen == str(corpus.version_directory):
+        return corpus
+    return TokenizedCorpus.open(Path(chosen), verify="sizes")
 
 
 def use_deterministic_kernels() -> None:
@@ -303,6 +322,7 @@ def _train(
 
     started = time.perf_counter()
     corpus, vocab_size = check_inputs(recipe)
+    init_source = _init_source(recipe, corpus)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     if recipe.train.deterministic:
@@ -320,6 +340,7 @@ def _train(
     )
     _take_run_lock(accelerator, run_dir, held)
     _check_shared_run_dir(accelerator, run_dir)
+    corpus = _same_corpus_version(accelerator, corpus)
     existing = _prepare_run_dir(accelerator, run_dir, resume, force)
     layout = _Layout.of(accelerator, recipe)
     data = corpus_record(corpus)
@@ -366,6 +387,13 @@ def _train(
     model = recipe.model.build(vocab_size)
     if existing is not None:
         ckpt.load_model_weights(existing.path, model)
+        init_record = existing.state.get("init_from")
+    elif init_source is not None:
+        load_initial_weights(model, init_source)
+        init_record = init_source.to_json()
+    else:
+        init_record = None
+    flops_per_token = training_flops_per_token(model, recipe.train.seq_len)
     if layout.sequence_group is not None:
         model.use_sequence_parallel(layout.sequence_group)
     loss_module = LanguageModelLoss(
@@ -404,8 +432,17 @@ def _train(
                 file=sys.stderr,
             )
         metrics.write(step=start, data_changed=data_change)
+    if init_record is not None and existing is None:
+        if accelerator.is_main_process:
+            print(f"starting from the weights of {init_source.path}", file=sys.stderr)
+        metrics.write(step=0, init_from=init_record)
+    peak = _measure_peak(accelerator, recipe)
     if accelerator.log_with:
-        accelerator.init_trackers("longnet")
+        accelerator.init_trackers(
+            "longnet",
+            config=_flat_config(recipe.to_dict()),
+            init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}},
+        )
         metrics.tracker = accelerator.log
     loop = _Loop(
         layout,
@@ -422,6 +459,10 @@ def _train(
         scheme,
         schedule,
     )
+    loop.init_record = init_record
+    if peak is not None:
+        loop.flops_per_token = flops_per_token
+        loop.peak_flops = peak.flops_per_s * accelerator.num_processes
     try:
         with _signals_recorded() as received:
             loop.run(start, received, progress)
@@ -473,6 +514,9 @@ class _Loop:
         self.tokens_per_s: float | None = None
         self.saved_step: int | None = None  # the step of the newest checkpoint it wrote or read
         self.stopped: tuple[int, int] = (0, 0)  # a signal that stopped a step, micro-steps done
+        self.init_record: dict | None = None  # train.init_from's source, kept in checkpoints
+        self.flops_per_token: float | None = None  # model FLOPs per token, for mfu
+        self.peak_flops: float | None = None  # measured peak of all processes' devices
 
     def run(self, start: int, received: list[int], progress: bool) -> None:
         from tqdm import tqdm
@@ -514,6 +558,7 @@ class _Loop:
                     grad_norm=grad_norm,
                     tokens_per_s=self.tokens_per_s,
                     tokens=done * self.tokens_per_step,
+                    **self._mfu(),
                 )
                 bar.set_postfix(
                     loss=f"{loss:.4f}", tok_s=f"{self.tokens_per_s:,.0f}", refresh=False
@@ -621,6 +666,14 @@ class _Loop:
         flags = self.accelerator.gather(torch.tensor([local], device=self.accelerator.device))
         return int(flags.max())
 
+    def _mfu(self) -> dict:
+        """{"mfu": model FLOPs per second over the measured peak, "peak_flops": that peak}
+        (the peak recorded with every figure it divides), or {} without a peak."""
+        if not (self.peak_flops and self.flops_per_token and self.tokens_per_s):
+            return {}
+        mfu = self.tokens_per_s * self.flops_per_token / self.peak_flops
+        return {"mfu": mfu, "peak_flops": self.peak_flops}
+
     def save(self, step: int, rng: dict | None = None) -> None:
         """Checkpoint after ``step`` completed steps (atomic; prunes to keep_last); ``rng``:
         this rank's RNG states as ``capture_rng`` took them then (default: now)."""
@@ -652,6 +705,8 @@ class _Loop:
                 "recipe": self.recipe.to_dict(),
                 "recipe_source": self.recipe.source,  # the YAML file: eval names runs by it
             }
+            if self.init_record is not None:
+                state["init_from"] = self.init_record  # where the weights at step 0 came from
             final = ckpt.checkpoint_dir(self.run_dir) / ckpt.step_name(step)
             ckpt.finish_checkpoint(staging, final, state)
             ckpt.prune_checkpoints(self.run_dir, self.recipe.checkpoint.keep_last)
@@ -823,7 +878,8 @@ def _check_resumable(existing, recipe: Recipe, corpus, layout: _Layout) -> None:
             f"processes, this run has {layout.dp_size}: resuming would change which windows "
             "each rank reads; resume with the same number of processes (x parallel.sequence)"
         )
-    changed = safe_to_change_on_resume(Recipe.from_saved(state["recipe"]), recipe)
+    saved = Recipe.from_saved(state["recipe"], source=str(existing.path / "state.json"))
+    changed = safe_to_change_on_resume(saved, recipe)
     if changed:
         raise InputError(
             f"the recipe changed since checkpoint {existing.path} in keys that cannot change on "
@@ -1045,19 +1101,65 @@ class _Evaluation:
 
 
 def _trackers(recipe: Recipe) -> list[str] | None:
-    """accelerate trackers to log to: tensorboard when asked for and installed."""
-    if not recipe.log.tensorboard:
-        return None
+    """accelerate trackers to log to: tensorboard and wandb, each when asked for and
+    installed (a missing one is a warning: metrics.jsonl is always written)."""
     import importlib.util
 
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        return ["tensorboard"]
-    print(
-        "warning: log.tensorboard is on but tensorboard is not installed "
-        "(pip install tensorboard); logging to metrics.jsonl only",
-        file=sys.stderr,
+    wanted = []
+    if recipe.log.tensorboard:
+        if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+            wanted.append("tensorboard")
+        else:
+            print(
+                "warning: log.tensorboard is on but tensorboard is not installed "
+                "(pip install tensorboard); not logging to it",
+                file=sys.stderr,
+            )
+    if recipe.log.wandb:
+        if importlib.util.find_spec("wandb"):
+            wanted.append("wandb")
+        else:
+            print(
+                "warning: log.wandb is on but wandb is not installed (pip install wandb); "
+                "not logging to it",
+                file=sys.stderr,
+            )
+    return wanted or None
+
+
+def _flat_config(values: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """The resolved recipe as flat scalars ("model.dim": 256) for trackers' run config."""
+    flat: dict[str, int | float | str | bool] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[f"{prefix}{key}"] = value
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def _init_source(recipe: Recipe, corpus):
+    """train.init_from resolved and checked against the corpus's tokenizer, or None."""
+    if not recipe.train.init_from:
+        return None
+    source = resolve_init_source(recipe.train.init_from)
+    check_tokenizer(source, corpus.manifest["tokenizer_sha256"], Path(recipe.data.shards))
+    return source
+
+
+def _measure_peak(accelerator, recipe: Recipe):
+    """The device's matmul peak in the run's compute dtype (for ``mfu``), measured by the
+    main process, which alone writes metrics; None on the other processes."""
+    from longnet_cli.model.peak import device_peak_flops
+
+    if not accelerator.is_main_process:
+        return None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        recipe.train.precision, torch.float32
     )
-    return None
+    return device_peak_flops(accelerator.device, dtype)
 
 
 class _MetricsLog:

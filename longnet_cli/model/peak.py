@@ -34,6 +34,18 @@ class PeakFlops:
         }
 
 
+_MEASURED: dict[tuple[str, str], PeakFlops] = {}
+
+
+def device_peak_flops(device: torch.device | str, dtype: torch.dtype) -> PeakFlops:
+    """``measure_peak_flops`` once per process, device and dtype (a quarter of a second each
+    time otherwise: a process that trains several times, tests among them, measures once)."""
+    key = (str(torch.device(device)), str(dtype))
+    if key not in _MEASURED:
+        _MEASURED[key] = measure_peak_flops(device, dtype)
+    return _MEASURED[key]
+
+
 def measure_peak_flops(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,

@@ -106,6 +106,7 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> Checkpoint:
     A checkpoint written before hashes were recorded only needs its weight and optimizer files.
     """
     checkpoint = read_checkpoint(path)
+    _check_saved_recipe(checkpoint)
     files = checkpoint.state.get("files")
     if files is None:
         for name in LEGACY_REQUIRED:
@@ -137,6 +138,20 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> Checkpoint:
                     f"{str(entry.get('sha256'))[:16]}... (corrupted)"
                 )
     return checkpoint
+
+
+def _check_saved_recipe(checkpoint: Checkpoint) -> None:
+    """The recipe in state.json must load: resume, eval and generate rebuild the model from it."""
+    from longnet_cli.recipes import Recipe, RecipeError
+
+    state_file = checkpoint.path / STATE_FILE
+    saved = checkpoint.state.get("recipe")
+    if not isinstance(saved, dict):
+        raise DamagedCheckpoint(f"{state_file}: 'recipe' is missing or not a mapping")
+    try:
+        Recipe.from_saved(saved, source=str(state_file))
+    except RecipeError as err:
+        raise DamagedCheckpoint(f"{state_file}: the saved recipe does not load: {err}") from None
 
 
 def newest_intact_checkpoint(run_dir: Path) -> tuple[Checkpoint | None, list[Path], list[str]]:

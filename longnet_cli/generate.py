@@ -432,8 +432,10 @@ def _load_model(checkpoint, recipe, device):
     from safetensors import safe_open
 
     from longnet_cli.checkpoints import load_model_weights
+    from longnet_cli.evaluate import verify_weights
 
     weights = checkpoint.path / "model.safetensors"
+    verify_weights(checkpoint)  # against state.json's sha256: a flipped bit loads silently
     try:
         with safe_open(str(weights), framework="pt") as handle:
             names = set(handle.keys())  # tied weights are stored once, under either name

@@ -139,26 +139,7 @@ SINGLE = ("empty", "remove", "dangle", SATURATE)  # the same every time: one cas
 # Cases that fail today because of a fault in a file this module's author does not own; each
 # entry names the fault and the file to fix. They are skipped with that reason (visible in the
 # test report: pytest -rs), never expected to fail silently; remove an entry once its fix lands.
-PENDING_FIXES: dict[str, str] = {
-    **dict.fromkeys(
-        [f"tokenizer-{m}-train-{i}" for m in ("flip", "overwrite", "swap", "truncate", "append")
-         for i in range(2)] + ["tokenizer-empty-train-0"],
-        "train does not check tokenizer.model against the manifest's tokenizer_sha256: a damaged "
-        "tokenizer is copied into every checkpoint and hashed there as sound; generate then "
-        "refuses the copy (train.py check_inputs, or checkpoints.write_model_files)",
-    ),
-    **dict.fromkeys(
-        ["model-flip-generate-0", "model-overwrite-generate-0", "model-swap-generate-0"],
-        "generate loads model.safetensors without the sha256 check state.json allows: flipped "
-        "tensor bytes generate without a word (generate.py _load_model; evaluate.verify_weights)",
-    ),
-    "state-wrong_type-resume-0": (
-        "resume builds the checkpoint's recipe with Recipe.from_saved(state['recipe']) and no "
-        "source: a damaged recipe in state.json is reported as '<saved recipe>', not the file, "
-        "and refused instead of skipped for the older intact checkpoint (train.py "
-        "_check_resumable)"
-    ),
-}  # fmt: skip
+PENDING_FIXES: dict[str, str] = {}  # case id -> the fault it waits on; none today
 
 
 @dataclass(frozen=True)

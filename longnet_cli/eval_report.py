@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from longnet_cli.data.versions import fsync_directory
 from longnet_cli.errors import InputError, LongnetError, one_line
 from longnet_cli.evaluate import EvalResult, RunResult, Stats, plot_available
 from longnet_cli.lengths import format_length
@@ -43,21 +44,7 @@ def write_text_atomically(path: Path, text: str) -> None:
         if isinstance(err, OSError):
             raise LongnetError(f"{path}: cannot write: {err.strerror or one_line(err)}") from err
         raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (skipped where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 def plot(result: EvalResult, path: Path) -> None:

@@ -198,7 +198,8 @@ def generate(
     for line in chosen:
         note(f"using {line}")
     recipe = Recipe.from_saved(checkpoint.state["recipe"], source=str(checkpoint.path))
-    processor, tokenizer_source = _load_tokenizer(checkpoint, recipe, options.tokenizer)
+    path, processor, origin = find_checkpoint_tokenizer(checkpoint, recipe, options.tokenizer)
+    tokenizer_source = f"{path} ({origin})"
     chosen.append(f"tokenizer: {tokenizer_source}")
     prompt = _prompt_tokens(options, processor, recipe, checkpoint, note, chosen)
     device = _resolve_device(options.device)
@@ -314,8 +315,10 @@ def _check_options(options: GenerateOptions) -> None:
         raise InputError("--stop must not be empty")
 
 
-def _load_tokenizer(checkpoint, recipe, explicit: Path | None):
-    """(SentencePieceProcessor, where it came from), checked against the recorded sha256."""
+def find_checkpoint_tokenizer(checkpoint, recipe, explicit: Path | None):
+    """(path, SentencePieceProcessor, where it came from) of the tokenizer a checkpoint was
+    trained with: ``explicit``, else the checkpoint's copy, else the run's corpus's, checked
+    against the sha256 the checkpoint recorded (``longnet generate`` and ``longnet export``)."""
     from longnet_cli.data.tokenizer import sha256_bytes, tokenizer_from_bytes
 
     expected = checkpoint.state.get("tokenizer_sha256")
@@ -337,7 +340,7 @@ def _load_tokenizer(checkpoint, recipe, explicit: Path | None):
                 f"trained with tokenizer {expected}; pass the right one with --tokenizer FILE"
             )
         try:
-            return tokenizer_from_bytes(data), f"{path} ({origin})"
+            return path, tokenizer_from_bytes(data), origin
         except Exception as err:  # not a SentencePiece model
             raise InputError(f"{path}: not a SentencePiece model: {err}") from None
     looked = " and ".join(str(path) for path, _ in candidates)

@@ -284,32 +284,11 @@ def _check_out(out: Path, force: bool, checkpoint: Path) -> bool:
 
 
 def _find_tokenizer(checkpoint, recipe, explicit: Path | None) -> tuple[Path, Any]:
-    """The tokenizer the checkpoint was trained with: ``explicit``, else the checkpoint's copy,
-    else the run's corpus's; its sha256 must be the one the checkpoint recorded."""
-    from longnet_cli.data.tokenizer import sha256_bytes, tokenizer_from_bytes
+    """The tokenizer the checkpoint was trained with, found as ``longnet generate`` finds it."""
+    from longnet_cli.generate import find_checkpoint_tokenizer
 
-    expected = checkpoint.state.get("tokenizer_sha256")
-    if explicit is not None:
-        if not Path(explicit).is_file():
-            raise InputError(f"--tokenizer {explicit}: no such file")
-        candidates = [Path(explicit)]
-    else:
-        candidates = [checkpoint.path / TOKENIZER_FILE, Path(recipe.data.shards) / TOKENIZER_FILE]
-    for path in candidates:
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        if expected and sha256_bytes(data) != expected:
-            raise InputError(
-                f"{path} has sha256 {sha256_bytes(data)}, but {checkpoint.path} was trained with "
-                f"tokenizer {expected}; pass the right one with --tokenizer FILE"
-            )
-        try:
-            return path, tokenizer_from_bytes(data)
-        except Exception as err:  # not a SentencePiece model
-            raise InputError(f"{path}: not a SentencePiece model: {err}") from None
-    looked = " and ".join(str(path) for path in candidates)
-    raise InputError(f"no tokenizer found (looked for {looked}); pass one with --tokenizer FILE")
+    path, processor, _ = find_checkpoint_tokenizer(checkpoint, recipe, explicit)
+    return path, processor
 
 
 def _read_weights(file: Path, recipe) -> dict:

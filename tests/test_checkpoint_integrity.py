@@ -14,6 +14,7 @@ import test_train
 from test_train import _cli, _metrics, _write_recipe
 
 from longnet_cli import checkpoints as ckpt
+from longnet_cli.recipes import load_recipe
 
 # metrics that depend on the machine, not on the run: compared runs differ in them
 MEASURED = ("tokens_per_s", "elapsed_s", "mfu", "peak_flops")
@@ -203,7 +204,8 @@ def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
     staging.mkdir(parents=True)
     ckpt.write_scaler_file(staging, scaler)
     final = tmp_path / "checkpoints" / "step-0000005"
-    ckpt.finish_checkpoint(staging, final, {"step": 5})
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "quickstart.yaml")
+    ckpt.finish_checkpoint(staging, final, {"step": 5, "recipe": recipe.to_dict()})
     assert ckpt.SCALER_FILE in ckpt.verify_checkpoint(final).state["files"]
 
     restored = torch.amp.GradScaler("cpu", growth_interval=3)

@@ -21,7 +21,6 @@ their weight and optimizer files only. Nothing is ever unpickled: safetensors,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -34,12 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from longnet_cli.data.shards import sha256_file  # one hasher for corpora and checkpoints
+
 FORMAT_VERSION = 1
 STEP_DIR = re.compile(r"^step-(\d{7})$")
 STATE_FILE = "state.json"
 SCALER_FILE = "scaler.pt"
 LEGACY_REQUIRED = ("model.safetensors", "optimizer.pt")  # checkpoints without recorded hashes
-HASH_BLOCK = 1 << 22
 
 
 class DamagedCheckpoint(ValueError):
@@ -88,15 +88,6 @@ def read_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise DamagedCheckpoint(f"{state_file}: 'step' must be an integer >= 0, got {step!r}")
     return Checkpoint(Path(path), step, state)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in bounded blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_checkpoint(path: Path, hashes: bool = True) -> Checkpoint:

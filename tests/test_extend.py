@@ -103,8 +103,8 @@ def test_init_from_a_run_starts_from_its_weights_and_records_where_they_came_fro
         "tokenizer_sha256": source.state["tokenizer_sha256"],
     }
     records = _metrics(run)
-    assert records[0] == {"step": 0, "init_from": state["init_from"], "elapsed_s": pytest.approx(
-        records[0]["elapsed_s"])}  # fmt: skip
+    first = {key: value for key, value in records[0].items() if key != "elapsed_s"}
+    assert first == {"step": 0, "init_from": state["init_from"]}
     # a fresh optimizer: the source's moments are not carried over
     optimizer = torch.load(latest_checkpoint(run).path / "optimizer.pt", weights_only=True)
     assert all(s["step"] == 1 for s in optimizer["state"].values())

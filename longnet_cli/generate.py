@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longnet_cli.errors import InputError, LongnetError
+from longnet_cli.core.errors import InputError, LongnetError
 
 STOP_REASONS = ("eos", "stop", "max_new_tokens")
 
@@ -187,8 +187,8 @@ def generate(
     bytes as they become final. Raises InputError for bad input (exit code 2)."""
     import torch
 
-    from longnet_cli.evaluate import _resolve_checkpoint
-    from longnet_cli.recipes import Recipe
+    from longnet_cli.config.recipe import Recipe
+    from longnet_cli.evaluate.stage import _resolve_checkpoint
     from longnet_cli.runtime import keep_freed_memory
 
     note = on_note or (lambda message: None)
@@ -434,8 +434,8 @@ def _resolve_device(name: str):
 def _load_model(checkpoint, recipe, device):
     from safetensors import safe_open
 
-    from longnet_cli.checkpoints import load_model_weights
-    from longnet_cli.evaluate import verify_weights
+    from longnet_cli.artifacts.checkpoints import load_model_weights
+    from longnet_cli.evaluate.stage import verify_weights
 
     weights = checkpoint.path / "model.safetensors"
     verify_weights(checkpoint)  # against state.json's sha256: a flipped bit loads silently

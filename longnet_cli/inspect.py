@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longnet_cli.core.errors import InputError
 from longnet_cli.data.shards import CorpusError, TokenizedCorpus
-from longnet_cli.errors import InputError
 
 
 @dataclass

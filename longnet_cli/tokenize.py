@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from longnet_cli.core.errors import InputError, LongnetError
 from longnet_cli.data import versions
 from longnet_cli.data.sources import (
     Document,
@@ -45,7 +46,6 @@ from longnet_cli.data.sources import (
     walk_corpus,
 )
 from longnet_cli.data.tokenizer import encode_lossless
-from longnet_cli.errors import InputError, LongnetError
 
 DEFAULT_VOCAB_SIZE = 32000
 DEFAULT_SAMPLE_BYTES = 32 << 20
@@ -497,7 +497,7 @@ def _fsync_file(path: Path) -> None:
 
 def _exclusive_lock(out: Path):
     """An flock on ``out/.lock``: a second run on the same output refuses at once."""
-    from longnet_cli.runlock import DirectoryLock
+    from longnet_cli.core.runlock import DirectoryLock
 
     path = out / LOCK
 

@@ -306,7 +306,7 @@ def run_checks(work: Path, steps: Sequence[str], on_row: Callable[[Row], None]) 
 
 
 def _length(n: int) -> str:
-    from longnet_cli.lengths import format_length
+    from longnet_cli.core.lengths import format_length
 
     return format_length(n)
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from longnet_cli.recipes import Recipe
+from longnet_cli.config.recipe import Recipe
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,7 +82,7 @@ def bench_train(recipe: Recipe, vocab_size: int, steps: int = 4) -> TrainBenchRe
 
     from longnet_cli.model.flops import training_flops_per_token
     from longnet_cli.runtime import keep_freed_memory
-    from longnet_cli.train import PRECISIONS, LanguageModelLoss, build_optimizer
+    from longnet_cli.train.trainer import PRECISIONS, LanguageModelLoss, build_optimizer
 
     cfg = recipe.train
     if cfg.threads:

@@ -50,8 +50,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from longnet_cli.core.errors import DamagedFileError, InputError, one_line
 from longnet_cli.data import versions
-from longnet_cli.errors import DamagedFileError, InputError, one_line
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"

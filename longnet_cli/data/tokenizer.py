@@ -106,7 +106,7 @@ def load_tokenizer(path: Path | str):
     one line naming it."""
     import sentencepiece as spm
 
-    from longnet_cli.errors import DamagedFileError, one_line
+    from longnet_cli.core.errors import DamagedFileError, one_line
 
     try:
         return spm.SentencePieceProcessor(model_file=str(path))

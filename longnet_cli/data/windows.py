@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from longnet_cli.errors import InputError
+from longnet_cli.core.errors import InputError
 
 if TYPE_CHECKING:
     from longnet_cli.data.shards import TokenizedCorpus

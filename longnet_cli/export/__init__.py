@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from longnet_cli import __version__
-from longnet_cli.checkpoints import fsync_path, sha256_file
-from longnet_cli.errors import InputError, LongnetError
+from longnet_cli.artifacts.checkpoints import fsync_path, sha256_file
+from longnet_cli.core.errors import InputError, LongnetError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -117,7 +117,7 @@ class ExportedModel:
     @property
     def recipe(self):
         """The run's resolved recipe (``recipes.Recipe``), as the checkpoint recorded it."""
-        from longnet_cli.recipes import Recipe
+        from longnet_cli.config.recipe import Recipe
 
         return Recipe.from_saved(self.state["recipe"], source=str(self.path))
 
@@ -146,8 +146,8 @@ def export_model(
     tokenizer that cannot be found or does not match, and an ``out`` that exists and is not
     empty (unless ``force``).
     """
+    from longnet_cli.config.recipe import Recipe
     from longnet_cli.export.card import model_card
-    from longnet_cli.recipes import Recipe
 
     note = on_note or (lambda message: None)
     checkpoint = _resolve_source(Path(source))
@@ -228,7 +228,7 @@ def read_exported(path: Path) -> ExportedModel | None:
 
 def load_exported_model(path: Path, device: str = "cpu"):
     """The LongNetTransformer of an exported directory, in eval mode on ``device``."""
-    from longnet_cli.checkpoints import load_model_weights
+    from longnet_cli.artifacts.checkpoints import load_model_weights
     from longnet_cli.model.transformer import LongNetTransformer
 
     exported = read_exported(path)
@@ -249,7 +249,7 @@ def load_exported_model(path: Path, device: str = "cpu"):
 def _resolve_source(source: Path):
     """The checkpoint ``source`` names (a run directory: its latest), verified against the
     sizes and sha256s its state.json records: a damaged file is refused, not exported."""
-    from longnet_cli.checkpoints import resolve_checkpoint, verify_checkpoint
+    from longnet_cli.artifacts.checkpoints import resolve_checkpoint, verify_checkpoint
 
     if not source.exists():
         raise InputError(f"{source}: no such checkpoint or run directory")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from longnet_cli import __version__
-from longnet_cli.lengths import format_length
+from longnet_cli.core.lengths import format_length
 
 PAPER = (
     'Ding et al., 2023, "LongNet: Scaling Transformers to 1,000,000,000 Tokens", arXiv 2307.02486'
@@ -165,7 +165,7 @@ def _evaluation_lines(run_dir: Path | None, step: int) -> list[str]:
 
 def latest_heldout_evaluation(run_dir: Path, step: int) -> HeldoutEvaluation | None:
     """The run's latest held-out evaluation at or before ``step`` (see the module notes)."""
-    from longnet_cli.runs import EVAL_FILE, read_metrics
+    from longnet_cli.artifacts.runs import EVAL_FILE, read_metrics
 
     found: list[tuple[int, int, HeldoutEvaluation]] = []  # (step, rank, evaluation)
     for record in read_metrics(run_dir / "metrics.jsonl"):
@@ -194,7 +194,7 @@ def _from_eval_file(path: Path, run_dir: Path) -> HeldoutEvaluation | None:
     """This run's figures in a ``longnet eval --json`` report, when they are held-out ones."""
     import json
 
-    from longnet_cli.runs import _belongs_to
+    from longnet_cli.artifacts.runs import _belongs_to
 
     try:
         report = json.loads(path.read_text(encoding="utf-8"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT, LengthParam
+from longnet_cli.cli.common import CONTEXT, LengthParam
 
 
 class LengthsParam(click.ParamType):
@@ -16,7 +16,7 @@ class LengthsParam(click.ParamType):
     name = "LENGTHS"
 
     def convert(self, value, param, ctx):
-        from longnet_cli.lengths import parse_lengths
+        from longnet_cli.core.lengths import parse_lengths
 
         if isinstance(value, list):
             return value
@@ -139,9 +139,9 @@ def eval_command(
     --context) different train.seq_len, a corpus failing verification or tokenized with
     another tokenizer, and bad option values.
     """
-    from longnet_cli.errors import InputError
-    from longnet_cli.eval_report import plot, table_lines, write_json
-    from longnet_cli.evaluate import EvalOptions, evaluate, plot_available
+    from longnet_cli.core.errors import InputError
+    from longnet_cli.evaluate.report import plot, table_lines, write_json
+    from longnet_cli.evaluate.stage import EvalOptions, evaluate, plot_available
 
     if plot_file is not None and not plot_available():
         raise InputError("--plot needs matplotlib: pip install 'longnet-cli[plot]'")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT, LengthParam
+from longnet_cli.cli.common import CONTEXT, LengthParam
 
 
 @click.command("generate", context_settings=CONTEXT)

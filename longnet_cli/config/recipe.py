@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
-from longnet_cli.errors import InputError, one_line
-from longnet_cli.lengths import parse_length
+from longnet_cli.core.errors import InputError, one_line
+from longnet_cli.core.lengths import parse_length
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from longnet_cli.model.transformer import LongNetTransformer
 
 # Mirrors of the model's constants (model.positions.POSITION_KINDS, model.kernels.BACKENDS),
-# kept here so that loading a recipe does not import torch; tests/test_recipes.py checks them.
+# kept here so that loading a recipe does not import torch; tests/config/test_recipe.py checks them.
 POSITIONS = ("rotary", "xpos", "none")
 BACKENDS = ("auto", "torch", "flash-attn", "math")
 SAMPLING_MODES = ("stream", "document")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from longnet_cli.errors import LongnetError
+from longnet_cli.core.errors import LongnetError
 
 LOCK_FILE = ".train.lock"
 LOCKED_EXIT = 75  # EX_TEMPFAIL: try again later (the pipelines use it too)

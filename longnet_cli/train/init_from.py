@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from longnet_cli.errors import InputError
+from longnet_cli.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class InitSource:
 
 def resolve_init_source(path: str | Path) -> InitSource:
     """The weights ``path`` names: a checkpoint, a run's latest checkpoint, or an export."""
-    from longnet_cli.checkpoints import resolve_checkpoint
+    from longnet_cli.artifacts.checkpoints import resolve_checkpoint
 
     path = Path(path)
     if not path.exists():

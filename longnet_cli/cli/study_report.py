@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT
+from longnet_cli.cli.common import CONTEXT
 
 
 @click.command("study-report", context_settings=CONTEXT)
@@ -38,8 +38,8 @@ def study_report(
     metrics.jsonl). Runs named dense_2k and longnet_8k (pipelines/context_study.sh) also get
     the study's claims, each marked shown or not shown by the figures measured.
     """
-    from longnet_cli.eval_report import write_text_atomically
-    from longnet_cli.study import markdown, study_report
+    from longnet_cli.evaluate.report import write_text_atomically
+    from longnet_cli.evaluate.study import markdown, study_report
 
     study = study_report(eval_json)
     text = markdown(study)

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from longnet_cli import checkpoints as ckpt
-from longnet_cli.errors import InputError, LongnetError
-from longnet_cli.init_from import check_tokenizer, load_initial_weights, resolve_init_source
+from longnet_cli.artifacts import checkpoints as ckpt
+from longnet_cli.config.recipe import Recipe, check_against_corpus, safe_to_change_on_resume
+from longnet_cli.core.errors import InputError, LongnetError
 from longnet_cli.model.flops import training_flops_per_token
-from longnet_cli.recipes import Recipe, check_against_corpus, safe_to_change_on_resume
+from longnet_cli.train.init_from import check_tokenizer, load_initial_weights, resolve_init_source
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 WINDOWS_TRAIN_SPLIT = "train-split"
@@ -244,8 +244,8 @@ def _take_run_lock(accelerator, run_dir: Path, held: list) -> None:
     When ``longnet train`` launched this process, the launcher took the lock before starting
     the workers and holds it until they end: the main process does not take it again.
     """
-    from longnet_cli.launch import launcher_holds_lock
-    from longnet_cli.runlock import RunLock, RunLockedError
+    from longnet_cli.core.runlock import RunLock, RunLockedError
+    from longnet_cli.train.launch import launcher_holds_lock
 
     refusal = None
     if accelerator.is_main_process and not launcher_holds_lock(run_dir):
@@ -993,7 +993,7 @@ class _Evaluation:
         ``eval.docs`` held-out documents (training documents, with a warning, when it holds
         none); under "before-eval-tail" its last ``eval.docs`` documents, cut from training."""
         from longnet_cli.data.shards import TokenizedCorpus
-        from longnet_cli.evaluate import scorable_documents
+        from longnet_cli.evaluate.stage import scorable_documents
 
         cfg = recipe.eval
         if not cfg.every:
@@ -1041,7 +1041,7 @@ class _Evaluation:
 
     def run(self, model: nn.Module, doc_ids: list[int] | None = None) -> dict:
         """``evaluate_model``'s figures on ``doc_ids`` (default: all of this plan's documents)."""
-        from longnet_cli.evaluate import evaluate_model, token_byte_lengths
+        from longnet_cli.evaluate.stage import evaluate_model, token_byte_lengths
 
         if self.token_bytes is None:
             self.token_bytes = token_byte_lengths(self.corpus)
@@ -1072,7 +1072,7 @@ class _Evaluation:
 
     def sums(self, model: nn.Module, doc_ids: list[int]) -> np.ndarray:
         """Summed (nll, tokens, bytes) per context, ascending, over ``doc_ids`` (zeros for none)."""
-        from longnet_cli.evaluate import LN2
+        from longnet_cli.evaluate.stage import LN2
 
         contexts = sorted(set(self.contexts))
         sums = np.zeros((len(contexts), 3), dtype=np.float64)
@@ -1089,7 +1089,7 @@ class _Evaluation:
 
     def figures(self, sums: np.ndarray) -> dict:
         """The figures of summed (nll, tokens, bytes), as ``run`` reports them."""
-        from longnet_cli.evaluate import LN2
+        from longnet_cli.evaluate.stage import LN2
 
         contexts = {}
         for context, (nll, tokens, nbytes) in zip(sorted(set(self.contexts)), sums):

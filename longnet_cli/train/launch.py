@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from longnet_cli.errors import InputError, LongnetError
+from longnet_cli.core.errors import InputError, LongnetError
 
 DEVICES_ENV = "LONGNET_DEVICES"
 LAUNCHER_ENV = "LONGNET_LAUNCHER"  # the launcher's pid, in its workers' environment
@@ -288,7 +288,7 @@ def launch(plan: LaunchPlan, worker_args: Sequence[str], run_dir: Path) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from longnet_cli.runlock import RunLock
+    from longnet_cli.core.runlock import RunLock
 
     for name in list(logging.root.manager.loggerDict):  # each has its own level: quiet them all
         if name.startswith("torch.distributed.elastic"):

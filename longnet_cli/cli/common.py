@@ -25,7 +25,7 @@ class LengthParam(click.ParamType):
     name = "SIZE"
 
     def convert(self, value, param, ctx):
-        from longnet_cli.lengths import parse_length
+        from longnet_cli.core.lengths import parse_length
 
         try:
             return parse_length(value)

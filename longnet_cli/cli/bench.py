@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT, int_list
-from longnet_cli.errors import InputError
-from longnet_cli.lengths import format_length, parse_lengths
+from longnet_cli.cli.common import CONTEXT, int_list
+from longnet_cli.core.errors import InputError
+from longnet_cli.core.lengths import format_length, parse_lengths
 
 
 @click.group(context_settings=CONTEXT)
@@ -212,7 +212,7 @@ def bench_train_command(recipe, overrides, vocab_size, steps, as_json) -> None:
     Uses random tokens: no corpus needed.
     """
     from longnet_cli.bench.train import bench_train
-    from longnet_cli.recipes import load_recipe
+    from longnet_cli.config.recipe import load_recipe
 
     loaded = load_recipe(recipe, list(overrides))
     vocab_size = vocab_size or loaded.model.vocab_size or _corpus_vocab(loaded) or 8192
@@ -340,7 +340,7 @@ def _planned_table(recipe_path: Path, quiet: bool) -> list[dict]:
     import torch
 
     from longnet_cli.bench.parallel import plan_costs
-    from longnet_cli.recipes import load_recipe
+    from longnet_cli.config.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
     with torch.device("meta"):

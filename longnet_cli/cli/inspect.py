@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT
-from longnet_cli.errors import LongnetError
+from longnet_cli.cli.common import CONTEXT
+from longnet_cli.core.errors import LongnetError
 
 
 @click.command("inspect", context_settings=CONTEXT)

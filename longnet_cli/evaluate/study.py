@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longnet_cli.errors import InputError
-from longnet_cli.lengths import format_length
+from longnet_cli.core.errors import InputError
+from longnet_cli.core.lengths import format_length
 
 PAPER_TABLE_2 = {  # LongNet paper, Table 2: perplexity with 2K / 8K / 32K tokens of context
     "LongNet, trained on 8K": (4.23, 3.24, 3.36),
@@ -120,7 +120,7 @@ def _final_tokens(runs: list[dict[str, Any]]) -> int | None:
 def training_figures(run_dir: Path) -> dict[str, Any]:
     """Tokens trained, wall seconds and tokens/s of a run, from the last line of its
     ``metrics.jsonl`` (``elapsed_s`` adds up across resumes); None where it cannot be read."""
-    from longnet_cli.runs import read_metrics
+    from longnet_cli.artifacts.runs import read_metrics
 
     figures: dict[str, Any] = {
         "train_tokens": None,

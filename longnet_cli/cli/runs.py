@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT
+from longnet_cli.cli.common import CONTEXT
 
 SPLIT_LABELS = {  # which documents an evaluation scored (runs.EvalSummary.split)
     "heldout": "held-out",
@@ -44,8 +44,8 @@ def runs(ctx: click.Context, runs_dir: Path, as_json: bool) -> None:
     missing, unreadable lines in metrics.jsonl) is listed with what could be read and one
     indented "note:" line below it saying what is damaged.
     """
-    from longnet_cli.errors import InputError
-    from longnet_cli.runs import list_runs
+    from longnet_cli.artifacts.runs import list_runs
+    from longnet_cli.core.errors import InputError
 
     explicit = ctx.get_parameter_source("runs_dir") is not click.core.ParameterSource.DEFAULT
     if explicit and not runs_dir.is_dir():
@@ -84,7 +84,7 @@ def _loss(run) -> str:
 
 
 def _eval(run) -> str:
-    from longnet_cli.lengths import format_length
+    from longnet_cli.core.lengths import format_length
 
     summary = run.eval
     if summary is None:

@@ -12,8 +12,8 @@ import traceback
 import click
 
 from longnet_cli import __version__
-from longnet_cli.commands.common import CONTEXT
-from longnet_cli.errors import LongnetError, one_line
+from longnet_cli.cli.common import CONTEXT
+from longnet_cli.core.errors import LongnetError, one_line
 
 
 @click.group(context_settings=CONTEXT)
@@ -29,15 +29,15 @@ def cli(debug: bool) -> None:
 
 def _register_commands() -> None:
     """Attach the subcommands (one module each; their heavy imports stay inside the bodies)."""
-    from longnet_cli.commands.bench import bench
-    from longnet_cli.commands.eval import eval_command
-    from longnet_cli.commands.export import export_command
-    from longnet_cli.commands.generate import generate_command
-    from longnet_cli.commands.inspect import inspect
-    from longnet_cli.commands.runs import runs
-    from longnet_cli.commands.study_report import study_report
-    from longnet_cli.commands.tokenize import tokenize
-    from longnet_cli.commands.train import train
+    from longnet_cli.cli.bench import bench
+    from longnet_cli.cli.eval import eval_command
+    from longnet_cli.cli.export import export_command
+    from longnet_cli.cli.generate import generate_command
+    from longnet_cli.cli.inspect import inspect
+    from longnet_cli.cli.runs import runs
+    from longnet_cli.cli.study_report import study_report
+    from longnet_cli.cli.tokenize import tokenize
+    from longnet_cli.cli.train import train
 
     cli.add_command(tokenize)
     cli.add_command(train)

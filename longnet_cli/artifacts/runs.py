@@ -26,7 +26,7 @@ Per run:
   damaged run is listed with what could be read, never an error.
 
 Only JSON is read (no torch import): listing runs is instant. The checkpoint layout is that of
-``longnet_cli.checkpoints`` (``checkpoints/step-NNNNNNN/state.json``, written last).
+``longnet_cli.artifacts.checkpoints`` (``checkpoints/step-NNNNNNN/state.json``, written last).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_DEPTH = 3  # runs/<group>/<name>/run at most
-STEP_DIR = re.compile(r"^step-(\d{7})$")  # as in longnet_cli.checkpoints
+STEP_DIR = re.compile(r"^step-(\d{7})$")  # as in longnet_cli.artifacts.checkpoints
 EVAL_FILE = "eval.json"
 
 

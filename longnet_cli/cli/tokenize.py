@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT, length_option
+from longnet_cli.cli.common import CONTEXT, length_option
 
 
 @click.command("tokenize", context_settings=CONTEXT)
@@ -116,8 +116,8 @@ def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, er
     --group repo each standard-library package is one long document (top-level modules stay
     documents of their own), e.g. --stdlib --group repo --include '*.py'.
     """
+    from longnet_cli.core.errors import InputError
     from longnet_cli.data.sources import stdlib_excludes, stdlib_path
-    from longnet_cli.errors import InputError
     from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
     if stdlib == bool(paths):

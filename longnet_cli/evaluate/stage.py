@@ -57,17 +57,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from longnet_cli.errors import DamagedFileError, InputError, one_line, reading
-from longnet_cli.lengths import format_length
-from longnet_cli.probe import DEFAULT_DISTANCES, PROBES, CopyFigure, copy_probe
+from longnet_cli.core.errors import DamagedFileError, InputError, one_line, reading
+from longnet_cli.core.lengths import format_length
+from longnet_cli.evaluate.probe import DEFAULT_DISTANCES, PROBES, CopyFigure, copy_probe
 
 if TYPE_CHECKING:
     import torch
 
-    from longnet_cli.checkpoints import Checkpoint
+    from longnet_cli.artifacts.checkpoints import Checkpoint
+    from longnet_cli.config.recipe import Recipe
     from longnet_cli.data.shards import TokenizedCorpus
     from longnet_cli.model.transformer import LongNetTransformer
-    from longnet_cli.recipes import Recipe
 
 DEFAULT_RUNS = Path("runs")
 FIRST_BUCKET = 1024  # default buckets: [0, 1K), then doubling
@@ -798,7 +798,7 @@ def _check_options(options: EvalOptions) -> None:
 
 def _resolve_runs(paths: Sequence[Path], runs_dir: Path, chosen: list[str]) -> list[_Run]:
     """Each checkpoint or run directory (the most recent run when none), with its recipe."""
-    from longnet_cli.recipes import Recipe
+    from longnet_cli.config.recipe import Recipe
 
     checkpoints = [_resolve_checkpoint(Path(p), runs_dir, chosen) for p in paths] or [
         _resolve_checkpoint(None, runs_dir, chosen)
@@ -823,7 +823,7 @@ def _resolve_runs(paths: Sequence[Path], runs_dir: Path, chosen: list[str]) -> l
 def _intact_hint(run_dir: Path, damaged: Path) -> str:
     """A hint naming the newest intact checkpoint of the run (the one resume would fall back
     to) when it is another than ``damaged``, else ""."""
-    from longnet_cli.checkpoints import newest_intact_checkpoint
+    from longnet_cli.artifacts.checkpoints import newest_intact_checkpoint
 
     if damaged.parent.name != "checkpoints":
         return ""
@@ -864,7 +864,7 @@ def _resolve_contexts(contexts: list[int], runs: list[_Run], chosen: list[str]) 
 
 
 def _load_model(run: _Run, corpus: TokenizedCorpus, device: torch.device) -> LongNetTransformer:
-    from longnet_cli.checkpoints import load_model_weights
+    from longnet_cli.artifacts.checkpoints import load_model_weights
 
     model = run.recipe.model.build(corpus.vocab_size)  # weights verified by _resolve_runs
     weights = run.checkpoint.path / WEIGHTS_FILE
@@ -883,7 +883,7 @@ def verify_weights(checkpoint: Checkpoint) -> None:
     """A checkpoint's model.safetensors against the size and sha256 its state.json records
     (``files``), before anything reads it: a flipped bit in a tensor loads without complaint.
     Checkpoints written before hashes were recorded have nothing to compare: not checked."""
-    from longnet_cli.checkpoints import sha256_file
+    from longnet_cli.artifacts.checkpoints import sha256_file
 
     weights = checkpoint.path / WEIGHTS_FILE
     files = checkpoint.state.get("files")
@@ -923,7 +923,11 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _resolve_checkpoint(path: Path | None, runs_dir: Path, chosen: list[str]) -> Checkpoint:
-    from longnet_cli.checkpoints import list_checkpoints, read_checkpoint, resolve_checkpoint
+    from longnet_cli.artifacts.checkpoints import (
+        list_checkpoints,
+        read_checkpoint,
+        resolve_checkpoint,
+    )
 
     if path is not None:
         if not Path(path).exists():
@@ -960,7 +964,7 @@ def _resolve_checkpoint(path: Path | None, runs_dir: Path, chosen: list[str]) ->
 
 def _damaged_hint(run_dir: Path) -> str:
     """The intact-checkpoint hint for a run whose latest checkpoint's state.json is damaged."""
-    from longnet_cli.checkpoints import list_checkpoints
+    from longnet_cli.artifacts.checkpoints import list_checkpoints
 
     paths = list_checkpoints(run_dir)
     return _intact_hint(run_dir, paths[-1]) if paths else ""

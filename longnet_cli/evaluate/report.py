@@ -13,10 +13,10 @@ import json
 import os
 from pathlib import Path
 
+from longnet_cli.core.errors import InputError, LongnetError, one_line
+from longnet_cli.core.lengths import format_length
 from longnet_cli.data.versions import fsync_directory
-from longnet_cli.errors import InputError, LongnetError, one_line
-from longnet_cli.evaluate import EvalResult, RunResult, Stats, plot_available
-from longnet_cli.lengths import format_length
+from longnet_cli.evaluate.stage import EvalResult, RunResult, Stats, plot_available
 
 LINE_STYLES = ("-", "--", ":", "-.")  # several runs: a colour per run, a line style per context
 SPLIT_WORDS = {"heldout": "held-out", "train": "training", "all": "all"}

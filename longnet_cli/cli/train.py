@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT
+from longnet_cli.cli.common import CONTEXT
 
 DEFAULT_RUNS = Path("runs")
 
@@ -103,8 +103,8 @@ def train(
     run directory on a filesystem they share. Writes RUN_DIR/metrics.jsonl (one JSON line per
     logged step) and RUN_DIR/checkpoints/step-NNNNNNN/.
     """
-    from longnet_cli import launch
-    from longnet_cli.recipes import load_recipe
+    from longnet_cli.config.recipe import load_recipe
+    from longnet_cli.train import launch
 
     loaded = load_recipe(recipe, list(overrides))
     run_dir = run_dir or DEFAULT_RUNS / recipe.stem
@@ -125,7 +125,7 @@ def train(
     if plan.in_process:
         _train_here(loaded, run_dir, resume, force, strict_data, quiet, as_json, worker=False)
         return
-    from longnet_cli.train import check_inputs
+    from longnet_cli.train.trainer import check_inputs
 
     check_inputs(loaded)  # a bad corpus exits 2 here, once, before any worker starts
     worker_args = [str(recipe), "--out", str(run_dir)]
@@ -144,9 +144,9 @@ def _train_here(
     the line once for all ranks and the worker only exits with the code."""
     import sys
 
-    from longnet_cli import launch
-    from longnet_cli.errors import LongnetError
-    from longnet_cli.train import train as train_stage
+    from longnet_cli.core.errors import LongnetError
+    from longnet_cli.train import launch
+    from longnet_cli.train.trainer import train as train_stage
 
     try:
         result = train_stage(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.commands.common import CONTEXT
+from longnet_cli.cli.common import CONTEXT
 
 
 @click.command("export", context_settings=CONTEXT)

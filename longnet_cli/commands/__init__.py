@@ -1,1 +1,0 @@
-"""One module per ``longnet`` subcommand; ``cli.py`` registers them."""

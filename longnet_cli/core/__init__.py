@@ -1,0 +1,1 @@
+"""Torch-free utilities with one job each: errors, durable files, locks, lengths, memory."""

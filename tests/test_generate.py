@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from longnet_cli.checkpoints import latest_checkpoint, load_model_weights
+from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weights
 from longnet_cli.cli import main
+from longnet_cli.config.recipe import Recipe
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.tokenizer import load_tokenizer
 from longnet_cli.generate import TextStream
-from longnet_cli.recipes import Recipe
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
 FILES = ("json/decoder.py", "json/encoder.py", "csv.py", "textwrap.py", "shlex.py")

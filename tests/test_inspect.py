@@ -12,13 +12,13 @@ import pytest
 import sentencepiece
 
 from longnet_cli.cli import main
+from longnet_cli.core.errors import InputError
 from longnet_cli.data.shards import (
     ShardWriter,
     token_dtype,
     write_documents_table,
     write_manifest,
 )
-from longnet_cli.errors import InputError
 from longnet_cli.inspect import inspect_corpus
 
 SHARD_TOKENS = 16

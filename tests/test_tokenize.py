@@ -17,24 +17,26 @@ import sysconfig
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sentencepiece
 import zstandard
+from helpers import (
+    check_output,
+    files_of,
+    run,
+    tokenize,
+    write,
+)
 
-from longnet_cli.cli import main
+from longnet_cli.core.errors import InputError
 from longnet_cli.data import shards as shards_module
 from longnet_cli.data import sources
 from longnet_cli.data.shards import TokenizedCorpus
 from longnet_cli.data.tokenizer import train_tokenizer
-from longnet_cli.errors import InputError
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-MANIFEST_KEYS = {"format", "tokenizer_sha256", "vocab_size", "dtype", "eos_id", "bos_id",
-                 "documents", "tokens", "shards", "skipped"}  # fmt: skip
-COLUMNS = ["doc_id", "source", "shard", "offset", "tokens", "bytes", "sha256", "split"]
 
 PROSE = (
     "Chapter 1\r\n\r\nIt was a bright cold day in April,   and the clocks were striking "
@@ -50,12 +52,6 @@ LONG = "".join(f"{i:06d} " + "long document line " * (i % 7) + "\n" for i in ran
 
 def stdlib_source() -> str:
     return (STDLIB / "json" / "decoder.py").read_text("utf-8")
-
-
-def write(path: Path, content: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    return path
 
 
 def make_corpus(root: Path) -> tuple[list[tuple[str, str]], dict[str, int]]:
@@ -119,103 +115,9 @@ def corpus(tmp_path) -> tuple[Path, list[tuple[str, str]], dict[str, int]]:
     return root, expected, skipped
 
 
-def run(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return exit_info.value.code
-
-
-def tokenize(paths, out: Path, *options: str, model: Path | None = None) -> int:
-    argv = ["tokenize", *map(str, paths), "--out", str(out), "--quiet", *options]
-    if model is not None:
-        argv += ["--tokenizer", str(model)]
-    return run(argv)
-
-
-def files_of(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
-
-
 def stats_of(directory: Path) -> dict[str, tuple[int, int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
             for p in sorted(directory.iterdir())}  # fmt: skip
-
-
-def read_stream(out: Path, manifest: dict) -> tuple[np.ndarray, list[int]]:
-    """All shards concatenated (read here with numpy) and each shard's start in the stream."""
-    dtype = {"uint16": "<u2", "uint32": "<u4"}[manifest["dtype"]]
-    arrays = [np.fromfile(out / entry["file"], dtype=dtype) for entry in manifest["shards"]]
-    starts = list(np.cumsum([0] + [a.size for a in arrays])[:-1])
-    return (np.concatenate(arrays) if arrays else np.empty(0, dtype)), starts
-
-
-def check_output(out: Path, expected, skipped, processor, model_bytes: bytes | None = None):
-    """Everything the issue promises about an output directory, checked from the files."""
-    names = {p.name for p in out.iterdir()}
-    manifest = json.loads((out / "manifest.json").read_text())
-    shard_files = [entry["file"] for entry in manifest["shards"]]
-    files = {"manifest.json", "tokenizer.model", "documents.parquet", *shard_files}
-    assert names - {".lock"} == {*files, "versions"}
-    assert shard_files == [f"shard-{i:05d}.bin" for i in range(len(shard_files))]
-    # one version, the current one; every top-level name is a relative link into it
-    (version,) = (out / "versions").iterdir()
-    assert {p.name for p in version.iterdir()} == {*files, ".readers.lock"}
-    for name in files:
-        assert os.readlink(out / name) == f"versions/{version.name}/{name}", name
-        assert (version / name).is_file() and not (version / name).is_symlink(), name
-
-    assert set(manifest) >= MANIFEST_KEYS
-    assert manifest["format"] == 1
-    # every file's content recorded: documents.parquet's sha256, and the manifest's own (its
-    # text as written, without that key)
-    documents = (out / "documents.parquet").read_bytes()
-    assert manifest["documents_sha256"] == hashlib.sha256(documents).hexdigest()
-    content = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
-    text = json.dumps(content, sort_keys=True, indent=2) + "\n"
-    assert manifest["manifest_sha256"] == hashlib.sha256(text.encode()).hexdigest()
-    model = (out / "tokenizer.model").read_bytes()
-    if model_bytes is not None:
-        assert model == model_bytes
-    assert manifest["tokenizer_sha256"] == hashlib.sha256(model).hexdigest()
-    assert manifest["vocab_size"] == processor.vocab_size()
-    assert manifest["dtype"] == ("uint16" if processor.vocab_size() <= 65536 else "uint32")
-    assert manifest["eos_id"] == processor.eos_id() >= 0
-    assert manifest["bos_id"] == processor.bos_id()
-    assert manifest["documents"] == len(expected)
-    assert manifest["skipped"]["counts"] == skipped
-    for entry in manifest["shards"]:
-        assert set(entry) == {"file", "tokens", "bytes", "sha256"}
-        data = (out / entry["file"]).read_bytes()
-        assert entry["bytes"] == len(data) == 2 * entry["tokens"]
-        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-
-    table = pq.read_table(out / "documents.parquet")
-    assert table.column_names == COLUMNS
-    rows = table.to_pylist()
-    assert [row["doc_id"] for row in rows] == list(range(len(expected)))
-    assert [row["source"] for row in rows] == [source for source, _ in expected]
-
-    stream, shard_starts = read_stream(out, manifest)
-    assert stream.size == manifest["tokens"] == sum(row["tokens"] + 1 for row in rows)
-    eos = manifest["eos_id"]
-    assert int((stream == eos).sum()) == len(expected)  # EOS only between documents
-    position = 0
-    reader = TokenizedCorpus.open(out, verify="full")
-    for row, (source, text) in zip(rows, expected):
-        data = text.encode("utf-8")
-        assert row["bytes"] == len(data), source
-        assert row["sha256"] == hashlib.sha256(data).hexdigest(), source
-        start = shard_starts[row["shard"]] + row["offset"]
-        assert start == position, f"{source}: documents are back to back"
-        ids = stream[start : start + row["tokens"]]
-        assert stream[start + row["tokens"]] == eos, f"{source} is followed by EOS"
-        assert processor.decode(ids.tolist()) == text, source
-        assert np.array_equal(reader.document(row["doc_id"]), ids)
-        if len(text) < sources.PIECE_CHARS and "▁" not in text:
-            assert ids.tolist() == processor.encode(text), source  # one piece: plain encoding
-        position = start + row["tokens"] + 1
-    assert manifest["bytes"] == sum(len(t.encode()) for _, t in expected)
-    return manifest
 
 
 # --------------------------------------------------------------------------- output

@@ -10,17 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import test_train
-from test_train import _cli, _metrics, _write_recipe
+from helpers import MEASURED, exit_code, metrics_of, write_train_recipe
 
-from longnet_cli import checkpoints as ckpt
-from longnet_cli.recipes import load_recipe
+from longnet_cli.artifacts import checkpoints as ckpt
+from longnet_cli.config.recipe import load_recipe
 
 # metrics that depend on the machine, not on the run: compared runs differ in them
-MEASURED = ("tokens_per_s", "elapsed_s", "mfu", "peak_flops")
-
-corpus = test_train.corpus  # the small corpus and the uninterrupted 12-step run, shared
-reference_run = test_train.reference_run
 
 
 def _copy_run(reference: Path, tmp_path: Path) -> Path:
@@ -77,14 +72,14 @@ def test_resume_skips_a_corrupted_checkpoint_and_says_why(reference_run, corpus,
     resumes from the one before, and reproduces the uninterrupted run bit for bit."""
     run = _copy_run(reference_run, tmp_path)
     _flip_byte(run / "checkpoints" / "step-0000012" / "model.safetensors", 1000)
-    recipe = _write_recipe(tmp_path, corpus)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    recipe = write_train_recipe(tmp_path, corpus)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     err = capsys.readouterr().err
     assert "skipped damaged checkpoint step-0000012" in err
     assert "model.safetensors" in err and "sha256" in err and "step-0000008" in err
-    assert _metrics(run) == [
+    assert metrics_of(run) == [
         {**r, **{key: m.get(key) for key in MEASURED}}
-        for r, m in zip(_metrics(reference_run), _metrics(run))
+        for r, m in zip(metrics_of(reference_run), metrics_of(run))
     ]
     assert ckpt.verify_checkpoint(run / "checkpoints" / "step-0000012").step == 12
 
@@ -94,9 +89,9 @@ def test_a_skipped_checkpoint_is_set_aside_out_of_pruning(reference_run, corpus,
     outrank (and prune) every checkpoint the resumed run writes before step 12."""
     run = _copy_run(reference_run, tmp_path)
     _flip_byte(run / "checkpoints" / "step-0000012" / "optimizer.pt", 5)
-    recipe = _write_recipe(tmp_path, corpus, train__steps=11, checkpoint__every=10,
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=11, checkpoint__every=10,
                            checkpoint__keep_last=1)  # fmt: skip
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     assert "(kept as step-0000012.damaged)" in capsys.readouterr().err
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["step-0000011", "step-0000012.damaged"]
@@ -119,12 +114,12 @@ def test_damage_of_each_kind_is_skipped(reference_run, corpus, tmp_path, capsys,
         (newest / "state.json").write_bytes(b"\xff\xfe\x00garbage")
     else:
         (newest / "rng-rank0.pt").unlink()
-    recipe = _write_recipe(tmp_path, corpus)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    recipe = write_train_recipe(tmp_path, corpus)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     err = capsys.readouterr().err
     assert "skipped damaged checkpoint step-0000012" in err, err
     assert "Traceback" not in err
-    assert [r["loss"] for r in _metrics(run)] == [r["loss"] for r in _metrics(reference_run)]
+    assert [r["loss"] for r in metrics_of(run)] == [r["loss"] for r in metrics_of(reference_run)]
 
 
 def test_no_intact_checkpoint_exits_2_naming_each(reference_run, corpus, tmp_path, capsys):
@@ -132,8 +127,8 @@ def test_no_intact_checkpoint_exits_2_naming_each(reference_run, corpus, tmp_pat
     for name in ("step-0000008", "step-0000012"):
         _flip_byte(run / "checkpoints" / name / "optimizer.pt", 77)
     before = (run / "metrics.jsonl").read_text()
-    recipe = _write_recipe(tmp_path, corpus)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 2
+    recipe = write_train_recipe(tmp_path, corpus)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no intact checkpoint" in err
     assert "step-0000008" in err and "step-0000012" in err and "--no-resume --force" in err
@@ -148,10 +143,10 @@ def test_checkpoint_without_hashes_still_resumes(reference_run, corpus, tmp_path
     state = json.loads(state_file.read_text())
     del state["files"]
     state_file.write_text(json.dumps(state))
-    recipe = _write_recipe(tmp_path, corpus)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    recipe = write_train_recipe(tmp_path, corpus)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     assert "skipped" not in capsys.readouterr().err
-    assert [r["loss"] for r in _metrics(run)] == [r["loss"] for r in _metrics(reference_run)]
+    assert [r["loss"] for r in metrics_of(run)] == [r["loss"] for r in metrics_of(reference_run)]
     assert "files" in json.loads((run / "checkpoints/step-0000012/state.json").read_text())
 
 
@@ -162,13 +157,13 @@ def test_torn_last_metrics_line_is_dropped_on_resume(reference_run, corpus, tmp_
     shutil.rmtree(run / "checkpoints" / "step-0000012")
     lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
     (run / "metrics.jsonl").write_text("".join(lines[:9]) + lines[9][:25])  # step 10, torn
-    recipe = _write_recipe(tmp_path, corpus)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    recipe = write_train_recipe(tmp_path, corpus)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     err = capsys.readouterr().err
     assert "dropped 1 unreadable line" in err and "Traceback" not in err
-    assert _metrics(run) == [
+    assert metrics_of(run) == [
         {**r, **{key: m.get(key) for key in MEASURED}}
-        for r, m in zip(_metrics(reference_run), _metrics(run))
+        for r, m in zip(metrics_of(reference_run), metrics_of(run))
     ]
 
 
@@ -204,7 +199,7 @@ def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
     staging.mkdir(parents=True)
     ckpt.write_scaler_file(staging, scaler)
     final = tmp_path / "checkpoints" / "step-0000005"
-    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "quickstart.yaml")
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml")
     ckpt.finish_checkpoint(staging, final, {"step": 5, "recipe": recipe.to_dict()})
     assert ckpt.SCALER_FILE in ckpt.verify_checkpoint(final).state["files"]
 
@@ -234,13 +229,13 @@ def test_fp16_resume_restores_the_loss_scale(reference_run, corpus, tmp_path):
         path = run / "checkpoints" / f"step-{step:07d}" / ckpt.SCALER_FILE
         return torch.load(path, weights_only=True)
 
-    recipe = _write_recipe(tmp_path, corpus, train__precision="fp16")
+    recipe = write_train_recipe(tmp_path, corpus, train__precision="fp16")
     whole = tmp_path / "whole"
-    assert _cli("train", str(recipe), "--out", str(whole), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(whole), "--quiet") == 0
     run = _copy_run(whole, tmp_path)
     shutil.rmtree(run / "checkpoints" / "step-0000012")
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     assert scaler_at(run, 12) == scaler_at(whole, 12)
     assert scaler_at(whole, 12)["_growth_tracker"] != scaler_at(whole, 8)["_growth_tracker"]
-    for a, b in zip(_metrics(whole), _metrics(run)):
+    for a, b in zip(metrics_of(whole), metrics_of(run)):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)

@@ -2,7 +2,7 @@
 
 Runs are laid out here by hand in the format ``longnet train`` and ``longnet eval`` write
 (checkpoints/step-NNNNNNN/state.json, metrics.jsonl, eval.json); the quickstart test in
-test_pipelines.py lists a real run.
+tests/e2e/test_pipelines.py lists a real run.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from longnet_cli.artifacts.runs import find_runs, list_runs
 from longnet_cli.cli import main
-from longnet_cli.runs import find_runs, list_runs
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -18,7 +18,7 @@ from longnet_cli.bench.gpu_check import (
     tiny_recipe,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "pipelines" / "gpu_check.sh"
 
 
@@ -67,7 +67,7 @@ def test_table_is_aligned():
 
 
 def test_tiny_recipe_reaches_one_million_tokens():
-    from longnet_cli.recipes import Recipe
+    from longnet_cli.config.recipe import Recipe
 
     recipe = Recipe.from_saved(tiny_recipe(Path("data")))
     assert max(recipe.model.segment_lengths) == 1 << 20

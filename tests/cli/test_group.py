@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from longnet_cli import __version__
 from longnet_cli.cli import cli, main
-from longnet_cli.lengths import format_length, parse_length, parse_lengths
+from longnet_cli.core.lengths import format_length, parse_length, parse_lengths
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -10,8 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from longnet_cli.errors import InputError
-from longnet_cli.recipes import (
+from longnet_cli.config.recipe import (
     BACKENDS,
     POSITIONS,
     SECTIONS,
@@ -26,8 +25,9 @@ from longnet_cli.recipes import (
     recipe_from_dict,
     safe_to_change_on_resume,
 )
+from longnet_cli.core.errors import InputError
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 SHIPPED = sorted(RECIPES_DIR.rglob("*.yaml"))  # recipes/study/ too
 
 MINIMAL = {

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from longnet_cli.cli import cli, main
-from longnet_cli.errors import DamagedFileError, InputError, LongnetError, one_line, reading
+from longnet_cli.core.errors import DamagedFileError, InputError, LongnetError, one_line, reading
 
 
 def _run(capsys, raising: BaseException, *extra: str) -> tuple[int, str]:
@@ -100,7 +100,7 @@ def test_a_recipe_with_a_control_byte_is_one_line_with_its_place(capsys, tmp_pat
 
 
 def test_eval_writes_its_report_atomically_or_names_the_path(tmp_path):
-    from longnet_cli.eval_report import write_text_atomically
+    from longnet_cli.evaluate.report import write_text_atomically
 
     target = tmp_path / "report.json"
     write_text_atomically(target, "{}\n")

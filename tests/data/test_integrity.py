@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from longnet_cli.cli import main
+from longnet_cli.core.errors import DamagedFileError
 from longnet_cli.data.shards import (
     DOCUMENTS_SHA256,
     MANIFEST_SHA256,
@@ -36,7 +37,6 @@ from longnet_cli.data.shards import (
     write_manifest,
 )
 from longnet_cli.data.tokenizer import load_tokenizer
-from longnet_cli.errors import DamagedFileError
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
 WORDS = [

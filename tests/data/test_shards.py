@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from longnet_cli.core.errors import InputError
 from longnet_cli.data.shards import (
     FORMAT_VERSION,
     CorpusError,
@@ -23,7 +24,6 @@ from longnet_cli.data.shards import (
     write_documents_table,
     write_manifest,
 )
-from longnet_cli.errors import InputError
 
 EOS = 1
 VOCAB = 300

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import sentencepiece
-from test_tokenize import check_output, files_of, run, tokenize, write
+from helpers import check_output, files_of, run, texts_of, tokenize, write
 
 import longnet_cli
 from longnet_cli.data import versions
@@ -33,7 +33,7 @@ SMALL = ("--shard-tokens", "300", "--holdout", "0")  # several shards per versio
 READER = """
 import json, sys
 from longnet_cli.data.shards import TokenizedCorpus
-from test_corpus_versions import texts_of
+from helpers import texts_of
 corpus = TokenizedCorpus.open(sys.argv[1])
 print(corpus.version, flush=True)
 sys.stdin.readline()
@@ -81,13 +81,6 @@ def write_corpus(root: Path, tag: str, count: int) -> list[list[str]]:
     return expected
 
 
-def texts_of(corpus: TokenizedCorpus) -> list[list[str]]:
-    """[[source, text]] of every document, read through ``corpus`` alone."""
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
-    sources = corpus.documents().column("source").to_pylist()
-    return [[s, processor.decode(corpus.document(i).tolist())] for i, s in enumerate(sources)]
-
-
 def summary(capsys, paths, out: Path, *options: str, model: Path) -> dict:
     """``longnet tokenize --json``'s summary (exit 0 asserted)."""
     capsys.readouterr()
@@ -97,7 +90,7 @@ def summary(capsys, paths, out: Path, *options: str, model: Path) -> dict:
 
 def child_env() -> dict[str, str]:
     """This checkout and the tests folder on a child's import path."""
-    paths = [str(Path(longnet_cli.__file__).parents[1]), str(Path(__file__).parent)]
+    paths = [str(Path(longnet_cli.__file__).parents[1]), str(Path(__file__).resolve().parents[1])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 

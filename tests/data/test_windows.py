@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from longnet_cli.core.errors import InputError
 from longnet_cli.data.shards import (
     ShardWriter,
     TokenizedCorpus,
@@ -17,7 +18,6 @@ from longnet_cli.data.shards import (
     write_manifest,
 )
 from longnet_cli.data.windows import TrainingWindows
-from longnet_cli.errors import InputError
 
 EOS = 1
 VOCAB = 60_000

@@ -20,7 +20,7 @@ dangling or pointed elsewhere) and runs ONE command in-process. What it must ans
 
 Never a traceback, never cli.py's fallback for an unexpected exception. A failure prints the
 case id (file-mutation-command-repeat), its seed, what was mutated, the command and its stderr;
-``pytest tests/test_fuzz.py -k ID`` reproduces it. ``LONGNET_FUZZ_REPORT=FILE`` writes every
+``pytest tests/e2e/test_fuzz.py -k ID`` reproduces it. ``LONGNET_FUZZ_REPORT=FILE`` writes every
 case's outcome as JSON (the figures the README's reliability section reports);
 ``LONGNET_FUZZ_PENDING=1`` also runs the cases PENDING_FIXES skips.
 """
@@ -420,7 +420,7 @@ def test_fuzz(case: Case, pristine: Path, tmp_path: Path, monkeypatch, capsys) -
     assert not found, (
         f"case {case.id} (seed {case.seed}): {mutated}\n"
         f"{describe(answer)}\nproblems: {found}\n"
-        f"reproduce: pytest tests/test_fuzz.py -k '{case.id}'"
+        f"reproduce: pytest tests/e2e/test_fuzz.py -k '{case.id}'"
     )
 
 

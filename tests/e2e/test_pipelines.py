@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from longnet_cli.artifacts.runs import list_runs
 from longnet_cli.data.shards import TokenizedCorpus
 from longnet_cli.data.sources import stdlib_path
-from longnet_cli.evaluate import plot_available
-from longnet_cli.runs import list_runs
+from longnet_cli.evaluate.stage import plot_available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ROOT / "pipelines"
 EVAL_KEYS = {"checkpoint", "data", "context", "overall", "buckets", "tokens_per_s",
              "peak_memory_bytes", "documents", "step", "chosen"}  # fmt: skip

@@ -1,6 +1,6 @@
-"""The copy probe (``longnet_cli.probe``): which targets it compares, documents too short for a
-distance, the reach note, and a real model against an independent computation. The CLI side
-(``longnet eval --probe copy``) is in test_eval.py."""
+"""The copy probe (``longnet_cli.evaluate.probe``): which targets it compares, documents too
+short for a distance, the reach note, and a real model against an independent computation.
+The CLI side (``longnet eval --probe copy``) is in tests/evaluate/test_stage.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from longnet_cli.evaluate.probe import copy_probe
 from longnet_cli.model.transformer import LongNetTransformer
-from longnet_cli.probe import copy_probe
 
 
 def _positions_nll(sequence: np.ndarray) -> np.ndarray:

@@ -15,8 +15,9 @@ import pytest
 import torch
 import yaml
 
-from longnet_cli.checkpoints import latest_checkpoint, load_model_weights
+from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weights
 from longnet_cli.cli import main
+from longnet_cli.config.recipe import Recipe
 from longnet_cli.data.shards import (
     LEGACY_DOCUMENTS_NAMES,
     TokenizedCorpus,
@@ -25,13 +26,12 @@ from longnet_cli.data.shards import (
     write_manifest,
 )
 from longnet_cli.data.sources import stdlib_path
-from longnet_cli.evaluate import (
+from longnet_cli.evaluate.stage import (
     bucket_starts,
     evaluate_model,
     resolve_precision,
     token_byte_lengths,
 )
-from longnet_cli.recipes import Recipe
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
 REQUIRED_KEYS = {

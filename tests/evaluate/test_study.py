@@ -1,5 +1,5 @@
-"""longnet_cli.study / ``longnet study-report``: the context study's table and claims, rendered
-from a side-by-side evaluation JSON (written here by hand) and each run's metrics.jsonl."""
+"""longnet_cli.evaluate.study / ``longnet study-report``: the context study's table and claims,
+rendered from a side-by-side evaluation JSON (written here by hand) and each run's metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from longnet_cli.cli import cli
-from longnet_cli.errors import InputError
-from longnet_cli.study import markdown, study_report
+from longnet_cli.core.errors import InputError
+from longnet_cli.evaluate.study import markdown, study_report
 
 CONTEXTS = [2048, 8192, 32768]
 DISTANCES = [512, 2048, 8192, 16384]

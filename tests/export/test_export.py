@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from longnet_cli.checkpoints import (
+from longnet_cli.artifacts.checkpoints import (
     finish_checkpoint,
     latest_checkpoint,
     load_model_weights,
@@ -24,12 +24,12 @@ from longnet_cli.checkpoints import (
     write_model_files,
 )
 from longnet_cli.cli import main
+from longnet_cli.config.recipe import Recipe
 from longnet_cli.data.shards import read_manifest
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer
 from longnet_cli.export import load_exported_model, read_exported
 from longnet_cli.hf import MODEL_KEYS
-from longnet_cli.recipes import Recipe
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: no network, ever

@@ -11,10 +11,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from longnet_cli.checkpoints import latest_checkpoint
+from longnet_cli.artifacts.checkpoints import latest_checkpoint
 from longnet_cli.cli import main
+from longnet_cli.config.recipe import load_recipe
 from longnet_cli.data.sources import stdlib_path
-from longnet_cli.recipes import load_recipe
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
 ROOT = Path(__file__).resolve().parent.parent

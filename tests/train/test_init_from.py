@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file, save_model
 
-from longnet_cli.errors import InputError
-from longnet_cli.init_from import InitSource, check_tokenizer, load_initial_weights
+from longnet_cli.core.errors import InputError
 from longnet_cli.model.transformer import LongNetTransformer
+from longnet_cli.train.init_from import InitSource, check_tokenizer, load_initial_weights
 
 SMALL = {"num_tokens": 64, "dim": 32, "depth": 2, "heads": 2, "dim_head": 16}
 

@@ -17,26 +17,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_train import _cli, _launch, _metrics, _recipe, _wait_for, _write_recipe
+from helpers import (
+    accelerate_launch,
+    exit_code,
+    metrics_of,
+    train_recipe,
+    wait_for,
+    write_train_recipe,
+)
 
-from longnet_cli.errors import InputError
-from longnet_cli.launch import LaunchPlan, plan_launch, under_launcher
+from longnet_cli.core.errors import InputError
+from longnet_cli.train.launch import LaunchPlan, plan_launch, under_launcher
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """test_train's small corpus: three standard-library modules, 600-token vocabulary."""
-    from longnet_cli.data.sources import stdlib_path
-    from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
-
-    out = tmp_path_factory.mktemp("corpus") / "data"
-    files = [stdlib_path() / name for name in ("json/decoder.py", "json/encoder.py", "csv.py")]
-    options = TokenizeOptions(paths=tuple(files), out=out, vocab_size=600,
-                              sample_bytes=1 << 20, workers=1, progress=False)  # fmt: skip
-    tokenize_corpus(options)
-    return out
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _command(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
@@ -109,7 +102,7 @@ def test_launchers_are_recognised_and_srun_with_one_task_per_node_is_not_one():
 
 def test_book_1m_on_a_cpu_machine_exits_2_before_any_work(tmp_path, capsys):
     run = tmp_path / "run"
-    assert _cli("train", str(ROOT / "recipes" / "book_1m.yaml"), "--out", str(run)) == 2
+    assert exit_code("train", str(ROOT / "recipes" / "book_1m.yaml"), "--out", str(run)) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "parallel.sequence is 8" in line
     assert "--devices 8" in line and "--set parallel.sequence=1" in line
@@ -121,15 +114,15 @@ def test_book_1m_on_a_cpu_machine_exits_2_before_any_work(tmp_path, capsys):
 
 def test_devices_2_gives_the_losses_of_accelerate_launch(corpus, tmp_path):
     """One command, two gloo processes, sequence parallel: the accelerate-launched run's losses."""
-    recipe = _write_recipe(tmp_path, corpus, train__steps=4, checkpoint__every=2)
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=4, checkpoint__every=2)
     code, out, err = _run(
         str(recipe), "--out", str(tmp_path / "own"), "--devices", "2", "--set",
         "parallel.sequence=2",
     )  # fmt: skip
     assert code == 0, err
     assert out.count("trained") == 1 and "step 4" in out  # the summary of rank 0 only
-    _launch(recipe, tmp_path / "accelerate", "--set", "parallel.sequence=2")
-    own, accelerate = _metrics(tmp_path / "own"), _metrics(tmp_path / "accelerate")
+    accelerate_launch(recipe, tmp_path / "accelerate", "--set", "parallel.sequence=2")
+    own, accelerate = metrics_of(tmp_path / "own"), metrics_of(tmp_path / "accelerate")
     assert [r["step"] for r in own] == [1, 2, 3, 4]
     for a, b in zip(accelerate, own):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
@@ -140,7 +133,7 @@ def test_devices_2_gives_the_losses_of_accelerate_launch(corpus, tmp_path):
 
 
 def test_env_devices_and_a_layout_that_does_not_divide(corpus, tmp_path):
-    recipe = _write_recipe(tmp_path, corpus, train__steps=2)
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=2)
     code, _, err = _run(
         str(recipe), "--out", str(tmp_path / "run"), "--set", "parallel.sequence=2",
         env_extra={"LONGNET_DEVICES": "3"},
@@ -157,7 +150,7 @@ def test_a_crashed_worker_stops_the_others_and_the_command_names_it(corpus, tmp_
     (hook / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1' and os.environ.get('LONGNET_LAUNCHER'):\n"
-        "    import longnet_cli.train as t\n"
+        "    import longnet_cli.train.trainer as t\n"
         "    real, calls = t.LanguageModelLoss.forward, []\n"
         "    def forward(self, window):\n"
         "        calls.append(1)\n"
@@ -166,7 +159,7 @@ def test_a_crashed_worker_stops_the_others_and_the_command_names_it(corpus, tmp_
         "        return real(self, window)\n"
         "    t.LanguageModelLoss.forward = forward\n"
     )
-    recipe = _write_recipe(tmp_path, corpus, train__steps=6)
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=6)
     started = time.monotonic()
     code, out, err = _run(
         str(recipe), "--out", str(tmp_path / "run"), "--devices", "2",
@@ -182,12 +175,12 @@ def test_a_crashed_worker_stops_the_others_and_the_command_names_it(corpus, tmp_
 def test_sigterm_reaches_every_worker_they_save_and_the_command_exits_143(corpus, tmp_path):
     """The launcher holds the lock while its workers train; SIGTERM to it: every worker saves
     (an RNG file per rank), exit 143 with one line; the same command resumes to the end."""
-    recipe = _write_recipe(tmp_path, corpus, train__steps=400, checkpoint__every=1000)
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=400, checkpoint__every=1000)
     run = tmp_path / "run"
     process = _command(str(recipe), "--out", str(run), "--devices", "2")
-    _wait_for(run / "metrics.jsonl", process)
+    wait_for(run / "metrics.jsonl", process)
     assert f"pid={process.pid}" in (run / ".train.lock").read_text()  # the launcher holds it
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet", "--devices", "2") == 75
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet", "--devices", "2") == 75
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
@@ -206,10 +199,10 @@ def test_two_nodes_on_one_machine_match_one_process_and_spread_evaluation(corpus
     changes = {"train__steps": 4, "train__grad_accum": 1, "checkpoint__every": 4,
                "eval__every": 2, "eval__data": str(corpus), "eval__docs": 3,
                "eval__contexts": [32, 64]}  # fmt: skip
-    one = _write_recipe(tmp_path, corpus, **changes, train__micro_batch_size=2)
-    assert _cli("train", str(one), "--out", str(tmp_path / "one"), "--quiet") == 0
+    one = write_train_recipe(tmp_path, corpus, **changes, train__micro_batch_size=2)
+    assert exit_code("train", str(one), "--out", str(tmp_path / "one"), "--quiet") == 0
     two = tmp_path / "two.yaml"
-    two.write_text(yaml.safe_dump(_recipe(corpus, **changes, train__micro_batch_size=1)))
+    two.write_text(yaml.safe_dump(train_recipe(corpus, **changes, train__micro_batch_size=1)))
     port = str(_free_port())
     nodes = [
         _command(
@@ -221,7 +214,7 @@ def test_two_nodes_on_one_machine_match_one_process_and_spread_evaluation(corpus
     results = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], results
     assert "trained" in results[0][0] and results[1][0] == ""  # rank 0 (node 0) reports
-    single, double = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    single, double = metrics_of(tmp_path / "one"), metrics_of(tmp_path / "two")
     losses = [(r["loss"], r["grad_norm"]) for r in single if "loss" in r]
     assert len(losses) == 4
     for (loss, norm), record in zip(losses, [r for r in double if "loss" in r]):
@@ -243,7 +236,7 @@ def test_two_nodes_on_one_machine_match_one_process_and_spread_evaluation(corpus
 
 def test_a_run_directory_other_nodes_cannot_see_exits_2(corpus, tmp_path):
     """Node 1 sees another directory at the run's path (as without a shared filesystem)."""
-    recipe = _write_recipe(tmp_path, corpus, train__steps=2)
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=2)
     port = str(_free_port())
     nodes = [
         _command(
@@ -261,7 +254,7 @@ def test_a_run_directory_other_nodes_cannot_see_exits_2(corpus, tmp_path):
 
 
 def test_evaluation_shares_balance_documents_by_length():
-    from longnet_cli.train import _Evaluation
+    from longnet_cli.train.trainer import _Evaluation
 
     class Corpus:
         def document_lengths(self):
@@ -276,7 +269,7 @@ def test_evaluation_shares_balance_documents_by_length():
 
 
 def test_srun_with_one_task_per_device_gets_torch_ranks():
-    from longnet_cli.launch import adopt_slurm_ranks
+    from longnet_cli.train.launch import adopt_slurm_ranks
 
     env = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_NUM_NODES": "2",
            "SLURM_LOCALID": "1", "MASTER_ADDR": "n0"}  # fmt: skip
@@ -291,7 +284,7 @@ def test_srun_with_one_task_per_device_gets_torch_ranks():
 def test_the_first_failure_is_the_cause_and_signals_keep_their_codes(tmp_path):
     from types import SimpleNamespace
 
-    from longnet_cli.launch import _first_failure
+    from longnet_cli.train.launch import _first_failure
 
     def failure(line, code, at, exitcode=1):
         data = {"message": line, "longnet": {"time": at, "exit_code": code}}

@@ -10,20 +10,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-import test_train
-from test_train import _cli, _metrics, _write_recipe
+from helpers import MEASURED, exit_code, metrics_of, write_train_recipe
 
 from longnet_cli.data.shards import TokenizedCorpus
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
-from longnet_cli.train import Schedule
+from longnet_cli.train.trainer import Schedule
 
 # metrics that depend on the machine, not on the run: compared runs differ in them
-MEASURED = ("tokens_per_s", "elapsed_s", "mfu", "peak_flops")
 
-corpus = test_train.corpus  # the small corpus and the uninterrupted 12-step run, shared
-reference_run = test_train.reference_run
-LR, FLOOR = 3e-3, 3e-4  # test_train's recipe: lr 3e-3, min_lr_ratio 0.1, warm-up 2, 12 steps
+LR, FLOOR = 3e-3, 3e-4  # helpers.train_recipe: lr 3e-3, min_lr_ratio 0.1, warm-up 2, 12 steps
 
 
 def _tokenize(sources: Path, out: Path, tokenizer: Path | None = None):
@@ -54,9 +50,9 @@ def test_changed_corpus_is_recorded_by_content(tmp_path, capsys):
         shutil.copyfile(stdlib_path() / name, sources / Path(name).name)
     data = tmp_path / "data"
     _tokenize(sources, data)
-    recipe = _write_recipe(tmp_path, data, train__steps=2, checkpoint__every=2)
+    recipe = write_train_recipe(tmp_path, data, train__steps=2, checkpoint__every=2)
     run = tmp_path / "run"
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     record = _state(run, 2)["corpus"]
     manifest = TokenizedCorpus.open(data).manifest
     assert record["shards"] == [entry["sha256"] for entry in manifest["shards"]]
@@ -66,10 +62,10 @@ def test_changed_corpus_is_recorded_by_content(tmp_path, capsys):
         os.utime(file, (2e9, 2e9))
     assert not _tokenize(sources, data).up_to_date  # re-tokenized ...
     capsys.readouterr()
-    code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=4")
+    code = exit_code("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=4")
     assert code == 0
     assert "the corpus" not in capsys.readouterr().err  # ... but nothing changed
-    assert not [r for r in _metrics(run) if "data_changed" in r]
+    assert not [r for r in metrics_of(run) if "data_changed" in r]
     assert _state(run, 4)["corpus"] == record
 
     tokenizer = tmp_path / "tokenizer.model"
@@ -78,7 +74,7 @@ def test_changed_corpus_is_recorded_by_content(tmp_path, capsys):
     _tokenize(sources, data, tokenizer)
     grown = TokenizedCorpus.open(data).manifest
     before = (run / "metrics.jsonl").read_text()
-    code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=6",
+    code = exit_code("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=6",
                 "--strict-data")  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--strict-data" in err
@@ -86,22 +82,22 @@ def test_changed_corpus_is_recorded_by_content(tmp_path, capsys):
     assert (run / "metrics.jsonl").read_text() == before
     assert not (run / "checkpoints" / "step-0000006").exists()
 
-    code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=6")
+    code = exit_code("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=6")
     assert code == 0
     err = capsys.readouterr().err
     assert "warning: the corpus" in err and "documents 3 -> 4" in err and "from step 4" in err
-    (changed,) = [r for r in _metrics(run) if "data_changed" in r]
+    (changed,) = [r for r in metrics_of(run) if "data_changed" in r]
     assert changed["step"] == 4
     assert changed["data_changed"]["from"]["sha256"] == record["sha256"]
     assert changed["data_changed"]["to"]["tokens"] == grown["tokens"]
     assert changed["data_changed"]["checkpoint"].endswith("step-0000004")
-    assert [r["step"] for r in _metrics(run) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in metrics_of(run) if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert _state(run, 6)["corpus"]["shards"] == [e["sha256"] for e in grown["shards"]]
     shutil.rmtree(run / "checkpoints" / "step-0000006")  # killed before its next checkpoint:
-    code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=6")
+    code = exit_code("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=6")
     assert code == 0 and "warning: the corpus" in capsys.readouterr().err  # said again ...
-    assert len([r for r in _metrics(run) if "data_changed" in r]) == 1  # ... recorded once
-    code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=8")
+    assert len([r for r in metrics_of(run) if "data_changed" in r]) == 1  # ... recorded once
+    code = exit_code("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=8")
     assert code == 0 and "the corpus" not in capsys.readouterr().err  # recorded once
 
 
@@ -114,19 +110,19 @@ def test_another_tokenizer_is_refused_naming_the_checkpoint_copy(tmp_path, capsy
     shutil.copyfile(stdlib_path() / "csv.py", sources / "csv.py")
     data = tmp_path / "data"
     _tokenize(sources, data)
-    recipe = _write_recipe(tmp_path, data, train__steps=2, checkpoint__every=2)
+    recipe = write_train_recipe(tmp_path, data, train__steps=2, checkpoint__every=2)
     run = tmp_path / "run"
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     shutil.copyfile(stdlib_path() / "json/encoder.py", sources / "encoder.py")
     _tokenize(sources, data)  # a new tokenizer, trained on the grown corpus
-    code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=4")
+    code = exit_code("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=4")
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert f"--tokenizer {run / 'checkpoints' / 'step-0000002' / 'tokenizer.model'}" in err
 
 
 def _lrs(run: Path) -> dict[int, float]:
-    return {r["step"]: r["lr"] for r in _metrics(run) if "lr" in r}
+    return {r["step"]: r["lr"] for r in metrics_of(run) if "lr" in r}
 
 
 def _resume_copy(reference: Path, tmp_path: Path, name: str, drop: tuple[str, ...] = ()) -> Path:
@@ -153,8 +149,8 @@ def test_raising_steps_on_a_finished_run_keeps_the_learning_rate(
     jump to 0.63 lr. Now the lr stays at the floor it reached, bit for bit across a second
     resume with the same steps."""
     run = _resume_copy(reference_run, tmp_path, "extended")
-    recipe = _write_recipe(tmp_path, corpus, train__steps=20)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=20)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     assert "train.steps changed from 12 to 20" in capsys.readouterr().err
     lrs = _lrs(run)
     assert lrs[12] == pytest.approx(FLOOR)
@@ -163,11 +159,11 @@ def test_raising_steps_on_a_finished_run_keeps_the_learning_rate(
     assert state["scheduler"]["segment"] == {"start": 12, "lr": lrs[12], "steps": 20}
 
     again = _resume_copy(run, tmp_path, "again", drop=("step-0000020",))  # resume from 16
-    assert _cli("train", str(recipe), "--out", str(again), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(again), "--quiet") == 0
     assert "train.steps changed" not in capsys.readouterr().err
-    assert _metrics(again) == [
+    assert metrics_of(again) == [
         {**r, **{key: m.get(key) for key in MEASURED}}
-        for r, m in zip(_metrics(run), _metrics(again))
+        for r, m in zip(metrics_of(run), metrics_of(again))
     ]  # the stored schedule: the same lr (and losses) to the last bit
 
 
@@ -176,8 +172,8 @@ def test_changing_steps_mid_run_continues_the_decay(reference_run, corpus, tmp_p
     """Resumed at step 8 of 12 with train.steps raised to 20 or lowered to 10: step 9 gets the
     lr it had in the 12-step run, and the decay reaches the floor at the new last step."""
     run = _resume_copy(reference_run, tmp_path, "run", drop=("step-0000012",))
-    recipe = _write_recipe(tmp_path, corpus, train__steps=steps)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=steps)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     reference = _lrs(reference_run)
     lrs = _lrs(run)
     assert [lrs[step] for step in range(1, 9)] == [reference[step] for step in range(1, 9)]
@@ -187,13 +183,13 @@ def test_changing_steps_mid_run_continues_the_decay(reference_run, corpus, tmp_p
 def test_lowering_steps_below_the_checkpoint_exits_2(reference_run, corpus, tmp_path, capsys):
     run = _resume_copy(reference_run, tmp_path, "run")
     before = (run / "metrics.jsonl").read_text()
-    recipe = _write_recipe(tmp_path, corpus, train__steps=6)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 2
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=6)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "train.steps is 6" in err and "step 12" in err
     assert (run / "metrics.jsonl").read_text() == before
-    recipe = _write_recipe(tmp_path, corpus, train__steps=12)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0  # finished: a no-op
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=12)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0  # finished: a no-op
     assert "already finished" in capsys.readouterr().out
 
 

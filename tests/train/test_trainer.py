@@ -13,79 +13,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from longnet_cli.cli import main
-from longnet_cli.data.sources import stdlib_path
-from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
-
-# metrics that depend on the machine, not on the run: compared runs differ in them
-MEASURED = ("tokens_per_s", "elapsed_s", "mfu", "peak_flops")
-
-STEPS = 12
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Path:
-    """A small real corpus: a few standard-library modules, 600-token vocabulary."""
-    out = tmp_path_factory.mktemp("corpus") / "data"
-    files = [stdlib_path() / name for name in ("json/decoder.py", "json/encoder.py", "csv.py")]
-    tokenize_corpus(
-        TokenizeOptions(
-            paths=tuple(files),
-            out=out,
-            vocab_size=600,
-            sample_bytes=1 << 20,
-            workers=1,
-            progress=False,
-        )
-    )
-    return out
-
-
-def _recipe(corpus: Path, **changes) -> dict:
-    recipe = {
-        "data": {"shards": str(corpus), "sampling": "stream"},
-        "model": {
-            "dim": 32,
-            "depth": 2,
-            "heads": 2,
-            "dim_head": 16,
-            "segment_lengths": [32, 64],
-            "dilation_rates": [1, 2],
-        },
-        "train": {
-            "seq_len": 64,
-            "micro_batch_size": 2,
-            "grad_accum": 2,
-            "steps": STEPS,
-            "lr": 3e-3,
-            "warmup_steps": 2,
-            "seed": 1,
-            "threads": 1,
-        },
-        "checkpoint": {"every": 4, "keep_last": 2},
-        "log": {"every": 1},
-    }
-    for key, value in changes.items():
-        section, name = key.split("__")
-        recipe.setdefault(section, {})[name] = value
-    return recipe
-
-
-def _write_recipe(directory: Path, corpus: Path, **changes) -> Path:
-    path = directory / "recipe.yaml"
-    path.write_text(yaml.safe_dump(_recipe(corpus, **changes)))
-    return path
-
-
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
+from helpers import (
+    MEASURED,
+    STEPS,
+    accelerate_launch,
+    exit_code,
+    metrics_of,
+    train_recipe,
+    wait_for,
+    write_train_recipe,
+)
 
 
 def _train_subprocess(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
@@ -105,25 +42,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[1].decode()
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.02)
-
-
-@pytest.fixture(scope="session")
-def reference_run(corpus, tmp_path_factory) -> Path:
-    """An uninterrupted run, the baseline of the resume tests."""
-    directory = tmp_path_factory.mktemp("reference")
-    recipe = _write_recipe(directory, corpus)
-    assert _cli("train", str(recipe), "--out", str(directory / "run"), "--quiet") == 0
-    return directory / "run"
-
-
 def test_train_logs_checkpoints_and_learns(reference_run):
-    records = _metrics(reference_run)
+    records = metrics_of(reference_run)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for record in records:
         assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"} <= set(record)
@@ -147,34 +67,36 @@ def test_train_logs_checkpoints_and_learns(reference_run):
 
 
 def test_finished_run_is_a_no_op(reference_run, corpus, tmp_path, capsys):
-    recipe = _write_recipe(tmp_path, corpus)
+    recipe = write_train_recipe(tmp_path, corpus)
     before = (reference_run / "metrics.jsonl").read_text()
-    assert _cli("train", str(recipe), "--out", str(reference_run), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(reference_run), "--quiet") == 0
     assert "already finished" in capsys.readouterr().out
     assert (reference_run / "metrics.jsonl").read_text() == before
 
 
 def test_resume_after_sigkill_is_bitwise_exact(reference_run, corpus, tmp_path):
-    recipe = _write_recipe(tmp_path, corpus)
+    recipe = write_train_recipe(tmp_path, corpus)
     run = tmp_path / "run"
     process = _train_subprocess(str(recipe), "--out", str(run))
-    _wait_for(run / "checkpoints" / "step-0000004", process)
+    wait_for(run / "checkpoints" / "step-0000004", process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert not (run / "checkpoints" / "step-0000012").exists()
     assert f"pid={process.pid}" in (run / ".train.lock").read_text()  # the file stays ...
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0  # ... the lock does not
-    assert _metrics(run) == [
+    assert (
+        exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
+    )  # ... the lock does not
+    assert metrics_of(run) == [
         {**r, **{key: m.get(key) for key in MEASURED}}
-        for r, m in zip(_metrics(reference_run), _metrics(run))
+        for r, m in zip(metrics_of(reference_run), metrics_of(run))
     ]  # loss, lr, grad_norm equal to the last bit at every step
 
 
 def test_sigterm_saves_a_checkpoint_and_resumes(reference_run, corpus, tmp_path):
-    recipe = _write_recipe(tmp_path, corpus, checkpoint__every=100)
+    recipe = write_train_recipe(tmp_path, corpus, checkpoint__every=100)
     run = tmp_path / "run"
     process = _train_subprocess(str(recipe), "--out", str(run))
-    _wait_for(run / "metrics.jsonl", process)
+    wait_for(run / "metrics.jsonl", process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate()
     assert process.returncode == 143, stderr.decode()
@@ -182,9 +104,9 @@ def test_sigterm_saves_a_checkpoint_and_resumes(reference_run, corpus, tmp_path)
     (saved,) = (run / "checkpoints").iterdir()
     step = json.loads((saved / "state.json").read_text())["step"]
     assert 1 <= step < STEPS
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
-    losses = [r["loss"] for r in _metrics(run)]
-    assert losses == [r["loss"] for r in _metrics(reference_run)]
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
+    losses = [r["loss"] for r in metrics_of(run)]
+    assert losses == [r["loss"] for r in metrics_of(reference_run)]
 
 
 def test_sigterm_stops_at_the_next_micro_step_and_resumes_exactly(corpus, tmp_path):
@@ -198,11 +120,11 @@ def test_sigterm_stops_at_the_next_micro_step_and_resumes_exactly(corpus, tmp_pa
                "model__dropout": 0.1}  # fmt: skip
     reference = tmp_path / "reference"
     reference.mkdir()
-    recipe = _write_recipe(reference, corpus, **changes)
-    assert _cli("train", str(recipe), "--out", str(reference / "run"), "--quiet") == 0
+    recipe = write_train_recipe(reference, corpus, **changes)
+    assert exit_code("train", str(recipe), "--out", str(reference / "run"), "--quiet") == 0
     run = tmp_path / "run"
     process = _train_subprocess(str(recipe), "--out", str(run))
-    _wait_for(run / "metrics.jsonl", process)  # step 1 is logged ...
+    wait_for(run / "metrics.jsonl", process)  # step 1 is logged ...
     started = _cpu_seconds(process.pid)
     while _cpu_seconds(process.pid) < started + 0.05:  # ... and step 2 well begun (a step
         assert process.poll() is None, process.communicate()[1].decode()  # takes ~0.5 s CPU)
@@ -219,22 +141,24 @@ def test_sigterm_stops_at_the_next_micro_step_and_resumes_exactly(corpus, tmp_pa
     assert step >= 2 and 1 <= micro < 32 and "the partial step is dropped" in message
     (saved,) = (run / "checkpoints").iterdir()
     assert saved.name == f"step-{step - 1:07d}" and f"checkpoint {saved}" in message
-    assert [r["step"] for r in _metrics(run)] == list(range(1, step))
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
-    assert _metrics(run) == [
+    assert [r["step"] for r in metrics_of(run)] == list(range(1, step))
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert metrics_of(run) == [
         {**r, **{key: m.get(key) for key in MEASURED}}
-        for r, m in zip(_metrics(reference / "run"), _metrics(run))
+        for r, m in zip(metrics_of(reference / "run"), metrics_of(run))
     ]
 
 
 def test_no_resume_refuses_to_overwrite_without_force(reference_run, corpus, tmp_path, capsys):
-    recipe = _write_recipe(tmp_path, corpus, train__steps=2)
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=2)
     run = tmp_path / "run"
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
-    assert _cli("train", str(recipe), "--out", str(run), "--no-resume", "--quiet") == 2
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(run), "--no-resume", "--quiet") == 2
     assert "--force" in capsys.readouterr().err
-    assert _cli("train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet") == 0
-    assert [r["step"] for r in _metrics(run)] == [1, 2]
+    assert (
+        exit_code("train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet") == 0
+    )
+    assert [r["step"] for r in metrics_of(run)] == [1, 2]
 
 
 def _wait_for_lock(run: Path, process: subprocess.Popen) -> None:
@@ -251,73 +175,83 @@ def test_second_train_on_a_running_run_exits_75(corpus, tmp_path, capsys):
     """While a run trains, a second train on its directory is refused at once (75) and the first
     finishes with the losses it has alone; reading the run (eval) stays free."""
     steps = 40
-    recipe = _write_recipe(tmp_path, corpus, train__steps=steps, checkpoint__every=2)
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=steps, checkpoint__every=2)
     alone = tmp_path / "alone"
-    assert _cli("train", str(recipe), "--out", str(alone), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(alone), "--quiet") == 0
     run = tmp_path / "run"
     first = _train_subprocess(str(recipe), "--out", str(run))
     _wait_for_lock(run, first)
     started = time.monotonic()
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 75
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 75
     refused_after = time.monotonic() - started
     err = capsys.readouterr().err
     assert f"pid={first.pid}" in err and str(run) in err and len(err.strip().splitlines()) == 1
-    assert _cli("train", str(recipe), "--out", str(run), "--no-resume", "--force",
+    assert exit_code("train", str(recipe), "--out", str(run), "--no-resume", "--force",
                 "--quiet") == 75  # fmt: skip
-    _wait_for(run / "checkpoints" / "step-0000002", first)
-    assert _cli("eval", str(run), "--split", "all", "--docs", "1", "--quiet") == 0
+    wait_for(run / "checkpoints" / "step-0000002", first)
+    assert exit_code("eval", str(run), "--split", "all", "--docs", "1", "--quiet") == 0
     assert first.poll() is None, "the first run ended before the checks: make it longer"
     _, stderr = first.communicate()
     assert first.returncode == 0, stderr.decode()
     assert refused_after < 10
-    steps_logged = [r["step"] for r in _metrics(run)]
+    steps_logged = [r["step"] for r in metrics_of(run)]
     assert steps_logged == list(range(1, steps + 1))  # one history, strictly increasing
-    assert [r["loss"] for r in _metrics(run)] == [r["loss"] for r in _metrics(alone)]
+    assert [r["loss"] for r in metrics_of(run)] == [r["loss"] for r in metrics_of(alone)]
 
 
 def test_no_resume_force_is_refused_while_the_lock_is_held(corpus, tmp_path, capsys):
     import fcntl
 
-    recipe = _write_recipe(tmp_path, corpus, train__steps=2)
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=2)
     run = tmp_path / "run"
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     with open(run / ".train.lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train holds it
         handle.write("otherhost pid=4242 started=now\n")
         handle.flush()
-        code = _cli("train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet")
+        code = exit_code(
+            "train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet"
+        )
     assert code == 75
     assert "otherhost pid=4242" in capsys.readouterr().err
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing deleted
-    assert _cli("train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet") == 0
+    assert (
+        exit_code("train", str(recipe), "--out", str(run), "--no-resume", "--force", "--quiet") == 0
+    )
 
 
 def test_resume_refuses_an_unsafe_recipe_change_but_takes_more_steps(corpus, tmp_path, capsys):
     run = tmp_path / "run"
-    first = _write_recipe(tmp_path, corpus, train__steps=4)
-    assert _cli("train", str(first), "--out", str(run), "--quiet") == 0
-    assert _cli("train", str(first), "--out", str(run), "--quiet", "--set", "model.dim=48") == 2
+    first = write_train_recipe(tmp_path, corpus, train__steps=4)
+    assert exit_code("train", str(first), "--out", str(run), "--quiet") == 0
+    assert (
+        exit_code("train", str(first), "--out", str(run), "--quiet", "--set", "model.dim=48") == 2
+    )
     assert "model.dim" in capsys.readouterr().err
-    assert _cli("train", str(first), "--out", str(run), "--quiet", "--set", "train.steps=6") == 0
-    assert [r["step"] for r in _metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert (
+        exit_code("train", str(first), "--out", str(run), "--quiet", "--set", "train.steps=6") == 0
+    )
+    assert [r["step"] for r in metrics_of(run)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_refuses_another_world_size(corpus, tmp_path, capsys):
     run = tmp_path / "run"
-    recipe = _write_recipe(tmp_path, corpus, train__steps=4, checkpoint__every=2)
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=2") == 0
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=4, checkpoint__every=2)
+    assert (
+        exit_code("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=2") == 0
+    )
     state_file = run / "checkpoints" / "step-0000002" / "state.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "dp_size": 2}))
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 2
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 2
     assert "2 data-parallel processes" in capsys.readouterr().err
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(
     corpus, tmp_path, capsys, monkeypatch
 ):
-    from longnet_cli import train as train_module
+    from longnet_cli.train import trainer as train_module
 
     calls = {"n": 0}
     real_forward = train_module.LanguageModelLoss.forward
@@ -328,22 +262,22 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(
         return loss * float("nan") if calls["n"] > 4 * 2 else loss  # step 5 on (2 micro-steps)
 
     monkeypatch.setattr(train_module.LanguageModelLoss, "forward", forward)
-    recipe = _write_recipe(tmp_path, corpus)
+    recipe = write_train_recipe(tmp_path, corpus)
     run = tmp_path / "run"
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 1
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 1
     err = capsys.readouterr().err
     assert "step 5" in err and "nan" in err and "step-0000004" in err
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000004"]
 
 
 def test_bad_recipe_and_missing_data_exit_2(corpus, tmp_path, capsys):
-    recipe = _write_recipe(tmp_path, corpus, model__dimm=3)
-    assert _cli("train", str(recipe), "--quiet") == 2
+    recipe = write_train_recipe(tmp_path, corpus, model__dimm=3)
+    assert exit_code("train", str(recipe), "--quiet") == 2
     assert "model.dim" in capsys.readouterr().err
-    recipe = _write_recipe(tmp_path, tmp_path / "nowhere")
-    assert _cli("train", str(recipe), "--out", str(tmp_path / "run"), "--quiet") == 2
-    recipe = _write_recipe(tmp_path, corpus, train__seq_len=10**7)
-    assert _cli("train", str(recipe), "--out", str(tmp_path / "run"), "--quiet") == 2
+    recipe = write_train_recipe(tmp_path, tmp_path / "nowhere")
+    assert exit_code("train", str(recipe), "--out", str(tmp_path / "run"), "--quiet") == 2
+    recipe = write_train_recipe(tmp_path, corpus, train__seq_len=10**7)
+    assert exit_code("train", str(recipe), "--out", str(tmp_path / "run"), "--quiet") == 2
     assert "train.seq_len" in capsys.readouterr().err
 
 
@@ -351,16 +285,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_
     """Data parallel over 2 real processes (gloo): rank r reads samples 2s + r, so the run
     equals one process with micro_batch_size 2."""
     steps = 4
-    single = _write_recipe(tmp_path, corpus, train__steps=steps, train__grad_accum=1)
-    assert _cli("train", str(single), "--out", str(tmp_path / "one"), "--quiet") == 0
+    single = write_train_recipe(tmp_path, corpus, train__steps=steps, train__grad_accum=1)
+    assert exit_code("train", str(single), "--out", str(tmp_path / "one"), "--quiet") == 0
     double = tmp_path / "two.yaml"
     double.write_text(
         yaml.safe_dump(
-            _recipe(corpus, train__steps=steps, train__grad_accum=1, train__micro_batch_size=1)
+            train_recipe(corpus, train__steps=steps, train__grad_accum=1, train__micro_batch_size=1)
         )
     )
-    _launch(double, tmp_path / "two")
-    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    accelerate_launch(double, tmp_path / "two")
+    one, two = metrics_of(tmp_path / "one"), metrics_of(tmp_path / "two")
     assert [r["step"] for r in two] == list(range(1, steps + 1))
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
@@ -373,10 +307,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_
 def test_tensorboard_tracker_logs_or_warns(corpus, tmp_path, capsys):
     import importlib.util
 
-    recipe = _write_recipe(tmp_path, corpus, train__steps=2, log__tensorboard=True)
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=2, log__tensorboard=True)
     run = tmp_path / "run"
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
-    assert [r["step"] for r in _metrics(run)] == [1, 2]
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert [r["step"] for r in metrics_of(run)] == [1, 2]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         assert list(run.rglob("events.out.tfevents.*"))
     else:
@@ -384,18 +318,18 @@ def test_tensorboard_tracker_logs_or_warns(corpus, tmp_path, capsys):
 
 
 def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
+    from longnet_cli.config.recipe import load_recipe
     from longnet_cli.data.shards import TokenizedCorpus
     from longnet_cli.data.windows import TrainingWindows
-    from longnet_cli.evaluate import scorable_documents
-    from longnet_cli.recipes import load_recipe
-    from longnet_cli.train import _Evaluation
+    from longnet_cli.evaluate.stage import scorable_documents
+    from longnet_cli.train.trainer import _Evaluation
 
-    recipe = _write_recipe(
+    recipe = write_train_recipe(
         tmp_path, corpus, train__steps=4, eval__every=2, eval__contexts=[32, 64], eval__docs=1
     )
     run = tmp_path / "run"
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
-    evals = [r for r in _metrics(run) if "eval" in r]
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
+    evals = [r for r in metrics_of(run) if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4]
     for record in evals:
         assert record["eval"]["split"] == "heldout" and record["eval"]["documents"] == 1
@@ -419,19 +353,19 @@ def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
 def test_evaluation_during_training_runs_under_the_recipe_precision(corpus, tmp_path):
     """A bf16 run is evaluated under bf16 autocast: its eval figures are those of
     ``evaluate_model(precision="bf16")`` on the final weights, not the fp32 ones."""
-    from longnet_cli.checkpoints import latest_checkpoint, load_model_weights
+    from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weights
+    from longnet_cli.config.recipe import load_recipe
     from longnet_cli.data.shards import TokenizedCorpus
-    from longnet_cli.evaluate import evaluate_model
-    from longnet_cli.recipes import load_recipe
-    from longnet_cli.train import _Evaluation
+    from longnet_cli.evaluate.stage import evaluate_model
+    from longnet_cli.train.trainer import _Evaluation
 
-    recipe_path = _write_recipe(tmp_path, corpus, train__steps=2, train__precision="bf16",
+    recipe_path = write_train_recipe(tmp_path, corpus, train__steps=2, train__precision="bf16",
                                 eval__every=2, eval__contexts=[64], eval__docs=1)  # fmt: skip
     run = tmp_path / "run"
     process = _train_subprocess(str(recipe_path), "--out", str(run))  # accelerate's precision
     _, stderr = process.communicate()  # is fixed once per process: a bf16 run gets its own
     assert process.returncode == 0, stderr.decode()
-    (record,) = [r for r in _metrics(run) if "eval" in r]
+    (record,) = [r for r in metrics_of(run) if "eval" in r]
     recipe = load_recipe(recipe_path)
     tokenized = TokenizedCorpus.open(corpus)
     plan = _Evaluation.plan(recipe, tokenized)
@@ -470,18 +404,20 @@ def test_a_run_started_before_splits_keeps_its_windows_on_resume(corpus, tmp_pat
     changes["eval__contexts"] = [32]
     reference = tmp_path / "reference"
     reference.mkdir()
-    recipe = _write_recipe(reference, legacy, **changes)
-    assert _cli("train", str(recipe), "--out", str(reference / "run"), "--quiet") == 0
+    recipe = write_train_recipe(reference, legacy, **changes)
+    assert exit_code("train", str(recipe), "--out", str(reference / "run"), "--quiet") == 0
     assert "no held-out split" in capsys.readouterr().err  # the one-line warning
     state = json.loads((reference / "run/checkpoints/step-0000004/state.json").read_text())
     assert state["windows"] == "before-eval-tail"  # a new run on an old corpus: old scheme
-    assert {r["eval"]["split"] for r in _metrics(reference / "run") if "eval" in r} == {"tail"}
+    assert {r["eval"]["split"] for r in metrics_of(reference / "run") if "eval" in r} == {"tail"}
 
     data = tmp_path / "data"
     shutil.copytree(legacy, data)
-    recipe = _write_recipe(tmp_path, data, **changes)
+    recipe = write_train_recipe(tmp_path, data, **changes)
     run = tmp_path / "run"
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=2") == 0
+    assert (
+        exit_code("train", str(recipe), "--out", str(run), "--quiet", "--set", "train.steps=2") == 0
+    )
     state_file = run / "checkpoints" / "step-0000002" / "state.json"
     state = json.loads(state_file.read_text())
     del state["windows"]  # as written before window schemes were recorded
@@ -489,41 +425,12 @@ def test_a_run_started_before_splits_keeps_its_windows_on_resume(corpus, tmp_pat
     for name in ("documents.parquet", "manifest.json"):  # the corpus now records its split
         shutil.copyfile(corpus / name, data / name)
     capsys.readouterr()
-    assert _cli("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
     assert "keeps its windows" in capsys.readouterr().err
-    expected = [r["loss"] for r in _metrics(reference / "run") if "loss" in r]
-    assert [r["loss"] for r in _metrics(run) if "loss" in r] == expected
+    expected = [r["loss"] for r in metrics_of(reference / "run") if "loss" in r]
+    assert [r["loss"] for r in metrics_of(run) if "loss" in r] == expected
     final = json.loads((run / "checkpoints/step-0000004/state.json").read_text())
     assert final["windows"] == "before-eval-tail"
-
-
-def _launch(recipe: Path, run: Path, *extra: str, processes: int = 2) -> None:
-    # On a CPU-only machine `--multi_gpu` is what starts N processes (gloo).
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "longnet_cli",
-        "train",
-        str(recipe),
-        "--out",
-        str(run),
-        "--quiet",
-        *extra,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
 
 
 def test_sequence_parallel_training_matches_one_process_and_checkpoints_interchange(
@@ -533,10 +440,10 @@ def test_sequence_parallel_training_matches_one_process_and_checkpoints_intercha
     segment spans both), the loss curve equals one process's within 1e-4, and checkpoints
     resume across the two layouts in both directions."""
     steps = 5
-    recipe = _write_recipe(tmp_path, corpus, train__steps=steps, checkpoint__every=3)
-    assert _cli("train", str(recipe), "--out", str(tmp_path / "one"), "--quiet") == 0
-    _launch(recipe, tmp_path / "two", "--set", "parallel.sequence=2")
-    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=steps, checkpoint__every=3)
+    assert exit_code("train", str(recipe), "--out", str(tmp_path / "one"), "--quiet") == 0
+    accelerate_launch(recipe, tmp_path / "two", "--set", "parallel.sequence=2")
+    one, two = metrics_of(tmp_path / "one"), metrics_of(tmp_path / "two")
     assert [r["step"] for r in two] == list(range(1, steps + 1))
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
@@ -550,18 +457,18 @@ def test_sequence_parallel_training_matches_one_process_and_checkpoints_intercha
     for source, copy in ((tmp_path / "two", mixed), (tmp_path / "one", back)):
         shutil.copytree(source, copy, ignore=shutil.ignore_patterns(".train.lock"))
         shutil.rmtree(copy / "checkpoints" / "step-0000005")
-    assert _cli("train", str(recipe), "--out", str(mixed), "--quiet") == 0
+    assert exit_code("train", str(recipe), "--out", str(mixed), "--quiet") == 0
     # ... and a single-process one in a sequence-parallel run.
-    _launch(recipe, back, "--set", "parallel.sequence=2")
+    accelerate_launch(recipe, back, "--set", "parallel.sequence=2")
     for run in (mixed, back):
-        for a, b in zip(one, _metrics(run)):
+        for a, b in zip(one, metrics_of(run)):
             assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
-        assert [r["step"] for r in _metrics(run)] == list(range(1, steps + 1))
+        assert [r["step"] for r in metrics_of(run)] == list(range(1, steps + 1))
 
 
 def test_sequence_parallel_degree_must_divide_the_processes(corpus, tmp_path, capsys):
-    recipe = _write_recipe(tmp_path, corpus, parallel__sequence=2)
-    assert _cli("train", str(recipe), "--out", str(tmp_path / "run"), "--quiet") == 2
+    recipe = write_train_recipe(tmp_path, corpus, parallel__sequence=2)
+    assert exit_code("train", str(recipe), "--out", str(tmp_path / "run"), "--quiet") == 2
     assert "parallel.sequence" in capsys.readouterr().err
 
 
@@ -576,14 +483,14 @@ def test_deterministic_kernels_switch_on_at_resume_and_keep_the_losses(
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
     shutil.rmtree(run / "checkpoints" / "step-0000012")  # resume from step 8
-    recipe = _write_recipe(tmp_path, corpus)
+    recipe = write_train_recipe(tmp_path, corpus)
     try:
-        code = _cli("train", str(recipe), "--out", str(run), "--quiet", "--set",
+        code = exit_code("train", str(recipe), "--out", str(run), "--quiet", "--set",
                     "train.deterministic=true")  # fmt: skip
         assert code == 0
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
-    assert [r["loss"] for r in _metrics(run)] == [r["loss"] for r in _metrics(reference_run)]
+    assert [r["loss"] for r in metrics_of(run)] == [r["loss"] for r in metrics_of(reference_run)]
     state = json.loads((run / "checkpoints/step-0000012/state.json").read_text())
     assert state["recipe"]["train"]["deterministic"] is True

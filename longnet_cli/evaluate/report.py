@@ -16,7 +16,8 @@ from pathlib import Path
 from longnet_cli.core.errors import InputError, LongnetError, one_line
 from longnet_cli.core.lengths import format_length
 from longnet_cli.data.versions import fsync_directory
-from longnet_cli.evaluate.stage import EvalResult, RunResult, Stats, plot_available
+from longnet_cli.evaluate.scorer import Stats
+from longnet_cli.evaluate.stage import EvalResult, RunResult, plot_available
 
 LINE_STYLES = ("-", "--", ":", "-.")  # several runs: a colour per run, a line style per context
 SPLIT_WORDS = {"heldout": "held-out", "train": "training", "all": "all"}

@@ -993,7 +993,7 @@ class _Evaluation:
         ``eval.docs`` held-out documents (training documents, with a warning, when it holds
         none); under "before-eval-tail" its last ``eval.docs`` documents, cut from training."""
         from longnet_cli.data.shards import TokenizedCorpus
-        from longnet_cli.evaluate.stage import scorable_documents
+        from longnet_cli.evaluate.scorer import scorable_documents
 
         cfg = recipe.eval
         if not cfg.every:
@@ -1041,7 +1041,7 @@ class _Evaluation:
 
     def run(self, model: nn.Module, doc_ids: list[int] | None = None) -> dict:
         """``evaluate_model``'s figures on ``doc_ids`` (default: all of this plan's documents)."""
-        from longnet_cli.evaluate.stage import evaluate_model, token_byte_lengths
+        from longnet_cli.evaluate.scorer import evaluate_model, token_byte_lengths
 
         if self.token_bytes is None:
             self.token_bytes = token_byte_lengths(self.corpus)
@@ -1072,7 +1072,7 @@ class _Evaluation:
 
     def sums(self, model: nn.Module, doc_ids: list[int]) -> np.ndarray:
         """Summed (nll, tokens, bytes) per context, ascending, over ``doc_ids`` (zeros for none)."""
-        from longnet_cli.evaluate.stage import LN2
+        from longnet_cli.evaluate.scorer import LN2
 
         contexts = sorted(set(self.contexts))
         sums = np.zeros((len(contexts), 3), dtype=np.float64)
@@ -1089,7 +1089,7 @@ class _Evaluation:
 
     def figures(self, sums: np.ndarray) -> dict:
         """The figures of summed (nll, tokens, bytes), as ``run`` reports them."""
-        from longnet_cli.evaluate.stage import LN2
+        from longnet_cli.evaluate.scorer import LN2
 
         contexts = {}
         for context, (nll, tokens, nbytes) in zip(sorted(set(self.contexts)), sums):
@@ -1152,7 +1152,7 @@ def _init_source(recipe: Recipe, corpus):
 def _measure_peak(accelerator, recipe: Recipe):
     """The device's matmul peak in the run's compute dtype (for ``mfu``), measured by the
     main process, which alone writes metrics; None on the other processes."""
-    from longnet_cli.model.peak import device_peak_flops
+    from longnet_cli.runtime import device_peak_flops
 
     if not accelerator.is_main_process:
         return None

@@ -107,7 +107,12 @@ def test_quickstart_end_to_end_then_second_run_skips(tmp_path):
     blocker.mkdir()
     (blocker / "matplotlib.py").write_text("raise ImportError('blocked by the test')\n")
     second, second_seconds = _run(
-        "quickstart.sh", workdir, env={**QUICKSTART_ENV, "PYTHONPATH": str(blocker)}
+        "quickstart.sh",
+        workdir,
+        env={
+            **QUICKSTART_ENV,
+            "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
+        },
     )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "is up to date" in second.stdout and "already finished at step 4" in second.stdout

@@ -26,7 +26,7 @@ from longnet_cli.data.shards import (
     write_manifest,
 )
 from longnet_cli.data.sources import stdlib_path
-from longnet_cli.evaluate.stage import (
+from longnet_cli.evaluate.scorer import (
     bucket_starts,
     evaluate_model,
     resolve_precision,

@@ -17,7 +17,7 @@ from longnet_cli.config.recipe import load_recipe
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FILES = ("json/decoder.py", "json/encoder.py", "csv.py", "textwrap.py", "shlex.py")
 SHAPE = {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16}
 
@@ -156,7 +156,7 @@ def test_metrics_carry_mfu_over_a_peak_measured_at_start(source_run):
 
 
 def test_the_peak_is_measured_in_the_compute_dtype():
-    from longnet_cli.model.peak import measure_peak_flops
+    from longnet_cli.runtime import measure_peak_flops
 
     peak = measure_peak_flops("cpu", torch.bfloat16, size=128, seconds=0.01)
     assert peak.dtype == "float32" and peak.size == 128  # a CPU's floor is fp32

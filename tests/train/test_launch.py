@@ -163,7 +163,7 @@ def test_a_crashed_worker_stops_the_others_and_the_command_names_it(corpus, tmp_
     started = time.monotonic()
     code, out, err = _run(
         str(recipe), "--out", str(tmp_path / "run"), "--devices", "2",
-        env_extra={"PYTHONPATH": str(hook)},
+        env_extra={"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])},
     )  # fmt: skip
     assert code == 1, err
     last = err.strip().splitlines()[-1]

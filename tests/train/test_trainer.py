@@ -321,7 +321,7 @@ def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
     from longnet_cli.config.recipe import load_recipe
     from longnet_cli.data.shards import TokenizedCorpus
     from longnet_cli.data.windows import TrainingWindows
-    from longnet_cli.evaluate.stage import scorable_documents
+    from longnet_cli.evaluate.scorer import scorable_documents
     from longnet_cli.train.trainer import _Evaluation
 
     recipe = write_train_recipe(
@@ -356,7 +356,7 @@ def test_evaluation_during_training_runs_under_the_recipe_precision(corpus, tmp_
     from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weights
     from longnet_cli.config.recipe import load_recipe
     from longnet_cli.data.shards import TokenizedCorpus
-    from longnet_cli.evaluate.stage import evaluate_model
+    from longnet_cli.evaluate.scorer import evaluate_model
     from longnet_cli.train.trainer import _Evaluation
 
     recipe_path = write_train_recipe(tmp_path, corpus, train__steps=2, train__precision="bf16",

@@ -1,0 +1,34 @@
+"""The names of what a run directory and a checkpoint hold, written down once.
+
+    RUN_DIR/
+      metrics.jsonl                one JSON line per logged step (and evaluation)
+      eval.json                    the latest ``longnet eval`` of the run (also beside it)
+      .train.lock                  flock of the one ``longnet train`` writing the run
+      checkpoints/step-NNNNNNN/    one atomic directory per checkpoint:
+        model.safetensors  optimizer.pt  recipe.yaml  tokenizer.model  rng-rankR.pt  ...
+        state.json                 written last: step, RNG, data position, every file's sha256
+
+An export directory (``longnet export``) reuses the weight, tokenizer and state names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"
+RUN_LOCK_FILE = ".train.lock"
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "step-"  # step-NNNNNNN: checkpoints.step_name
+
+WEIGHTS_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+RECIPE_FILE = "recipe.yaml"
+TOKENIZER_FILE = "tokenizer.model"
+STATE_FILE = "state.json"
+
+
+def run_of_checkpoint(checkpoint: Path | str) -> Path | None:
+    """The run directory a ``RUN_DIR/checkpoints/step-N`` path belongs to (None otherwise)."""
+    parent = Path(checkpoint).parent
+    return parent.parent if parent.name == CHECKPOINTS_DIR else None

@@ -12,7 +12,6 @@ model of its main buffers. No GPU needed: it is arithmetic.
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import time
 import traceback
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from longnet_cli.core.memory import peak_rss_bytes
 from longnet_cli.model.parallel import plan_sequence
 
 GB = 1e9
@@ -86,7 +86,7 @@ def _measure_rank(rank, world, port, config, results) -> None:
         seconds = time.perf_counter() - start
         plan = plan_sequence(n, rank, world, h, segments, rates, True)
         sent, received = exchanged_bytes(plan, d, 4)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
         results.put(
             RankMeasurement(world, rank, config["seq_len"], seconds, peak, sent, received).to_dict()
         )

@@ -24,4 +24,4 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # shellcheck source=pipelines/_lib.sh
 . "$ROOT/pipelines/_lib.sh"
 require_longnet # a python without torch: exit 2 with one line, not a traceback
-exec "$LONGNET_PYTHON" -m longnet_cli.bench.gpu_check "$@"
+exec "$LONGNET_PYTHON" "$ROOT/tools/gpu_check.py" "$@"

@@ -95,7 +95,7 @@ def _longnet(*args: str) -> list[str]:
 
 
 def check_gpu_tests(work: Path, log: Path) -> list[Row]:
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     # tests/model holds every gpu test; other test modules import packages (zstandard) that a
     # GPU image may lack.
     result = subprocess.run(
@@ -145,7 +145,7 @@ def check_attention(work: Path, log: Path) -> list[Row]:
 
 def check_layer(work: Path, log: Path) -> list[Row]:
     result = _run(
-        [sys.executable, "-m", "longnet_cli.bench.gpu_check", "--layer", str(TINY_REACH)],
+        [sys.executable, str(Path(__file__).resolve()), "--layer", str(TINY_REACH)],
         log,
         timeout=180,
     )
@@ -195,7 +195,7 @@ def layer_step(n: int, device: str = "cuda") -> dict:
 
 
 def check_train(work: Path, log: Path) -> list[Row]:
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     result = _run(
         _longnet("bench", "train", str(repo / "recipes" / "paper_base.yaml"), "--steps", "20",
                  "--vocab-size", "32000", "--json"),

@@ -302,28 +302,13 @@ def bench_parallel_command(
 
 
 def _planned_table(recipe_path: Path, quiet: bool) -> list[dict]:
-    """Per-GPU memory and communication of the recipe's model on 8 ... 1024 GPUs."""
-    import dataclasses
+    """Per-GPU memory and communication of the recipe's model on 8 ... 1024 GPUs, printed
+    unless ``quiet``; the rows for the JSON report."""
+    from longnet_cli.bench.parallel import plan_recipe
 
-    import torch
-
-    from longnet_cli.bench.parallel import plan_costs
-    from longnet_cli.config.recipe import load_recipe
-
-    recipe = load_recipe(recipe_path)
-    with torch.device("meta"):
-        model = recipe.model.build(recipe.model.vocab_size or 32000)
-    parameters, config = model.num_parameters(), model.config
+    parameters, tables = plan_recipe(recipe_path)
     rows = []
-    for label, lengths_to_config in (
-        ("as in the recipe", lambda n: config),
-        (
-            "segments up to N",
-            lambda n: dataclasses.replace(
-                config, segment_lengths=_geometric(n)[0], dilation_rates=_geometric(n)[1]
-            ),
-        ),
-    ):
+    for label, costs in tables.items():
         if not quiet:
             click.echo(
                 f"\n# {recipe_path.name} ({parameters / 1e6:.0f}M parameters), "
@@ -333,28 +318,16 @@ def _planned_table(recipe_path: Path, quiet: bool) -> list[dict]:
                 f"{'N':>5} {'GPUs':>5} {'tokens/GPU':>10} {'memory GB':>10} "
                 f"{'comm MB/layer':>13} {'fits 80 GB':>10}"
             )
-        for n in (1 << 20, 1 << 24, 1 << 28, 1 << 30):
-            for world in (8, 64, 256, 1024):
-                cost = plan_costs(lengths_to_config(n), n, world, parameters=parameters)
-                rows.append({"segments": label, **cost.to_dict()})
-                if not quiet:
-                    click.echo(
-                        f"{format_length(n):>5} {world:>5} {format_length(cost.chunk):>10} "
-                        f"{cost.memory_bytes / 1e9:>10.1f} "
-                        f"{cost.communication_bytes / 1e6:>13.1f} "
-                        f"{'yes' if cost.fits() else 'no':>10}"
-                    )
+        for cost in costs:
+            rows.append({"segments": label, **cost.to_dict()})
+            if not quiet:
+                click.echo(
+                    f"{format_length(cost.seq_len):>5} {cost.world:>5} "
+                    f"{format_length(cost.chunk):>10} {cost.memory_bytes / 1e9:>10.1f} "
+                    f"{cost.communication_bytes / 1e6:>13.1f} "
+                    f"{'yes' if cost.fits() else 'no':>10}"
+                )
     return rows
-
-
-def _geometric(seq_len: int) -> tuple[list[int], list[int]]:
-    """Segments 2K, 8K, 32K ... up to seq_len with rates keeping w/r = 2048 (the paper's)."""
-    segments, w = [], 2048
-    while w < seq_len:
-        segments.append(w)
-        w *= 4
-    segments.append(seq_len)
-    return segments, [max(1, s // 2048) for s in segments]
 
 
 @bench.command("generate", context_settings=CONTEXT)

@@ -21,7 +21,7 @@ import torch
 
 from longnet_cli.model.decode import prefill_start
 from longnet_cli.model.transformer import LongNetTransformer
-from longnet_cli.runtime import resolve_device
+from longnet_cli.runtime import autocast_context, resolve_device
 
 MODEL = {
     "num_tokens": 8192, "dim": 256, "depth": 4, "heads": 4, "dim_head": 64,
@@ -77,7 +77,7 @@ def bench_generate(
     device = torch.device(device) if device else resolve_device(None)
     torch.manual_seed(seed)
     model = LongNetTransformer(**MODEL).to(device).eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = autocast_context("bf16" if device.type == "cuda" else "fp32", device.type)
     generator = torch.Generator().manual_seed(seed)
     states = []  # per prompt: [next token, cache, prefill seconds]
     for length in prompt_lengths:

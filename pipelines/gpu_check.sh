@@ -10,8 +10,9 @@
 #
 #   pipelines/gpu_check.sh [--work DIR] [--steps tests,attention,layer,train,eval] [--json FILE]
 #
-# Runs from a checkout (PYTHONPATH=.), needs no network and no optional extras. Logs every
-# command's output to DIR/gpu_check.log (default runs/gpu_check).
+# Runs tools/gpu_check.py from a checkout (PYTHONPATH=.; the tool is not part of the installed
+# package), needs no network and no optional extras; without pytest the gpu tests are a skipped
+# row. Logs every command's output to DIR/gpu_check.log (default runs/gpu_check).
 # Environment: LONGNET_PYTHON, the python with torch (default: python3).
 # Exit codes: 0 every step ran (a figure below its target is shown, not fatal), 1 a step failed,
 # 2 no CUDA device here (one line on stderr) or bad usage.
@@ -24,4 +25,4 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # shellcheck source=pipelines/_lib.sh
 . "$ROOT/pipelines/_lib.sh"
 require_longnet # a python without torch: exit 2 with one line, not a traceback
-exec "$LONGNET_PYTHON" -m longnet_cli.bench.gpu_check "$@"
+exec "$LONGNET_PYTHON" "$ROOT/tools/gpu_check.py" "$@"

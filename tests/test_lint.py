@@ -1,4 +1,4 @@
-"""The code base stays ruff clean (lint and format)."""
+"""The code base stays ruff clean (lint and format): the package, its tests and tools/."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["lint", "format"])
 def test_ruff_clean(args):
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", *args, "longnet_cli", "tests"],
+        [sys.executable, "-m", "ruff", *args, "longnet_cli", "tests", "tools"],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

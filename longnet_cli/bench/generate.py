@@ -13,7 +13,6 @@ are random too.
 from __future__ import annotations
 
 import math
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ import torch
 
 from longnet_cli.model.decode import prefill_start
 from longnet_cli.model.transformer import LongNetTransformer
+from longnet_cli.runtime import autocast_context, resolve_device
 
 MODEL = {
     "num_tokens": 8192, "dim": 256, "depth": 4, "heads": 4, "dim_head": 64,
@@ -74,10 +74,10 @@ def bench_generate(
     same 64K row read 0.62x and 1.61x of the 8K one); the caches are small (bounded), so
     holding all of them costs little. On a CPU decoding runs on one thread (a batch of one
     token is latency-bound, and more threads only contend on a shared machine)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else resolve_device(None)
     torch.manual_seed(seed)
     model = LongNetTransformer(**MODEL).to(device).eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = autocast_context("bf16" if device.type == "cuda" else "fp32", device.type)
     generator = torch.Generator().manual_seed(seed)
     states = []  # per prompt: [next token, cache, prefill seconds]
     for length in prompt_lengths:
@@ -144,11 +144,6 @@ def bench_generate(
                 flush=True,
             )
     return rows
-
-
-def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _sync(device: torch.device) -> None:

@@ -6,24 +6,29 @@ its peak RSS and time, and the bytes it exchanged (from the plan the exchange fo
 
 ``plan_costs``: the per-GPU memory and communication of training a model at a sequence
 length on P GPUs, from the implementation's own plan (``plan_sequence``) and a documented
-model of its main buffers. No GPU needed: it is arithmetic.
+model of its main buffers. No GPU needed: it is arithmetic. ``plan_recipe``: that table for a
+recipe's model, as it is and with its segments extended up to the whole sequence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import resource
 import socket
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
+from longnet_cli.core.memory import peak_rss_bytes
 from longnet_cli.model.parallel import plan_sequence
 
 GB = 1e9
+PLANNED_LENGTHS = (1 << 20, 1 << 24, 1 << 28, 1 << 30)  # 1M, 16M, 256M and 1B tokens
+PLANNED_WORLDS = (8, 64, 256, 1024)
 
 
 @dataclass
@@ -86,7 +91,7 @@ def _measure_rank(rank, world, port, config, results) -> None:
         seconds = time.perf_counter() - start
         plan = plan_sequence(n, rank, world, h, segments, rates, True)
         sent, received = exchanged_bytes(plan, d, 4)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
         results.put(
             RankMeasurement(world, rank, config["seq_len"], seconds, peak, sent, received).to_dict()
         )
@@ -201,3 +206,41 @@ def plan_costs(
     memory = 16 * parameters + c.depth * chunk * c.dim * 4 + block + exchange
     received = max(plan.received_tokens() for plan in plans)
     return PlannedCost(seq_len, world, chunk, received, max(traffic), memory)
+
+
+def geometric_segments(seq_len: int) -> tuple[list[int], list[int]]:
+    """Segments 2K, 8K, 32K ... up to seq_len with rates keeping w/r = 2048 (the paper's)."""
+    segments, w = [], 2048
+    while w < seq_len:
+        segments.append(w)
+        w *= 4
+    segments.append(seq_len)
+    return segments, [max(1, s // 2048) for s in segments]
+
+
+def plan_recipe(recipe_path: Path) -> tuple[int, dict[str, list[PlannedCost]]]:
+    """The recipe's parameter count, and its planned costs at every length of
+    ``PLANNED_LENGTHS`` on every world size of ``PLANNED_WORLDS``: for its segments "as in the
+    recipe", and for "segments up to N" (``geometric_segments``). The model is built on the meta
+    device: no memory, no weights."""
+    from longnet_cli.config.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    with torch.device("meta"):
+        model = recipe.model.build(recipe.model.vocab_size or 32000)
+    parameters, config = model.num_parameters(), model.config
+
+    def extended(n: int):
+        segments, rates = geometric_segments(n)
+        return dataclasses.replace(config, segment_lengths=segments, dilation_rates=rates)
+
+    variants = {"as in the recipe": lambda n: config, "segments up to N": extended}
+    tables = {
+        label: [
+            plan_costs(config_at(n), n, world, parameters=parameters)
+            for n in PLANNED_LENGTHS
+            for world in PLANNED_WORLDS
+        ]
+        for label, config_at in variants.items()
+    }
+    return parameters, tables

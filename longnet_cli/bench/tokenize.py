@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from longnet_cli.core.memory import maxrss_bytes
+
 
 @dataclass
 class TokenizeBenchResult:
@@ -64,7 +66,7 @@ def _run_command(args: list[str]) -> tuple[float, dict, int]:
         if process.returncode != 0:
             message = stderr.read().decode(errors="replace")
             raise RuntimeError(f"{' '.join(command)} failed:\n{message}")
-        return seconds, json.loads(stdout.read()), usage.ru_maxrss * 1024
+        return seconds, json.loads(stdout.read()), maxrss_bytes(usage.ru_maxrss)
 
 
 def bench_tokenize(

@@ -7,7 +7,23 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.cli.common import CONTEXT, int_list
+from longnet_cli.cli.common import (
+    CONTEXT,
+    branch_options,
+    device_option,
+    dtype_option,
+    exclude_option,
+    existing_tokenizer_option,
+    file_path,
+    head_options,
+    int_list,
+    json_flag,
+    recipe_argument,
+    repeats_option,
+    set_option,
+    shown_option,
+    workers_option,
+)
 from longnet_cli.core.errors import InputError
 from longnet_cli.core.lengths import format_length, parse_lengths
 
@@ -18,63 +34,41 @@ def bench() -> None:
 
 
 @bench.command("attention", context_settings=CONTEXT)
-@click.option(
+@shown_option(
     "--lengths",
     default="4K..1M",
-    show_default=True,
     help="Sequence lengths: a doubling range LOW..HIGH or a comma list (4K,64K,1M).",
 )
-@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--dim-head", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--segments",
-    default="2048,4096,8192,16384",
-    show_default=True,
-    help="Segment lengths w_i, comma-separated.",
-)
-@click.option(
-    "--rates",
-    default="1,2,4,8",
-    show_default=True,
-    help="Dilation rates r_i, comma-separated (one per segment length).",
+@head_options()
+@branch_options(
+    "2048,4096,8192,16384",
+    "1,2,4,8",
+    segments_help="Segment lengths w_i, comma-separated.",
+    rates_help="Dilation rates r_i, comma-separated (one per segment length).",
 )
 @click.option("--causal/--no-causal", default=True, show_default=True)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
-    default="float32",
-    show_default=True,
-)
-@click.option(
+@dtype_option()
+@shown_option(
     "--backend",
     type=click.Choice(["auto", "torch", "flash-attn", "math"]),
     default="auto",
-    show_default=True,
     help="Attention kernel for dilated attention.",
 )
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
-@click.option(
+@device_option()
+@shown_option(
     "--mode",
     "modes",
     type=click.Choice(["fwd", "fwd+bwd", "both"]),
     default="both",
-    show_default=True,
     help="Forward only, forward+backward, or both.",
 )
-@click.option(
+@shown_option(
     "--dense-max",
     default="32K",
-    show_default=True,
     help="Longest length at which dense SDPA also runs (its time grows as N^2).",
 )
-@click.option(
-    "--repeats",
-    default=3,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Timed runs per measurement (best is kept), after one warm-up.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@repeats_option(3, help="Timed runs per measurement (best is kept), after one warm-up.")
+@json_flag()
 def bench_attention_command(lengths, heads, dim_head, segments, rates, causal, dtype, backend,
                             device, modes, dense_max, repeats, as_json) -> None:  # fmt: skip
     """Tokens/s and attained GFLOP/s of dilated attention beside dense SDPA.
@@ -86,7 +80,7 @@ def bench_attention_command(lengths, heads, dim_head, segments, rates, causal, d
     import torch
 
     from longnet_cli.bench.attention import AttentionBenchConfig, bench_attention, summarize
-    from longnet_cli.runtime import keep_freed_memory
+    from longnet_cli.runtime import keep_freed_memory, resolve_device
 
     try:
         lengths_list = parse_lengths(lengths)
@@ -96,7 +90,7 @@ def bench_attention_command(lengths, heads, dim_head, segments, rates, causal, d
     segment_list, rate_list = int_list(segments, "--segments"), int_list(rates, "--rates")
     if len(segment_list) != len(rate_list):
         raise click.BadParameter("--segments and --rates need the same number of values")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or str(resolve_device(None))
     keep_freed_memory()
     cfg = AttentionBenchConfig(
         lengths=lengths_list, heads=heads, dim_head=dim_head, segment_lengths=segment_list,
@@ -138,22 +132,11 @@ def bench_attention_command(lengths, heads, dim_head, segments, rates, causal, d
 
 @bench.command("tokenize", context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--tokenizer",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Existing SentencePiece model (default: train one first, not timed).",
-)
-@click.option("--workers", "-j", default=2, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--exclude",
-    multiple=True,
-    metavar="GLOB",
-    default=["site-packages"],
-    show_default=True,
-    help="Passed to longnet tokenize.",
-)
-@click.option("--repeats", default=2, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@existing_tokenizer_option("Existing SentencePiece model (default: train one first, not timed).")
+@workers_option(2)
+@exclude_option("Passed to longnet tokenize.", default=("site-packages",))
+@repeats_option(2)
+@json_flag()
 def bench_tokenize_command(paths, tokenizer, workers, exclude, repeats, as_json) -> None:
     """Wall time of `longnet tokenize` beside a plain single-threaded encode loop.
 
@@ -183,27 +166,20 @@ def bench_tokenize_command(paths, tokenizer, workers, exclude, repeats, as_json)
 
 
 @bench.command("train", context_settings=CONTEXT)
-@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override recipe keys, as for longnet train.",
-)
+@recipe_argument()
+@set_option("Override recipe keys, as for longnet train.")
 @click.option(
     "--vocab-size",
     type=click.IntRange(min=2),
     help="Vocabulary (default: model.vocab_size, else the recipe's corpus, else 8192).",
 )
-@click.option(
+@shown_option(
     "--steps",
     default=3,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Timed optimizer steps (best is kept), after one warm-up step.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@json_flag()
 def bench_train_command(recipe, overrides, vocab_size, steps, as_json) -> None:
     """Tokens/s of RECIPE's training step and its fraction of this machine's matmul peak.
 
@@ -244,47 +220,39 @@ def _corpus_vocab(recipe) -> int | None:
 
 
 @bench.command("parallel", context_settings=CONTEXT)
-@click.option(
+@shown_option(
     "--measure/--no-measure",
     default=True,
-    show_default=True,
     help="Run real gloo process groups on this CPU.",
 )
-@click.option(
+@shown_option(
     "--processes",
     default="1,2,4",
-    show_default=True,
     help="World sizes to measure, comma-separated.",
 )
-@click.option(
+@shown_option(
     "--length",
     "seq_len",
     default="64K",
-    show_default=True,
     help="Sequence length of the measured layer.",
 )
-@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--dim-head", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--segments",
-    default="2048,8192,32768,65536",
-    show_default=True,
-    help="Segment lengths of the measured layer (the longest spans all ranks).",
+@head_options()
+@branch_options(
+    "2048,8192,32768,65536",
+    "1,4,16,32",
+    segments_help="Segment lengths of the measured layer (the longest spans all ranks).",
 )
-@click.option("--rates", default="1,4,16,32", show_default=True)
-@click.option(
+@shown_option(
     "--table/--no-table",
     default=True,
-    show_default=True,
     help="Print planned per-GPU memory and communication for --recipe.",
 )
-@click.option(
+@shown_option(
     "--recipe",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=file_path(exists=True),
     default=Path("recipes/paper_base.yaml"),
-    show_default=True,
 )
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@json_flag()
 def bench_parallel_command(
     measure, processes, seq_len, heads, dim_head, segments, rates, table, recipe, as_json
 ) -> None:
@@ -334,28 +302,13 @@ def bench_parallel_command(
 
 
 def _planned_table(recipe_path: Path, quiet: bool) -> list[dict]:
-    """Per-GPU memory and communication of the recipe's model on 8 ... 1024 GPUs."""
-    import dataclasses
+    """Per-GPU memory and communication of the recipe's model on 8 ... 1024 GPUs, printed
+    unless ``quiet``; the rows for the JSON report."""
+    from longnet_cli.bench.parallel import plan_recipe
 
-    import torch
-
-    from longnet_cli.bench.parallel import plan_costs
-    from longnet_cli.config.recipe import load_recipe
-
-    recipe = load_recipe(recipe_path)
-    with torch.device("meta"):
-        model = recipe.model.build(recipe.model.vocab_size or 32000)
-    parameters, config = model.num_parameters(), model.config
+    parameters, tables = plan_recipe(recipe_path)
     rows = []
-    for label, lengths_to_config in (
-        ("as in the recipe", lambda n: config),
-        (
-            "segments up to N",
-            lambda n: dataclasses.replace(
-                config, segment_lengths=_geometric(n)[0], dilation_rates=_geometric(n)[1]
-            ),
-        ),
-    ):
+    for label, costs in tables.items():
         if not quiet:
             click.echo(
                 f"\n# {recipe_path.name} ({parameters / 1e6:.0f}M parameters), "
@@ -365,43 +318,30 @@ def _planned_table(recipe_path: Path, quiet: bool) -> list[dict]:
                 f"{'N':>5} {'GPUs':>5} {'tokens/GPU':>10} {'memory GB':>10} "
                 f"{'comm MB/layer':>13} {'fits 80 GB':>10}"
             )
-        for n in (1 << 20, 1 << 24, 1 << 28, 1 << 30):
-            for world in (8, 64, 256, 1024):
-                cost = plan_costs(lengths_to_config(n), n, world, parameters=parameters)
-                rows.append({"segments": label, **cost.to_dict()})
-                if not quiet:
-                    click.echo(
-                        f"{format_length(n):>5} {world:>5} {format_length(cost.chunk):>10} "
-                        f"{cost.memory_bytes / 1e9:>10.1f} "
-                        f"{cost.communication_bytes / 1e6:>13.1f} "
-                        f"{'yes' if cost.fits() else 'no':>10}"
-                    )
+        for cost in costs:
+            rows.append({"segments": label, **cost.to_dict()})
+            if not quiet:
+                click.echo(
+                    f"{format_length(cost.seq_len):>5} {cost.world:>5} "
+                    f"{format_length(cost.chunk):>10} {cost.memory_bytes / 1e9:>10.1f} "
+                    f"{cost.communication_bytes / 1e6:>13.1f} "
+                    f"{'yes' if cost.fits() else 'no':>10}"
+                )
     return rows
 
 
-def _geometric(seq_len: int) -> tuple[list[int], list[int]]:
-    """Segments 2K, 8K, 32K ... up to seq_len with rates keeping w/r = 2048 (the paper's)."""
-    segments, w = [], 2048
-    while w < seq_len:
-        segments.append(w)
-        w *= 4
-    segments.append(seq_len)
-    return segments, [max(1, s // 2048) for s in segments]
-
-
 @bench.command("generate", context_settings=CONTEXT)
-@click.option(
+@shown_option(
     "--lengths",
     default="9192,66536,1047576",
-    show_default=True,
     help="Prompt lengths (default 8K + 1000, 64K + 1000, 1M - 1000), comma-separated.",
 )
 @click.option(
     "--new-tokens", default=64, show_default=True, type=click.IntRange(min=1),
     help="Tokens decoded (greedy) after each prompt.",
 )  # fmt: skip
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@device_option()
+@json_flag()
 def bench_generate_command(lengths, new_tokens, device, as_json) -> None:
     """Decoding speed after prompts of 8K to 1M tokens, with the branch-bounded cache.
 
@@ -409,7 +349,8 @@ def bench_generate_command(lengths, new_tokens, device, as_json) -> None:
     each; per prompt: prefill and decode tokens/s, the cache's bytes and what a dense model's
     cache would hold. Decode speed after the 1M prompt should be within 15% of after 8K.
     """
-    from longnet_cli.bench.generate import MODEL, bench_generate, peak_rss_bytes
+    from longnet_cli.bench.generate import MODEL, bench_generate
+    from longnet_cli.core.memory import peak_rss_bytes
 
     try:
         prompt_lengths = tuple(parse_lengths(lengths))

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.cli.common import CONTEXT, LengthParam
+from longnet_cli.cli.common import (
+    CONTEXT,
+    LengthParam,
+    data_option,
+    device_option,
+    file_path,
+    json_file_option,
+    precision_option,
+    quiet_flag,
+    runs_dir_option,
+)
 
 
 class LengthsParam(click.ParamType):
@@ -33,11 +43,9 @@ class LengthsParam(click.ParamType):
 @click.argument(
     "checkpoints", nargs=-1, type=click.Path(path_type=Path), metavar="[RUN_DIR|CHECKPOINT]..."
 )
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Tokenized corpus to score (default: the first run's recipe eval.data, "
-    "data.eval_shards, else data.shards).",
+@data_option(
+    "Tokenized corpus to score (default: the first run's recipe eval.data, "
+    "data.eval_shards, else data.shards)."
 )
 @click.option(
     "--split",
@@ -88,36 +96,21 @@ class LengthsParam(click.ParamType):
     show_default=True,
     help="Span lengths d of the copy probe (the copies are d tokens apart).",
 )
-@click.option(
-    "--json",
-    "json_file",
-    metavar="FILE",
-    help="Write the report as JSON to FILE; '-' prints it on stdout instead of the table.",
-)
+@json_file_option("Write the report as JSON to FILE; '-' prints it on stdout instead of the table.")
 @click.option(
     "--plot",
     "plot_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=file_path(),
     help="Write a PNG of perplexity against position, one line per run and context (needs the "
     "plot extra: matplotlib).",
 )
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs"),
-    show_default=True,
-    help="Where to look for the most recent run when no checkpoint is given.",
+@runs_dir_option()
+@device_option("Torch device, e.g. cpu or cuda:0 (default: cuda when available).")
+@precision_option(
+    "Score under this precision (bf16/fp16: autocast, the loss in float32). Default: each "
+    "run's train.precision (fp16 on a CPU: fp32)."
 )
-@click.option("--device", help="Torch device, e.g. cpu or cuda:0 (default: cuda when available).")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
-    help="Score under this precision (bf16/fp16: autocast, the loss in float32). Default: each "
-    "run's train.precision (fp16 on a CPU: fp32).",
-)
-@click.option(
-    "--quiet", "-q", is_flag=True, help="No progress bar and no notes on stderr (warnings stay)."
-)
+@quiet_flag("No progress bar and no notes on stderr (warnings stay).")
 def eval_command(
     checkpoints, data, split, contexts, docs, min_tokens, windows, buckets, probe, distances,
     json_file, plot_file, runs_dir, device, precision, quiet,

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.cli.common import CONTEXT
+from longnet_cli.cli.common import (
+    CONTEXT,
+    checkpoint_tokenizer_option,
+    force_flag,
+    json_flag,
+    quiet_flag,
+)
 
 
 @click.command("export", context_settings=CONTEXT)
@@ -18,14 +24,10 @@ from longnet_cli.cli.common import CONTEXT
     type=click.Path(path_type=Path),
     help="The directory to write (it must not exist or be empty, unless --force).",
 )
-@click.option("--force", is_flag=True, help="Replace --out when it exists and is not empty.")
-@click.option(
-    "--tokenizer",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="tokenizer.model to ship (default: the checkpoint's copy, else the run's corpus).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+@force_flag("Replace --out when it exists and is not empty.")
+@checkpoint_tokenizer_option("ship")
+@json_flag("what was written")
+@quiet_flag("No summary on stderr.")
 def export_command(
     checkpoint: Path, out: Path, force: bool, tokenizer: Path | None, as_json: bool, quiet: bool
 ) -> None:

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.cli.common import CONTEXT, LengthParam
+from longnet_cli.cli.common import (
+    CONTEXT,
+    LengthParam,
+    checkpoint_tokenizer_option,
+    data_option,
+    device_option,
+    file_path,
+    json_file_option,
+    quiet_flag,
+    runs_dir_option,
+)
 
 
 @click.command("generate", context_settings=CONTEXT)
@@ -16,22 +26,14 @@ from longnet_cli.cli.common import CONTEXT, LengthParam
     "checkpoint", required=False, type=click.Path(path_type=Path), metavar="[RUN_DIR|CHECKPOINT]"
 )
 @click.option("--prompt", metavar="TEXT", help="The text to continue.")
-@click.option(
-    "--prompt-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Continue the text of FILE (UTF-8).",
-)
+@click.option("--prompt-file", type=file_path(), help="Continue the text of FILE (UTF-8).")
 @click.option(
     "--doc",
     metavar="ID",
     help="Continue a corpus document: its id, 'heldout' (the first held-out document) or "
     "'heldout:K' (the K-th, from 0).",
 )
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The tokenized corpus of --doc (default: the run's data.shards).",
-)
+@data_option("The tokenized corpus of --doc (default: the run's data.shards).")
 @click.option(
     "--prompt-tokens",
     type=LengthParam(),
@@ -57,32 +59,16 @@ from longnet_cli.cli.common import CONTEXT, LengthParam
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--stop", metavar="TEXT", help="Stop before TEXT once it is generated.")
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto (CUDA with bf16 autocast when available, else CPU), cpu, cuda, cuda:1.",
+@device_option(
+    "auto (CUDA with bf16 autocast when available, else CPU), cpu, cuda, cuda:1.", default="auto"
 )
-@click.option(
-    "--tokenizer",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="tokenizer.model to use (default: the checkpoint's copy, else the run's corpus).",
+@checkpoint_tokenizer_option("use")
+@json_file_option(
+    "Also write the result (text, token ids, figures) as JSON to FILE; '-' prints it on "
+    "stdout instead of the streamed text."
 )
-@click.option(
-    "--json",
-    "json_file",
-    metavar="FILE",
-    help="Also write the result (text, token ids, figures) as JSON to FILE; '-' prints it on "
-    "stdout instead of the streamed text.",
-)
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs"),
-    show_default=True,
-    help="Where to look for the most recent run when no checkpoint is given.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No notes and figures on stderr.")
+@runs_dir_option()
+@quiet_flag("No notes and figures on stderr.")
 def generate_command(
     checkpoint, prompt, prompt_file, doc, data, prompt_tokens, max_new_tokens, temperature,
     top_k, top_p, seed, stop, device, tokenizer, json_file, runs_dir, quiet,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.cli.common import CONTEXT
+from longnet_cli.cli.common import CONTEXT, directory_path, json_flag
 from longnet_cli.core.errors import LongnetError
 
 
 @click.command("inspect", context_settings=CONTEXT)
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=directory_path())
 @click.option(
     "--doc",
     "doc_id",
@@ -21,7 +21,7 @@ from longnet_cli.core.errors import LongnetError
     metavar="ID",
     help="Print document ID decoded to text on stdout (the totals go to stderr).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@json_flag("the report")
 def inspect(directory: Path, doc_id: int | None, as_json: bool) -> None:
     """Show totals of the tokenized corpus DIRECTORY and verify it completely.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.cli.common import CONTEXT
+from longnet_cli.cli.common import CONTEXT, json_flag, runs_dir_option
 
 SPLIT_LABELS = {  # which documents an evaluation scored (runs.EvalSummary.split)
     "heldout": "held-out",
@@ -20,14 +20,8 @@ SPLIT_LABELS = {  # which documents an evaluation scored (runs.EvalSummary.split
 
 
 @click.command("runs", context_settings=CONTEXT)
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs"),
-    show_default=True,
-    help="Where to look for runs (searched 3 levels down: runs/quickstart/run is found).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON on stdout.")
+@runs_dir_option("Where to look for runs (searched 3 levels down: runs/quickstart/run is found).")
+@json_flag("the runs")
 @click.pass_context
 def runs(ctx: click.Context, runs_dir: Path, as_json: bool) -> None:
     """List the training runs under --runs-dir: step, last loss, latest eval, last change.

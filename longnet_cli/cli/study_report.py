@@ -7,24 +7,24 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.cli.common import CONTEXT
+from longnet_cli.cli.common import CONTEXT, file_path, quiet_flag
 
 
 @click.command("study-report", context_settings=CONTEXT)
-@click.argument("eval_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("eval_json", type=file_path())
 @click.option(
     "--markdown",
     "markdown_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=file_path(),
     help="Also write the report as markdown to this file (study.md).",
 )
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=file_path(),
     help="Also write the report's figures as JSON to this file (study.json).",
 )
-@click.option("--quiet", is_flag=True, help="Print nothing on stdout (the files only).")
+@quiet_flag("Print nothing on stdout (the files only).", short=False)
 def study_report(
     eval_json: Path, markdown_path: Path | None, json_path: Path | None, quiet: bool
 ) -> None:

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.cli.common import CONTEXT, length_option
+from longnet_cli.cli.common import (
+    CONTEXT,
+    exclude_option,
+    existing_tokenizer_option,
+    force_flag,
+    json_flag,
+    length_option,
+    quiet_flag,
+    shown_option,
+    workers_option,
+)
 
 
 @click.command("tokenize", context_settings=CONTEXT)
@@ -26,11 +36,10 @@ from longnet_cli.cli.common import CONTEXT, length_option
     type=click.Path(path_type=Path),
     help="Output directory (created; rebuilt only when the corpus or options change).",
 )
-@click.option(
+@shown_option(
     "--group",
     type=click.Choice(["file", "repo"]),
     default="file",
-    show_default=True,
     help="repo: each immediate subdirectory of an input is ONE document, its files "
     "concatenated in sorted order after '==> path <==' headers.",
 )
@@ -40,30 +49,23 @@ from longnet_cli.cli.common import CONTEXT, length_option
     metavar="GLOB",
     help="Only files matching (relative path, or file name for patterns without '/').",
 )
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files and folders.")
+@exclude_option("Skip matching files and folders.")
 @click.option("--hidden", is_flag=True, help="Also walk hidden directories (VCS folders never).")
-@click.option(
+@shown_option(
     "--text-field",
     default="text",
-    show_default=True,
     help="Field of jsonl records / column of parquet files holding the text.",
 )
-@click.option(
+@shown_option(
     "--errors",
     type=click.Choice(["strict", "replace"]),
     default="strict",
-    show_default=True,
     help="Invalid UTF-8: skip the document, or keep it with U+FFFD.",
 )
-@click.option(
-    "--tokenizer",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Reuse this SentencePiece model instead of training one.",
-)
-@click.option(
+@existing_tokenizer_option("Reuse this SentencePiece model instead of training one.")
+@shown_option(
     "--vocab-size",
     default=32000,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Vocabulary of the trained tokenizer.",
 )
@@ -74,28 +76,24 @@ from longnet_cli.cli.common import CONTEXT, length_option
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the tokenizer sample.")
 @length_option("--shard-tokens", default="256M", help="Tokens per shard file at most.")
-@click.option(
+@shown_option(
     "--holdout",
     type=float,
     default=0.01,
-    show_default=True,
     metavar="FRACTION",
     help="Fraction of documents held out of training, chosen by a hash of their content (the "
     "same document always lands on the same side, however the corpus grows or files are "
     "renamed); 0 holds none out. If it selects none, the document with the smallest hash is "
     "held out.",
 )
-@click.option(
-    "--workers",
-    "-j",
-    type=click.IntRange(min=1),
-    default=os.cpu_count() or 1,
+@workers_option(
+    os.cpu_count() or 1,
     show_default="CPU count",
     help="Encoding threads; output is the same for any.",
 )
-@click.option("--force", is_flag=True, help="Rebuild even when the output is up to date.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@force_flag("Rebuild even when the output is up to date.")
+@quiet_flag()
+@json_flag("the summary")
 def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, errors, tokenizer,
              vocab_size, sample_bytes, seed, shard_tokens, holdout, workers, force,
              quiet, as_json) -> None:  # fmt: skip

@@ -7,27 +7,31 @@ from pathlib import Path
 
 import click
 
-from longnet_cli.cli.common import CONTEXT
+from longnet_cli.cli.common import (
+    CONTEXT,
+    directory_path,
+    force_flag,
+    json_flag,
+    quiet_flag,
+    recipe_argument,
+    set_option,
+)
 
 DEFAULT_RUNS = Path("runs")
 
 
 @click.command("train", context_settings=CONTEXT)
-@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@recipe_argument()
 @click.option(
     "--out",
     "-o",
     "run_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=directory_path(),
     help="Run directory (default: runs/<recipe name>).",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a recipe key, e.g. --set model.dim=256 --set train.steps=100 "
-    "(values are YAML scalars or lists).",
+@set_option(
+    "Override a recipe key, e.g. --set model.dim=256 --set train.steps=100 "
+    "(values are YAML scalars or lists)."
 )
 @click.option(
     "--resume/--no-resume",
@@ -35,7 +39,7 @@ DEFAULT_RUNS = Path("runs")
     show_default=True,
     help="Continue from the run's latest checkpoint; --no-resume starts over.",
 )
-@click.option("--force", is_flag=True, help="With --no-resume: overwrite an existing run.")
+@force_flag("With --no-resume: overwrite an existing run.")
 @click.option(
     "--strict-data",
     is_flag=True,
@@ -71,8 +75,8 @@ DEFAULT_RUNS = Path("runs")
     type=click.IntRange(min=1, max=65535),
     help="A free port on node 0 for the rendezvous (default: MASTER_PORT, else 29500).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@quiet_flag()
+@json_flag("the result")
 def train(
     recipe,
     run_dir,

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from click.testing import CliRunner
 
-from longnet_cli.bench.parallel import plan_costs
+from longnet_cli.bench.parallel import (
+    PLANNED_LENGTHS,
+    PLANNED_WORLDS,
+    geometric_segments,
+    plan_costs,
+    plan_recipe,
+)
 from longnet_cli.cli import cli
 from longnet_cli.model.parallel import plan_sequence
 from longnet_cli.model.transformer import LongNetConfig
@@ -31,6 +38,21 @@ def test_planned_communication_does_not_grow_with_the_sequence():
     big = plan_costs(config, 1 << 20, 8, parameters=1000)
     assert big.communication_bytes == 0  # 128K chunks hold whole segments: all local
     assert big.memory_bytes > costs[1].memory_bytes  # memory does grow with the chunk
+
+
+def test_geometric_segments_reach_the_sequence_with_2048_keys_per_branch():
+    segments, rates = geometric_segments(1 << 20)
+    assert segments == [2048, 8192, 32768, 131072, 524288, 1 << 20]
+    assert [w // r for w, r in zip(segments, rates)] == [2048] * len(segments)
+
+
+def test_plan_recipe_tables_every_length_and_world_for_both_segment_choices():
+    root = Path(__file__).resolve().parents[2]
+    parameters, tables = plan_recipe(root / "recipes" / "paper_base.yaml")
+    assert parameters > 0 and list(tables) == ["as in the recipe", "segments up to N"]
+    for costs in tables.values():
+        expected = [(n, world) for n in PLANNED_LENGTHS for world in PLANNED_WORLDS]
+        assert [(cost.seq_len, cost.world) for cost in costs] == expected
 
 
 def test_measure_on_two_processes_reports_the_planned_traffic():

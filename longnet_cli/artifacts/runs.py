@@ -199,6 +199,18 @@ def _latest_checkpoint(run_dir: Path, notes: list[str]) -> tuple[Path | None, di
     return None, None
 
 
+def saved_recipe(path: Path) -> dict | None:
+    """The resolved recipe (as JSON) a checkpoint saved in its state.json; ``path`` a checkpoint
+    directory, or a run directory (its newest checkpoint whose state reads). None when no state
+    reads or holds a recipe. JSON only, like the rest of the listing: no torch import."""
+    path = Path(path)
+    state = _read_json(path / STATE_FILE)
+    if not isinstance(state, dict):
+        state = _latest_checkpoint(path, [])[1]
+    recipe = state.get("recipe") if isinstance(state, dict) else None
+    return recipe if isinstance(recipe, dict) else None
+
+
 def _size(path: Path) -> int | None:
     try:
         return path.stat().st_size

@@ -15,8 +15,6 @@ the checkpoint recorded.
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from longnet_cli.core.errors import InputError, LongnetError
+from longnet_cli.core.memory import peak_rss_bytes
+from longnet_cli.data.token_bytes import TokenBytes
 
 STOP_REASONS = ("eos", "stop", "max_new_tokens")
 
@@ -104,26 +104,6 @@ class GenerateResult:
         }
 
 
-class TokenBytes:
-    """The exact bytes each token id stands for (byte tokens, U+2581 as a space)."""
-
-    def __init__(self, processor) -> None:
-        from longnet_cli.data.tokenizer import SPACE_SYMBOL
-
-        self.table: list[bytes] = []
-        for token in range(processor.get_piece_size()):
-            piece = processor.id_to_piece(token)
-            if processor.is_byte(token):
-                self.table.append(bytes([int(piece[3:5], 16)]))  # "<0xNN>"
-            elif processor.is_control(token) or processor.is_unknown(token):
-                self.table.append(b"")
-            else:
-                self.table.append(piece.replace(SPACE_SYMBOL, " ").encode())
-
-    def __call__(self, token: int) -> bytes:
-        return self.table[token] if 0 <= token < len(self.table) else b""
-
-
 class TextStream:
     """Bytes in, final bytes out: holds back a partial UTF-8 sequence and a possible start of
     ``stop``; ``stopped`` once ``stop`` appeared (the output then ends before it)."""
@@ -187,14 +167,15 @@ def generate(
     bytes as they become final. Raises InputError for bad input (exit code 2)."""
     import torch
 
+    from longnet_cli.artifacts.loading import find_checkpoint_tokenizer
+    from longnet_cli.artifacts.resolve import resolve_argument
     from longnet_cli.config.recipe import Recipe
-    from longnet_cli.evaluate.stage import _resolve_checkpoint
-    from longnet_cli.runtime import keep_freed_memory
+    from longnet_cli.runtime import keep_freed_memory, resolve_device
 
     note = on_note or (lambda message: None)
     _check_options(options)
     chosen: list[str] = []
-    checkpoint = _resolve_checkpoint(options.checkpoint, options.runs_dir, chosen)
+    checkpoint = resolve_argument(options.checkpoint, options.runs_dir, chosen)
     for line in chosen:
         note(f"using {line}")
     recipe = Recipe.from_saved(checkpoint.state["recipe"], source=str(checkpoint.path))
@@ -202,7 +183,7 @@ def generate(
     tokenizer_source = f"{path} ({origin})"
     chosen.append(f"tokenizer: {tokenizer_source}")
     prompt = _prompt_tokens(options, processor, recipe, checkpoint, note, chosen)
-    device = _resolve_device(options.device)
+    device = resolve_device(options.device, auto=True)
     if device.type == "cpu" and recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
@@ -259,7 +240,7 @@ def generate(
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
     else:
-        peak = _peak_rss_bytes()
+        peak = peak_rss_bytes()
     config = model.config
     element = next(model.parameters()).element_size() if precision == "fp32" else 2
     dense = 2 * config.depth * config.heads * config.dim_head * element
@@ -313,38 +294,6 @@ def _check_options(options: GenerateOptions) -> None:
         raise InputError(f"--top-p must be in (0, 1], got {options.top_p}")
     if options.stop == "":
         raise InputError("--stop must not be empty")
-
-
-def find_checkpoint_tokenizer(checkpoint, recipe, explicit: Path | None):
-    """(path, SentencePieceProcessor, where it came from) of the tokenizer a checkpoint was
-    trained with: ``explicit``, else the checkpoint's copy, else the run's corpus's, checked
-    against the sha256 the checkpoint recorded (``longnet generate`` and ``longnet export``)."""
-    from longnet_cli.data.tokenizer import sha256_bytes, tokenizer_from_bytes
-
-    expected = checkpoint.state.get("tokenizer_sha256")
-    candidates: list[tuple[Path, str]] = []
-    if explicit is not None:
-        if not Path(explicit).is_file():
-            raise InputError(f"--tokenizer {explicit}: no such file")
-        candidates.append((Path(explicit), "--tokenizer"))
-    else:
-        candidates.append((checkpoint.path / "tokenizer.model", "the checkpoint's copy"))
-        candidates.append((Path(recipe.data.shards) / "tokenizer.model", "the run's corpus"))
-    for path, origin in candidates:
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        if expected and sha256_bytes(data) != expected:
-            raise InputError(
-                f"{path} ({origin}) has sha256 {sha256_bytes(data)}, but {checkpoint.path} was "
-                f"trained with tokenizer {expected}; pass the right one with --tokenizer FILE"
-            )
-        try:
-            return path, tokenizer_from_bytes(data), origin
-        except Exception as err:  # not a SentencePiece model
-            raise InputError(f"{path}: not a SentencePiece model: {err}") from None
-    looked = " and ".join(str(path) for path, _ in candidates)
-    raise InputError(f"no tokenizer found (looked for {looked}); pass one with --tokenizer FILE")
 
 
 def _prompt_tokens(options, processor, recipe, checkpoint, note, chosen) -> list[int]:
@@ -417,38 +366,17 @@ def _document_id(doc: str, corpus, data: Path) -> int:
     return doc_id
 
 
-def _resolve_device(name: str):
-    import torch
-
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def _load_model(checkpoint, recipe, device):
-    from safetensors import safe_open
+    """The checkpoint's model on ``device``, its weights verified against state.json's sha256
+    first (a flipped bit loads silently); a file that does not load is named."""
+    from longnet_cli.artifacts.layout import WEIGHTS_FILE
+    from longnet_cli.artifacts.loading import WeightsLoadError, load_checkpoint_model
 
-    from longnet_cli.artifacts.checkpoints import load_model_weights
-    from longnet_cli.evaluate.stage import verify_weights
-
-    weights = checkpoint.path / "model.safetensors"
-    verify_weights(checkpoint)  # against state.json's sha256: a flipped bit loads silently
     try:
-        with safe_open(str(weights), framework="pt") as handle:
-            names = set(handle.keys())  # tied weights are stored once, under either name
-            name = "token_embedding.weight" if "token_embedding.weight" in names else "head.weight"
-            vocab_size = handle.get_slice(name).get_shape()[0]
-        model = recipe.model.build(vocab_size)
-        load_model_weights(checkpoint.path, model)
-    except Exception as err:  # a truncated or foreign file: name it
-        raise LongnetError(f"{weights}: cannot load the model weights: {err}") from err
-    return model.to(device).eval()
+        return load_checkpoint_model(checkpoint, recipe, device=device)
+    except WeightsLoadError as err:  # a truncated or foreign file: name it
+        weights, cause = checkpoint.path / WEIGHTS_FILE, err.__cause__
+        raise LongnetError(f"{weights}: cannot load the model weights: {cause}") from cause
 
 
 def _sync(device) -> None:
@@ -456,8 +384,3 @@ def _sync(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -16,7 +16,8 @@ from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weig
 from longnet_cli.cli import main
 from longnet_cli.config.recipe import Recipe
 from longnet_cli.data.sources import stdlib_path
-from longnet_cli.data.tokenizer import load_tokenizer
+from longnet_cli.data.token_bytes import TokenBytes
+from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer
 from longnet_cli.generate import TextStream
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
@@ -177,3 +178,15 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
     lone = TextStream()
     assert lone.feed(b"\xe2") == b"" and lone.feed(b"z") == b"\xe2z"  # never completes: as is
     assert lone.feed(b"\xf0\x9f") == b"" and lone.finish() == b"\xf0\x9f"
+
+
+def test_token_bytes_are_exactly_the_text(corpus):
+    """The bytes of a text's lossless ids, joined, are the text's bytes (spaces, U+2581 and
+    byte-fallback characters included); control ids and ids outside the vocabulary are none."""
+    processor = load_tokenizer(corpus / "tokenizer.model")
+    token_bytes = TokenBytes(processor)
+    text = "def f(x):\n\treturn  x \u2581 \u00fc 1234 \U0001f600\n"
+    ids = encode_lossless(processor, [text])[0]
+    assert b"".join(token_bytes(token) for token in ids) == text.encode()
+    assert token_bytes(processor.eos_id()) == b"" and token_bytes(10**6) == b""
+    assert token_bytes.lengths() == [len(token_bytes(t)) for t in range(len(token_bytes.table))]

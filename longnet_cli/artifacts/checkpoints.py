@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +32,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from longnet_cli.data.shards import sha256_file  # one hasher for corpora and checkpoints
+from longnet_cli.artifacts.layout import (
+    CHECKPOINT_PREFIX,
+    OPTIMIZER_FILE,
+    RECIPE_FILE,
+    SCALER_FILE,
+    STATE_FILE,
+    STEP_DIR,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    checkpoints_dir,
+    rng_file,
+)
+from longnet_cli.core.files import fsync_path, sha256_file, write_synced
 
 FORMAT_VERSION = 1
-STEP_DIR = re.compile(r"^step-(\d{7})$")
-STATE_FILE = "state.json"
-SCALER_FILE = "scaler.pt"
-LEGACY_REQUIRED = ("model.safetensors", "optimizer.pt")  # checkpoints without recorded hashes
+LEGACY_REQUIRED = (WEIGHTS_FILE, OPTIMIZER_FILE)  # checkpoints without recorded hashes
 
 
 class DamagedCheckpoint(ValueError):
@@ -56,11 +64,11 @@ class Checkpoint:
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return checkpoints_dir(run_dir)
 
 
 def step_name(step: int) -> str:
-    return f"step-{step:07d}"
+    return f"{CHECKPOINT_PREFIX}{step:07d}"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -181,7 +189,7 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
 def resolve_checkpoint(path: Path) -> Checkpoint:
     """A checkpoint directory, or a run directory (its latest checkpoint)."""
     path = Path(path)
-    if (path / "state.json").exists():
+    if (path / STATE_FILE).exists():
         return read_checkpoint(path)
     latest = latest_checkpoint(path)
     if latest is None:
@@ -241,11 +249,11 @@ def write_model_files(
     (the corpus's tokenizer.model) is copied in, so the checkpoint can generate on its own."""
     from safetensors.torch import save_model
 
-    save_model(model, str(directory / "model.safetensors"))
-    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    (directory / "recipe.yaml").write_text(recipe_yaml)
+    save_model(model, str(directory / WEIGHTS_FILE))
+    torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+    (directory / RECIPE_FILE).write_text(recipe_yaml)
     if tokenizer is not None and Path(tokenizer).is_file():
-        shutil.copyfile(tokenizer, directory / "tokenizer.model")
+        shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)
 
 
 def write_scaler_file(directory: Path, scaler) -> None:
@@ -267,18 +275,9 @@ def load_scaler_state(path: Path, scaler) -> bool:
 def write_rng_file(directory: Path, rank: int, captured: dict[str, Any] | None = None) -> None:
     """This rank's RNG state (``captured``: one ``capture_rng`` took earlier), fsynced by the
     rank that wrote it (on a shared filesystem the other nodes' writes are theirs to flush)."""
-    file = directory / f"rng-rank{rank}.pt"
+    file = directory / rng_file(rank)
     torch.save(rng_state(captured), file)
     fsync_path(file)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a directory's data and metadata to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def finish_checkpoint(directory: Path, final: Path, state: dict[str, Any]) -> None:
@@ -290,10 +289,7 @@ def finish_checkpoint(directory: Path, final: Path, state: dict[str, Any]) -> No
             fsync_path(file)
             files[file.name] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
     state = {"format": FORMAT_VERSION, **state, "files": files}
-    with open(directory / STATE_FILE, "w") as handle:
-        json.dump(state, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_synced(directory / STATE_FILE, json.dumps(state, indent=2, sort_keys=True).encode())
     fsync_path(directory)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(directory, final)
@@ -310,22 +306,22 @@ def remove_staging(run_dir: Path) -> None:
     """Staging directories left by a crash while saving."""
     root = checkpoint_dir(run_dir)
     if root.is_dir():
-        for stale in root.glob(".tmp-step-*"):
+        for stale in root.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_model_weights(path: Path, model: torch.nn.Module) -> None:
     from safetensors.torch import load_model
 
-    load_model(model, str(Path(path) / "model.safetensors"))
+    load_model(model, str(Path(path) / WEIGHTS_FILE))
 
 
 def load_optimizer_state(path: Path, device: torch.device | str = "cpu") -> dict:
     device = torch.device(device)
     where = "cpu" if device.type == "cpu" else device  # accelerate may say "cpu:0": not a tag
-    return torch.load(Path(path) / "optimizer.pt", map_location=where, weights_only=True)
+    return torch.load(Path(path) / OPTIMIZER_FILE, map_location=where, weights_only=True)
 
 
 def load_rng_file(path: Path, rank: int) -> dict[str, Any] | None:
-    file = Path(path) / f"rng-rank{rank}.pt"
+    file = Path(path) / rng_file(rank)
     return torch.load(file, weights_only=True) if file.exists() else None

@@ -13,6 +13,7 @@ An export directory (``longnet export``) reuses the weight, tokenizer and state 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
@@ -20,12 +21,29 @@ EVAL_FILE = "eval.json"
 RUN_LOCK_FILE = ".train.lock"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step-"  # step-NNNNNNN: checkpoints.step_name
+STEP_DIR = re.compile(r"^step-(\d{7})$")  # a complete checkpoint's directory name
 
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RECIPE_FILE = "recipe.yaml"
 TOKENIZER_FILE = "tokenizer.model"
 STATE_FILE = "state.json"
+SCALER_FILE = "scaler.pt"  # fp16 runs: the gradient scaler's state
+
+
+def rng_file(rank: int) -> str:
+    """The name of rank ``rank``'s RNG states in a checkpoint: ``rng-rankR.pt``."""
+    return f"rng-rank{rank}.pt"
+
+
+def checkpoints_dir(run_dir: Path | str) -> Path:
+    """``RUN_DIR/checkpoints``."""
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def metrics_path(run_dir: Path | str) -> Path:
+    """``RUN_DIR/metrics.jsonl``."""
+    return Path(run_dir) / METRICS_FILE
 
 
 def run_of_checkpoint(checkpoint: Path | str) -> Path | None:

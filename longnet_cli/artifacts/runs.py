@@ -32,14 +32,21 @@ Only JSON is read (no torch import): listing runs is instant. The checkpoint lay
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from longnet_cli.artifacts.layout import (
+    CHECKPOINTS_DIR,
+    EVAL_FILE,
+    METRICS_FILE,
+    STATE_FILE,
+    STEP_DIR,
+    checkpoints_dir,
+    metrics_path,
+)
+
 MAX_DEPTH = 3  # runs/<group>/<name>/run at most
-STEP_DIR = re.compile(r"^step-(\d{7})$")  # as in longnet_cli.artifacts.checkpoints
-EVAL_FILE = "eval.json"
 
 
 @dataclass
@@ -100,7 +107,7 @@ def _run_info_or_note(run_dir: Path, runs_dir: Path) -> RunInfo:
 
 
 def is_run(path: Path) -> bool:
-    return (path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()
+    return checkpoints_dir(path).is_dir() or metrics_path(path).is_file()
 
 
 def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
@@ -129,12 +136,12 @@ def run_info(run_dir: Path, runs_dir: Path) -> RunInfo:
     if state is not None:
         step = _int(state.get("step"))
         target = _int(_dict(_dict(state.get("recipe")).get("train")).get("steps"))
-    records, bad = _read_metrics(run_dir / "metrics.jsonl")
+    records, bad = _read_metrics(metrics_path(run_dir))
     if bad:
-        notes.append(f"metrics.jsonl: {bad}")
+        notes.append(f"{METRICS_FILE}: {bad}")
     last_loss = next((r for r in reversed(records) if _number(r.get("loss")) is not None), None)
     evaluation, eval_file = _latest_eval(run_dir, records)
-    times = [_mtime(p) for p in (run_dir, run_dir / "metrics.jsonl", checkpoint, eval_file)
+    times = [_mtime(p) for p in (run_dir, metrics_path(run_dir), checkpoint, eval_file)
              if p is not None]  # fmt: skip
     return RunInfo(
         name=_name(run_dir, runs_dir),
@@ -167,18 +174,18 @@ def _latest_checkpoint(run_dir: Path, notes: list[str]) -> tuple[Path | None, di
     """(state.json path, its content) of the newest checkpoint whose state reads, or (None,
     None); ``notes`` gets a line for each newer one skipped and for the files the chosen one
     records that are missing or of another size (sizes only: listing never hashes)."""
-    root = run_dir / "checkpoints"
+    root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return None, None
     try:
         names = sorted((p for p in root.iterdir() if STEP_DIR.match(p.name)), reverse=True)
     except OSError as err:
-        notes.append(f"checkpoints/ unreadable: {err.strerror or err}")
+        notes.append(f"{CHECKPOINTS_DIR}/ unreadable: {err.strerror or err}")
         return None, None
     for path in names:
-        state = _read_json(path / "state.json")
+        state = _read_json(path / STATE_FILE)
         if not isinstance(state, dict) or _int(state.get("step")) is None:
-            notes.append(f"{path.name}/state.json unreadable, skipped")
+            notes.append(f"{path.name}/{STATE_FILE} unreadable, skipped")
             continue
         files = state.get("files")
         for name, entry in sorted(files.items()) if isinstance(files, dict) else []:
@@ -188,8 +195,20 @@ def _latest_checkpoint(run_dir: Path, notes: list[str]) -> tuple[Path | None, di
             elif size != _dict(entry).get("bytes"):
                 notes.append(f"{path.name}/{name} is {size} bytes, state.json records "
                              f"{_dict(entry).get('bytes')}")  # fmt: skip
-        return path / "state.json", state
+        return path / STATE_FILE, state
     return None, None
+
+
+def saved_recipe(path: Path) -> dict | None:
+    """The resolved recipe (as JSON) a checkpoint saved in its state.json; ``path`` a checkpoint
+    directory, or a run directory (its newest checkpoint whose state reads). None when no state
+    reads or holds a recipe. JSON only, like the rest of the listing: no torch import."""
+    path = Path(path)
+    state = _read_json(path / STATE_FILE)
+    if not isinstance(state, dict):
+        state = _latest_checkpoint(path, [])[1]
+    recipe = state.get("recipe") if isinstance(state, dict) else None
+    return recipe if isinstance(recipe, dict) else None
 
 
 def _size(path: Path) -> int | None:
@@ -231,10 +250,10 @@ def _latest_eval(run_dir: Path, records: list[dict]) -> tuple[EvalSummary | None
     candidates: list[tuple[EvalSummary, Path]] = []
     line = next((r for r in reversed(records) if isinstance(r.get("eval"), dict)), None)
     if line is not None and (summary := _from_metrics(line)) is not None:
-        candidates.append((summary, run_dir / "metrics.jsonl"))
+        candidates.append((summary, metrics_path(run_dir)))
     for path in (run_dir / EVAL_FILE, run_dir.parent / EVAL_FILE):
         report = _read_json(path)
-        if isinstance(report, dict) and _belongs_to(report.get("checkpoint"), path, run_dir):
+        if isinstance(report, dict) and belongs_to(report.get("checkpoint"), path, run_dir):
             candidates.append((_from_report(report, path), path))
             break
     if not candidates:
@@ -255,7 +274,7 @@ def _from_metrics(record: dict) -> EvalSummary | None:
     context = max(contexts, key=lambda key: _int(key) or 0)
     figures = contexts[context] if isinstance(contexts[context], dict) else {}
     return EvalSummary(
-        source="metrics.jsonl",
+        source=METRICS_FILE,
         step=_int(record.get("step")),
         context=_int(context),
         loss=_number(figures.get("loss")),
@@ -282,7 +301,7 @@ def _split(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _belongs_to(checkpoint: Any, report_path: Path, run_dir: Path) -> bool:
+def belongs_to(checkpoint: Any, report_path: Path, run_dir: Path) -> bool:
     """Whether an eval.json's checkpoint lies in ``run_dir``. Relative paths in the report are
     relative to where ``longnet eval`` ran, unknown here: they are tried against the current
     directory and, failing that, matched by their trailing components."""
@@ -298,8 +317,8 @@ def _belongs_to(checkpoint: Any, report_path: Path, run_dir: Path) -> bool:
         resolved = checkpoint_path.resolve()
         return resolved == run or run in resolved.parents
     parts = checkpoint_path.parts
-    if "checkpoints" in parts:  # .../<run name>/checkpoints/step-N
-        index = len(parts) - 1 - parts[::-1].index("checkpoints")
+    if CHECKPOINTS_DIR in parts:  # .../<run name>/checkpoints/step-N
+        index = len(parts) - 1 - parts[::-1].index(CHECKPOINTS_DIR)
         return index > 0 and parts[index - 1] == run.name
     return checkpoint_path.name == run.name
 

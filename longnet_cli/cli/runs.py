@@ -78,6 +78,7 @@ def _loss(run) -> str:
 
 
 def _eval(run) -> str:
+    from longnet_cli.artifacts.layout import EVAL_FILE, METRICS_FILE
     from longnet_cli.core.lengths import format_length
 
     summary = run.eval
@@ -90,7 +91,7 @@ def _eval(run) -> str:
         parts.append(f"bpb {summary.bpb:.3f}")
     if summary.context is not None:
         parts.append(f"@{format_length(summary.context)}")
-    origin = "eval.json" if summary.source != "metrics.jsonl" else "training"
+    origin = EVAL_FILE if summary.source != METRICS_FILE else "training"
     step = "" if summary.step is None else f"step {summary.step}, "
     split = SPLIT_LABELS.get(summary.split, f"{summary.split} split")
     return f"{' '.join(parts) or '?'} ({step}{origin}, {split})"

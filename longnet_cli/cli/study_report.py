@@ -35,8 +35,9 @@ def study_report(
     One row per run: perplexity on the same final tokens of the same held-out documents with
     each amount of context (the LongNet paper's Table 2), the run's reach (longest segment),
     the copy probe, and training tokens, tokens/s and wall time (from each run's
-    metrics.jsonl). Runs named dense_2k and longnet_8k (pipelines/context_study.sh) also get
-    the study's claims, each marked shown or not shown by the figures measured.
+    metrics.jsonl). The study's LongNet model and dense baseline, told apart by their recipes
+    (pipelines/context_study.sh: longnet_8k, dense_2k), also get the study's claims, each
+    marked shown or not shown by the figures measured.
     """
     from longnet_cli.evaluate.report import write_text_atomically
     from longnet_cli.evaluate.study import markdown, study_report

@@ -10,12 +10,11 @@ column per distance.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from longnet_cli.core.errors import InputError, LongnetError, one_line
+from longnet_cli.core.files import atomic_write_text
 from longnet_cli.core.lengths import format_length
-from longnet_cli.data.versions import fsync_directory
 from longnet_cli.evaluate.scorer import Stats
 from longnet_cli.evaluate.stage import EvalResult, RunResult, plot_available
 
@@ -29,23 +28,14 @@ def write_json(result: EvalResult, path: Path) -> None:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """``text`` to ``path`` through a temporary file, fsynced, renamed into place (the directory
-    fsynced too): a reader, or a machine that lost power, sees the old file or the new one,
-    never half of one. A failure to write raises LongnetError naming ``path``."""
+    """``text`` to ``path`` atomically (``core.files.atomic_write_text``, under the hidden
+    temporary name ``.NAME.tmp``): a reader, or a machine that lost power, sees the old file or
+    the new one, never half of one. A failure to write raises LongnetError naming ``path``."""
     path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException as err:
-        temp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise LongnetError(f"{path}: cannot write: {err.strerror or one_line(err)}") from err
-        raise
-    fsync_directory(path.parent)
+        atomic_write_text(path, text, hidden=True)
+    except OSError as err:
+        raise LongnetError(f"{path}: cannot write: {err.strerror or one_line(err)}") from err
 
 
 def plot(result: EvalResult, path: Path) -> None:

@@ -312,7 +312,8 @@ def token_byte_lengths(corpus_or_model: TokenizedCorpus | Path | str) -> np.ndar
     (its ``tokenizer.model``, first checked against the manifest's sha256) or the path of a
     SentencePiece model. A damaged model raises a LongnetError naming the file.
     """
-    from longnet_cli.data.tokenizer import SPACE_SYMBOL, load_tokenizer
+    from longnet_cli.data.token_bytes import TokenBytes
+    from longnet_cli.data.tokenizer import load_tokenizer
 
     path = getattr(corpus_or_model, "tokenizer_path", corpus_or_model)
     manifest = getattr(corpus_or_model, "manifest", None)
@@ -323,12 +324,7 @@ def token_byte_lengths(corpus_or_model: TokenizedCorpus | Path | str) -> np.ndar
     size = processor.get_piece_size()
     vocab_size = max(size, int(getattr(corpus_or_model, "vocab_size", size)))
     table = np.zeros(vocab_size, dtype=np.int64)
-    for token in range(size):
-        if processor.is_byte(token):
-            table[token] = 1
-        elif not (processor.is_control(token) or processor.is_unknown(token)):
-            piece = processor.id_to_piece(token)
-            table[token] = len(piece.replace(SPACE_SYMBOL, " ").encode("utf-8"))
+    table[:size] = TokenBytes(processor).lengths()
     return table
 
 

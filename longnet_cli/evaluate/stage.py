@@ -45,15 +45,16 @@ probe (``probe.py``) runs on the same documents.
 
 from __future__ import annotations
 
-import resource
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longnet_cli.core.errors import DamagedFileError, InputError, one_line, reading
+from longnet_cli.artifacts.layout import STATE_FILE, TOKENIZER_FILE, run_of_checkpoint
+from longnet_cli.core.errors import DamagedFileError, InputError
 from longnet_cli.core.lengths import format_length
+from longnet_cli.core.memory import peak_rss_bytes
 from longnet_cli.data.splits import EVAL_SPLITS, select_documents
 from longnet_cli.evaluate.probe import DEFAULT_DISTANCES, PROBES, CopyFigure, copy_probe
 from longnet_cli.evaluate.scorer import (
@@ -65,18 +66,14 @@ from longnet_cli.evaluate.scorer import (
     token_byte_lengths,
     use_backend,
 )
-from longnet_cli.runtime import PRECISION_NAMES
+from longnet_cli.runtime import PRECISION_NAMES, resolve_device
 
 if TYPE_CHECKING:
-    import torch
-
     from longnet_cli.artifacts.checkpoints import Checkpoint
     from longnet_cli.config.recipe import Recipe
     from longnet_cli.data.shards import TokenizedCorpus
-    from longnet_cli.model.transformer import LongNetTransformer
 
 DEFAULT_RUNS = Path("runs")
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass
@@ -259,6 +256,7 @@ def evaluate(
     """
     import torch
 
+    from longnet_cli.artifacts.loading import load_checkpoint_model
     from longnet_cli.data.shards import TokenizedCorpus
     from longnet_cli.runtime import keep_freed_memory
 
@@ -282,7 +280,7 @@ def evaluate(
                 "documents are skipped)"
             )
     boundaries = _check_boundaries(options.buckets)
-    device = _resolve_device(options.device)
+    device = resolve_device(options.device)
 
     selection = select_documents(corpus, options.split, options.docs, min_tokens)
     if selection.fallback:
@@ -323,7 +321,9 @@ def evaluate(
     token_bytes = token_byte_lengths(corpus)
     results = []
     for run in runs:
-        model = _load_model(run, corpus, device)
+        model = load_checkpoint_model(  # weights verified by _resolve_runs
+            run.checkpoint, run.recipe, vocab_size=corpus.vocab_size, device=device, verify=False
+        )
         precision = resolve_precision(
             options.precision or run.recipe.train.precision, model.config.backend, device.type
         )
@@ -339,7 +339,7 @@ def evaluate(
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
     else:
-        peak = _peak_rss_bytes()
+        peak = peak_rss_bytes()
     return EvalResult(
         data=str(data),
         split=selection.split,
@@ -393,9 +393,6 @@ def _score_run(
     )
 
 
-# -- scoring --------------------------------------------------------------------------------------
-
-
 # -- defaults and checks --------------------------------------------------------------------------
 
 
@@ -435,16 +432,18 @@ def _check_options(options: EvalOptions) -> None:
 
 def _resolve_runs(paths: Sequence[Path], runs_dir: Path, chosen: list[str]) -> list[_Run]:
     """Each checkpoint or run directory (the most recent run when none), with its recipe."""
+    from longnet_cli.artifacts.loading import verify_weights
+    from longnet_cli.artifacts.resolve import intact_hint, resolve_argument
     from longnet_cli.config.recipe import Recipe
 
-    checkpoints = [_resolve_checkpoint(Path(p), runs_dir, chosen) for p in paths] or [
-        _resolve_checkpoint(None, runs_dir, chosen)
+    checkpoints = [resolve_argument(Path(p), runs_dir, chosen) for p in paths] or [
+        resolve_argument(None, runs_dir, chosen)
     ]
     runs = []
     for checkpoint in checkpoints:
         path = checkpoint.path
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
-        state_file = path / "state.json"
+        run_dir = run_of_checkpoint(path) or path
+        state_file = path / STATE_FILE
         saved = checkpoint.state.get("recipe")
         if not isinstance(saved, Mapping):
             raise DamagedFileError(f"{state_file}: 'recipe' is not a recipe, got {saved!r:.60}")
@@ -452,22 +451,9 @@ def _resolve_runs(paths: Sequence[Path], runs_dir: Path, chosen: list[str]) -> l
         try:
             verify_weights(checkpoint)  # before the corpus is opened: fail fast
         except DamagedFileError as err:
-            raise DamagedFileError(f"{err}{_intact_hint(run_dir, path)}") from None
+            raise DamagedFileError(f"{err}{intact_hint(run_dir, path)}") from None
         runs.append(_Run(checkpoint, recipe, str(run_dir)))
     return runs
-
-
-def _intact_hint(run_dir: Path, damaged: Path) -> str:
-    """A hint naming the newest intact checkpoint of the run (the one resume would fall back
-    to) when it is another than ``damaged``, else ""."""
-    from longnet_cli.artifacts.checkpoints import newest_intact_checkpoint
-
-    if damaged.parent.name != "checkpoints":
-        return ""
-    intact = newest_intact_checkpoint(run_dir)[0]  # (checkpoint, skipped paths, reasons)
-    if intact is None or intact.path == damaged:
-        return ""
-    return f"; the newest intact checkpoint of {run_dir} is {intact.path} (evaluate it by name)"
 
 
 def _check_same_tokenizer(runs: list[_Run]) -> None:
@@ -500,52 +486,6 @@ def _resolve_contexts(contexts: list[int], runs: list[_Run], chosen: list[str]) 
     return [seq_len]
 
 
-def _load_model(run: _Run, corpus: TokenizedCorpus, device: torch.device) -> LongNetTransformer:
-    from longnet_cli.artifacts.checkpoints import load_model_weights
-
-    model = run.recipe.model.build(corpus.vocab_size)  # weights verified by _resolve_runs
-    weights = run.checkpoint.path / WEIGHTS_FILE
-    try:
-        with reading(weights, "model weights"):
-            load_model_weights(run.checkpoint.path, model)
-    except DamagedFileError as err:  # intact weights that do not fit: state.json's recipe?
-        raise DamagedFileError(
-            f"{weights}: cannot load the weights into the model that "
-            f"{run.checkpoint.path / 'state.json'} describes: {one_line(err.__cause__)}"
-        ) from err
-    return model.to(device).eval()
-
-
-def verify_weights(checkpoint: Checkpoint) -> None:
-    """A checkpoint's model.safetensors against the size and sha256 its state.json records
-    (``files``), before anything reads it: a flipped bit in a tensor loads without complaint.
-    Checkpoints written before hashes were recorded have nothing to compare: not checked."""
-    from longnet_cli.artifacts.checkpoints import sha256_file
-
-    weights = checkpoint.path / WEIGHTS_FILE
-    files = checkpoint.state.get("files")
-    if files is None:
-        return
-    entry = files.get(WEIGHTS_FILE) if isinstance(files, dict) else None
-    if not isinstance(entry, dict):
-        raise DamagedFileError(
-            f"{checkpoint.path / 'state.json'}: 'files' records no sha256 of {WEIGHTS_FILE}"
-        )
-    with reading(weights, "model weights"):
-        size = weights.stat().st_size
-        digest = sha256_file(weights) if size == entry.get("bytes") else None
-    if digest is None:
-        raise DamagedFileError(
-            f"{weights}: {size} bytes, state.json records {entry.get('bytes')} (truncated or "
-            "replaced)"
-        )
-    if digest != entry.get("sha256"):
-        raise DamagedFileError(
-            f"{weights}: sha256 {digest[:16]}... does not match the {str(entry.get('sha256'))[:16]}"
-            "... state.json records (corrupted)"
-        )
-
-
 def _recipe_name(state: dict[str, Any]) -> str | None:
     """The recipe's name (its file's stem) when the checkpoint records its source file."""
     for key in ("recipe_name", "recipe_source", "recipe_path"):
@@ -557,59 +497,6 @@ def _recipe_name(state: dict[str, Any]) -> str | None:
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _resolve_checkpoint(path: Path | None, runs_dir: Path, chosen: list[str]) -> Checkpoint:
-    from longnet_cli.artifacts.checkpoints import (
-        list_checkpoints,
-        read_checkpoint,
-        resolve_checkpoint,
-    )
-
-    if path is not None:
-        if not Path(path).exists():
-            raise InputError(f"{path}: no such checkpoint or run directory")
-        try:
-            return resolve_checkpoint(Path(path))
-        except FileNotFoundError:
-            raise InputError(
-                f"no checkpoint found in {path} (looked for {path}/state.json and "
-                f"{path}/checkpoints/step-*/)"
-            ) from None
-        except ValueError as err:  # checkpoints.DamagedCheckpoint: names the file
-            hint = "" if (Path(path) / "state.json").exists() else _damaged_hint(Path(path))
-            raise DamagedFileError(f"{one_line(err)}{hint}") from None
-    runs = []  # runs_dir itself may be a run; else its subdirectories are
-    if runs_dir.is_dir():
-        runs = [runs_dir, *sorted(p for p in runs_dir.iterdir() if p.is_dir())]
-    latest = [paths[-1] for run in runs if (paths := list_checkpoints(run))]
-    if not latest:
-        raise InputError(
-            f"no checkpoint found under {runs_dir}/ (looked for {runs_dir}/*/checkpoints/step-*/); "
-            "pass a run directory or checkpoint, or --runs-dir"
-        )
-    newest = max(latest, key=_mtime)
-    try:
-        checkpoint = read_checkpoint(newest)
-    except ValueError as err:  # checkpoints.DamagedCheckpoint: names the file
-        raise DamagedFileError(f"{one_line(err)}{_damaged_hint(newest.parent.parent)}") from None
-    chosen.append(
-        f"checkpoint: {newest} (step {checkpoint.step}, the most recent run under {runs_dir}/)"
-    )
-    return checkpoint
-
-
-def _damaged_hint(run_dir: Path) -> str:
-    """The intact-checkpoint hint for a run whose latest checkpoint's state.json is damaged."""
-    from longnet_cli.artifacts.checkpoints import list_checkpoints
-
-    paths = list_checkpoints(run_dir)
-    return _intact_hint(run_dir, paths[-1]) if paths else ""
-
-
-def _mtime(checkpoint_path: Path) -> float:
-    state = checkpoint_path / "state.json"
-    return (state if state.exists() else checkpoint_path).stat().st_mtime
 
 
 def _resolve_data(data: Path | None, recipe, chosen: list[str]) -> Path:
@@ -631,7 +518,7 @@ def _check_tokenizer(checkpoint: Checkpoint, corpus: TokenizedCorpus) -> None:
             f"tokenizers differ: the checkpoint {checkpoint.path} was trained with tokenizer "
             f"sha256 {trained}, the corpus {corpus.directory} uses {data}; evaluate on data "
             "tokenized with the run's tokenizer (longnet tokenize --tokenizer "
-            "<the run's corpus>/tokenizer.model)"
+            f"<the run's corpus>/{TOKENIZER_FILE})"
         )
 
 
@@ -644,26 +531,6 @@ def _check_boundaries(boundaries: list[int] | None) -> list[int] | None:
         shown = ",".join(format_length(b) for b in boundaries)
         raise InputError(f"bucket boundaries must increase, got {shown}")
     return list(boundaries)
-
-
-def _resolve_device(name: str | None) -> torch.device:
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {name!r} is not a device (cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports ru_maxrss in KiB, macOS in bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _progress(doc_ids: list[int], enabled: bool, label: str = "eval") -> Iterator[int]:

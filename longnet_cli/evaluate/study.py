@@ -5,9 +5,16 @@ runs scored on the same held-out documents and the same final tokens). Output: o
 with its perplexity on those final tokens at each context (the LongNet paper's Table 2), its
 reach, the copy probe, and what its training cost (tokens, tokens/s and wall time, read from the
 run's ``metrics.jsonl``), as markdown (``study.md``) and JSON (``study.json``). Where the study's
-recipes are present (``dense_2k``, ``longnet_8k``), the report also lists the claims the study
-exists to test, each with the figure measured and whether it holds: a claim is shown or not
-shown, never assumed.
+two models are present, the report also lists the claims the study exists to test, each with the
+figure measured and whether it holds: a claim is shown or not shown, never assumed.
+
+The two models are told apart by what they are, never by their names: each run's recipe (saved in
+the state.json of the checkpoint the evaluation names, else of its run's latest checkpoint) says
+its attention, the evaluation says its training length (``seq_len``). The LongNet model has dilated
+attention (a branch at a rate above 1; ``longnet_8k``); the dense baseline has full causal attention
+(one branch at rate 1; ``dense_2k``), and of several such runs it is the one trained on the
+shortest sequences (``dense_8k``, the costly upper bound, is not the baseline). A run whose recipe
+cannot be read has no role.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from longnet_cli.artifacts.layout import metrics_path
 from longnet_cli.core.errors import InputError
 from longnet_cli.core.lengths import format_length
 
+LONGNET, DENSE = "longnet", "dense"  # the study's two roles (see the module docstring)
 PAPER_TABLE_2 = {  # LongNet paper, Table 2: perplexity with 2K / 8K / 32K tokens of context
     "LongNet, trained on 8K": (4.23, 3.24, 3.36),
     "Transformer, trained on 2K": (4.24, 5.07, 11.29),
@@ -66,6 +75,7 @@ def study_report(eval_json: Path) -> dict[str, Any]:
     if not contexts:
         raise InputError(f"{eval_json}: the runs have no contexts")
     rows = [_row(run) for run in runs]
+    roles = [run_role(run) for run in runs]
     distances = sorted({p["distance"] for row in rows for p in row["probe"]})
     return {
         "source": str(eval_json),
@@ -78,7 +88,7 @@ def study_report(eval_json: Path) -> dict[str, Any]:
         "distances": distances,
         "final_tokens": _final_tokens(runs),
         "runs": rows,
-        "claims": [claim.to_json() for claim in study_claims(rows, contexts, distances)],
+        "claims": [claim.to_json() for claim in study_claims(rows, contexts, distances, roles)],
         "paper_table_2": {
             name: dict(zip(("2K", "8K", "32K"), figures)) for name, figures in PAPER_TABLE_2.items()
         },
@@ -109,6 +119,25 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_role(run: dict[str, Any]) -> str | None:
+    """A run's role in the study from its saved recipe: ``LONGNET`` (dilated attention),
+    ``DENSE`` (one branch at rate 1: full causal attention), or None (another model, or no
+    recipe to read)."""
+    from longnet_cli.artifacts.runs import saved_recipe
+
+    recipe = None
+    for place in (run.get("checkpoint"), run.get("run")):
+        if isinstance(place, str) and place and (recipe := saved_recipe(Path(place))):
+            break
+    model = recipe.get("model") if recipe else None
+    rates = model.get("dilation_rates") if isinstance(model, dict) else None
+    if not isinstance(rates, list) or not rates:
+        return None
+    if any(isinstance(rate, int) and rate > 1 for rate in rates):
+        return LONGNET
+    return DENSE if rates == [1] else None
+
+
 def _final_tokens(runs: list[dict[str, Any]]) -> int | None:
     """Targets behind each final-token figure (the same for every run and context)."""
     for run in runs:
@@ -127,9 +156,7 @@ def training_figures(run_dir: Path) -> dict[str, Any]:
         "train_seconds": None,
         "train_tokens_per_s": None,
     }
-    timed = [
-        r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens" in r and "elapsed_s" in r
-    ]
+    timed = [r for r in read_metrics(metrics_path(run_dir)) if "tokens" in r and "elapsed_s" in r]
     if timed:
         tokens, seconds = int(timed[-1]["tokens"]), float(timed[-1]["elapsed_s"])
         figures.update(
@@ -144,36 +171,44 @@ def training_figures(run_dir: Path) -> dict[str, Any]:
 
 
 def study_claims(
-    rows: list[dict[str, Any]], contexts: list[int], distances: list[int]
+    rows: list[dict[str, Any]],
+    contexts: list[int],
+    distances: list[int],
+    roles: list[str | None],
 ) -> list[Claim]:
-    """The study's claims for the runs named ``longnet_8k`` and ``dense_2k`` (recipe or
-    directory name); runs of other names get none.
+    """The study's claims for its LongNet model and its dense baseline (``roles``, one per row:
+    see the module docstring); other runs get none. Each model is named by its training length
+    (``LongNet-8K``, ``dense-2K``).
 
-    Stated for the study's three contexts ``short < middle < long`` (2K, 8K, 32K: dense_2k's
-    training length, longnet_8k's, and longnet_8k's reach) and four copy distances ``d0 < d1 <
-    d2 < d3`` (512, 2K, 8K, 16K), so that a scaled-down study checks the same shape. A claim
-    whose figure was not measured (fewer contexts or distances) says so.
+    Stated for the study's three contexts ``short < middle < long`` (2K, 8K, 32K: the dense
+    baseline's training length, the LongNet model's, and the LongNet model's reach) and four copy
+    distances ``d0 < d1 < d2 < d3`` (512, 2K, 8K, 16K), so that a scaled-down study checks the
+    same shape. A claim whose figure was not measured (fewer contexts or distances) says so.
     """
-    by_name = {row["name"]: row for row in rows}
     short, middle, long = (contexts + [None] * 3)[:3] if len(contexts) == 3 else (None,) * 3
     d0, d1, d2, d3 = (distances + [None] * 4)[:4] if len(distances) == 4 else (None,) * 4
+    longnet = next((row for row, role in zip(rows, roles) if role == LONGNET), None)
+    dense_rows = [row for row, role in zip(rows, roles) if role == DENSE]
+    # the dense run trained on the shortest sequences (the first of equals) is the baseline
+    dense = min(dense_rows, key=lambda row: row["seq_len"] or math.inf, default=None)
     claims: list[Claim] = []
-    longnet, dense = by_name.get("longnet_8k"), by_name.get("dense_2k")
     if longnet is not None:
+        name = f"LongNet-{_length(longnet['seq_len'])}"
         claims += [
-            _ppl_ratio(longnet, middle, short, "LongNet-8K uses context", "<=", 0.97),
+            _ppl_ratio(longnet, middle, short, f"{name} uses context", "<=", 0.97),
             _ppl_ratio(
-                longnet, long, middle, "LongNet-8K reads 4x past its training length", "<=", 1.05
+                longnet, long, middle, f"{name} reads 4x past its training length", "<=", 1.05
             ),
-            _copy(longnet, d1, "LongNet-8K copies from its short branches' reach", "<", 0.7),
-            _copy(longnet, d2, "LongNet-8K copies from its training length back", "<", 0.7),
-            _copy(longnet, d3, "LongNet-8K copies through its sparse long branches", "<", 0.9),
+            _copy(longnet, d1, f"{name} copies from its short branches' reach", "<", 0.7),
+            _copy(longnet, d2, f"{name} copies from its training length back", "<", 0.7),
+            _copy(longnet, d3, f"{name} copies through its sparse long branches", "<", 0.9),
         ]
     if dense is not None:
+        name = f"dense-{_length(dense['seq_len'])}"
         claims += [
-            _ppl_ratio(dense, long, short, "dense-2K breaks past its training length", ">=", 1.10),
-            _copy(dense, d0, "dense-2K copies within its training length", "<", 0.7),
-            _copy(dense, d2, "dense-2K does not copy from beyond its training length", ">=", 0.95),
+            _ppl_ratio(dense, long, short, f"{name} breaks past its training length", ">=", 1.10),
+            _copy(dense, d0, f"{name} copies within its training length", "<", 0.7),
+            _copy(dense, d2, f"{name} does not copy from beyond its training length", ">=", 0.95),
         ]
     return claims
 

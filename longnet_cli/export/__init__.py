@@ -15,8 +15,8 @@ The directory holds
     state.json               the checkpoint's state (step, tokens, tokenizer sha256, the
                              resolved recipe), ``files`` with the sha256 and size of the
                              weights and the tokenizer, and an ``export`` record: longnet reads
-                             the directory as a checkpoint (``checkpoints.resolve_checkpoint``,
-                             ``verify_checkpoint``)
+                             the directory as a checkpoint (``artifacts.load_model``,
+                             ``verify_checkpoint``; ``artifacts.exports`` reads it back)
     README.md                the model card (``card.py``)
 
 Written into a staging directory beside ``--out``, fsynced, then renamed into place; an
@@ -37,16 +37,18 @@ from pathlib import Path
 from typing import Any
 
 from longnet_cli import __version__
-from longnet_cli.artifacts.checkpoints import fsync_path, sha256_file
+from longnet_cli.artifacts.exports import CONFIG_FILE, MODEL_TYPE, ExportedModel, read_exported
+from longnet_cli.artifacts.layout import STATE_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from longnet_cli.artifacts.loading import TIED_NAMES
 from longnet_cli.core.errors import InputError, LongnetError
+from longnet_cli.core.files import fsync_path, sha256_file
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.model"
-STATE_FILE = "state.json"
-MODEL_TYPE = "longnet"
+__all__ = [  # ExportedModel and read_exported live in artifacts.exports, below every reader
+    "ExportResult", "ExportedModel", "export_model", "load_exported_model", "read_exported",
+]  # fmt: skip
+
 ARCHITECTURE = "LongNetForCausalLM"
-TIED_NAME, TIED_ALIAS = "token_embedding.weight", "head.weight"
+TIED_NAME, TIED_ALIAS = TIED_NAMES  # "token_embedding.weight", "head.weight"
 VERIFIED_FILES = (WEIGHTS_FILE, TOKENIZER_FILE)  # hashed in state.json's "files"
 
 # The modules an exported directory carries: transformers copies them and imports the classes
@@ -94,44 +96,6 @@ class ExportResult:
         }
 
 
-@dataclass(frozen=True)
-class ExportedModel:
-    """An exported directory as longnet reads it: its config.json and state.json."""
-
-    path: Path
-    config: dict[str, Any]  # config.json
-    state: dict[str, Any]  # state.json: the checkpoint's state and the export record
-
-    @property
-    def weights(self) -> Path:
-        return self.path / WEIGHTS_FILE
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.path / TOKENIZER_FILE
-
-    @property
-    def step(self) -> int:
-        return int(self.state["step"])
-
-    @property
-    def recipe(self):
-        """The run's resolved recipe (``recipes.Recipe``), as the checkpoint recorded it."""
-        from longnet_cli.config.recipe import Recipe
-
-        return Recipe.from_saved(self.state["recipe"], source=str(self.path))
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of ``LongNetTransformer(...)``, from config.json."""
-        from longnet_cli.hf import MODEL_KEYS
-
-        kwargs = {"num_tokens": self.config["vocab_size"]}
-        kwargs.update({key: self.config[key] for key in MODEL_KEYS})
-        kwargs["segment_lengths"] = tuple(kwargs["segment_lengths"])
-        kwargs["dilation_rates"] = tuple(kwargs["dilation_rates"])
-        return kwargs
-
-
 def export_model(
     source: Path,
     out: Path,
@@ -146,11 +110,12 @@ def export_model(
     tokenizer that cannot be found or does not match, and an ``out`` that exists and is not
     empty (unless ``force``).
     """
+    from longnet_cli.artifacts.resolve import resolve_verified
     from longnet_cli.config.recipe import Recipe
     from longnet_cli.export.card import model_card
 
     note = on_note or (lambda message: None)
-    checkpoint = _resolve_source(Path(source))
+    checkpoint = resolve_verified(Path(source))  # a damaged file is refused, not exported
     out = Path(out)
     replaced = _check_out(out, force, checkpoint.path)
     target = out.resolve()  # "." or "a/.." have no name to stage beside
@@ -203,29 +168,6 @@ def export_model(
     )
 
 
-def read_exported(path: Path) -> ExportedModel | None:
-    """The exported directory at ``path``, or None when ``path`` is not one (no config.json of
-    model_type "longnet"). Raises InputError naming the file when it is one but unreadable."""
-    path = Path(path)
-    config_file = path / CONFIG_FILE
-    if not config_file.is_file():
-        return None
-    config = _read_json(config_file)
-    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
-        return None
-    state = _read_json(path / STATE_FILE)
-    if not isinstance(state, dict) or "recipe" not in state or "step" not in state:
-        raise InputError(f"{path / STATE_FILE}: missing or not a longnet export's state")
-    from longnet_cli.hf import MODEL_KEYS
-
-    missing = [key for key in ("vocab_size", *MODEL_KEYS) if key not in config]
-    if missing:
-        raise InputError(f"{config_file}: missing model key(s) {', '.join(missing)}")
-    if not (path / WEIGHTS_FILE).is_file():
-        raise InputError(f"{path}: no {WEIGHTS_FILE}")
-    return ExportedModel(path, config, state)
-
-
 def load_exported_model(path: Path, device: str = "cpu"):
     """The LongNetTransformer of an exported directory, in eval mode on ``device``."""
     from longnet_cli.artifacts.checkpoints import load_model_weights
@@ -244,24 +186,6 @@ def load_exported_model(path: Path, device: str = "cpu"):
 
 
 # -- checks ---------------------------------------------------------------------------------------
-
-
-def _resolve_source(source: Path):
-    """The checkpoint ``source`` names (a run directory: its latest), verified against the
-    sizes and sha256s its state.json records: a damaged file is refused, not exported."""
-    from longnet_cli.artifacts.checkpoints import resolve_checkpoint, verify_checkpoint
-
-    if not source.exists():
-        raise InputError(f"{source}: no such checkpoint or run directory")
-    try:
-        return verify_checkpoint(resolve_checkpoint(source).path)
-    except FileNotFoundError:
-        raise InputError(
-            f"no checkpoint found in {source} (looked for {source}/state.json and "
-            f"{source}/checkpoints/step-*/)"
-        ) from None
-    except ValueError as err:  # checkpoints.DamagedCheckpoint: names the file
-        raise InputError(str(err)) from None
 
 
 def _check_out(out: Path, force: bool, checkpoint: Path) -> bool:
@@ -285,7 +209,7 @@ def _check_out(out: Path, force: bool, checkpoint: Path) -> bool:
 
 def _find_tokenizer(checkpoint, recipe, explicit: Path | None) -> tuple[Path, Any]:
     """The tokenizer the checkpoint was trained with, found as ``longnet generate`` finds it."""
-    from longnet_cli.generate import find_checkpoint_tokenizer
+    from longnet_cli.artifacts.loading import find_checkpoint_tokenizer
 
     path, processor, _ = find_checkpoint_tokenizer(checkpoint, recipe, explicit)
     return path, processor
@@ -405,13 +329,6 @@ def _json(value: Any) -> str:
 
 def _count(tensors: dict) -> int:
     return sum(tensor.numel() for tensor in tensors.values())
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot read: {err}") from None
 
 
 # -- publishing -----------------------------------------------------------------------------------

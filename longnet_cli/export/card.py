@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from longnet_cli import __version__
+from longnet_cli.artifacts.layout import EVAL_FILE, METRICS_FILE, metrics_path, run_of_checkpoint
 from longnet_cli.core.lengths import format_length
 
 PAPER = (
@@ -91,7 +92,7 @@ def model_card(checkpoint, recipe, name: str, vocab_size: int, parameters: int) 
         "",
         "## Held-out evaluation",
         "",
-        *_evaluation_lines(_run_dir(checkpoint.path), checkpoint.step),
+        *_evaluation_lines(run_of_checkpoint(checkpoint.path), checkpoint.step),
         "",
         "## Recipe",
         "",
@@ -165,10 +166,10 @@ def _evaluation_lines(run_dir: Path | None, step: int) -> list[str]:
 
 def latest_heldout_evaluation(run_dir: Path, step: int) -> HeldoutEvaluation | None:
     """The run's latest held-out evaluation at or before ``step`` (see the module notes)."""
-    from longnet_cli.artifacts.runs import EVAL_FILE, read_metrics
+    from longnet_cli.artifacts.runs import read_metrics
 
     found: list[tuple[int, int, HeldoutEvaluation]] = []  # (step, rank, evaluation)
-    for record in read_metrics(run_dir / "metrics.jsonl"):
+    for record in read_metrics(metrics_path(run_dir)):
         figures = record.get("eval")
         if isinstance(figures, dict) and figures.get("split") == "heldout":
             contexts = figures.get("contexts")
@@ -180,7 +181,7 @@ def latest_heldout_evaluation(run_dir: Path, step: int) -> HeldoutEvaluation | N
             if rows and isinstance(record.get("step"), int):
                 rows.sort(key=lambda row: row["context"])
                 found.append((record["step"], 0, HeldoutEvaluation(
-                    record["step"], "metrics.jsonl", figures.get("documents"), rows)))  # fmt: skip
+                    record["step"], METRICS_FILE, figures.get("documents"), rows)))  # fmt: skip
     for path in (run_dir / EVAL_FILE, run_dir.parent / EVAL_FILE):
         evaluation = _from_eval_file(path, run_dir)
         if evaluation is not None:
@@ -194,7 +195,7 @@ def _from_eval_file(path: Path, run_dir: Path) -> HeldoutEvaluation | None:
     """This run's figures in a ``longnet eval --json`` report, when they are held-out ones."""
     import json
 
-    from longnet_cli.artifacts.runs import _belongs_to
+    from longnet_cli.artifacts.runs import belongs_to
 
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
@@ -204,7 +205,7 @@ def _from_eval_file(path: Path, run_dir: Path) -> HeldoutEvaluation | None:
         return None
     runs = report.get("runs") if isinstance(report.get("runs"), list) else []
     for run in runs:
-        if not isinstance(run, dict) or not _belongs_to(run.get("checkpoint"), path, run_dir):
+        if not isinstance(run, dict) or not belongs_to(run.get("checkpoint"), path, run_dir):
             continue
         rows = [
             {"context": entry["context"], **entry["overall"]}
@@ -215,12 +216,6 @@ def _from_eval_file(path: Path, run_dir: Path) -> HeldoutEvaluation | None:
         if rows and isinstance(run.get("step"), int):
             return HeldoutEvaluation(run["step"], str(path), report.get("documents"), rows)
     return None
-
-
-def _run_dir(checkpoint_path: Path) -> Path | None:
-    """The run directory holding a checkpoint (``RUN/checkpoints/step-N``), if any."""
-    parent = checkpoint_path.parent
-    return parent.parent if parent.name == "checkpoints" else None
 
 
 def _int(value: Any) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizer
 
+from longnet_cli.data.token_bytes import TokenBytes
 from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer
-from longnet_cli.generate import TokenBytes
 
 VOCAB_FILES = {"vocab_file": "tokenizer.model"}
 

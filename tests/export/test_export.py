@@ -23,12 +23,13 @@ from longnet_cli.artifacts.checkpoints import (
     verify_checkpoint,
     write_model_files,
 )
+from longnet_cli.artifacts.exports import read_exported
 from longnet_cli.cli import main
 from longnet_cli.config.recipe import Recipe
 from longnet_cli.data.shards import read_manifest
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer
-from longnet_cli.export import load_exported_model, read_exported
+from longnet_cli.export import load_exported_model
 from longnet_cli.hf import MODEL_KEYS
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 

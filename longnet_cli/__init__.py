@@ -4,6 +4,8 @@ Public API (imported lazily so that ``import longnet_cli`` and ``longnet --help`
     dilated_attention   exact dilated attention over (batch, seq, heads, head_dim) tensors
     DilatedAttention    nn.Module with projections; accepts the community package's signature
     LongNetTransformer  causal decoder LM with dilated attention and a chunked loss
+    load_model          a checkpoint, run directory or export -> the verified model, in eval mode
+    TokenizedCorpus     a tokenized corpus (``TokenizedCorpus.open(PATH)``): documents, splits
 """
 
 from __future__ import annotations
@@ -17,11 +19,22 @@ _EXPORTS = {
     "dilated_attention": "longnet_cli.model.attention",
     "DilatedAttention": "longnet_cli.model.layers",
     "LongNetTransformer": "longnet_cli.model.transformer",
+    "load_model": "longnet_cli.artifacts.loading",
+    "TokenizedCorpus": "longnet_cli.data.shards",
 }
 
-__all__ = ["DilatedAttention", "LongNetTransformer", "__version__", "dilated_attention"]
+__all__ = [
+    "DilatedAttention",
+    "LongNetTransformer",
+    "TokenizedCorpus",
+    "__version__",
+    "dilated_attention",
+    "load_model",
+]
 
 if TYPE_CHECKING:
+    from longnet_cli.artifacts.loading import load_model
+    from longnet_cli.data.shards import TokenizedCorpus
     from longnet_cli.model.attention import dilated_attention
     from longnet_cli.model.layers import DilatedAttention
     from longnet_cli.model.transformer import LongNetTransformer

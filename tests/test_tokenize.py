@@ -590,9 +590,9 @@ def test_split_by_content_is_stable_when_documents_are_appended_renamed_or_copie
 def test_fraction_selecting_nothing_holds_out_the_smallest_hash(
     tmp_path, model_file, capsys, monkeypatch
 ):
-    import longnet_cli.tokenize as stage
+    from longnet_cli.data.format.writer import DocumentsWriter
 
-    monkeypatch.setattr(stage._DocumentTable, "ROW_GROUP", 2)  # the rewrite spans row groups
+    monkeypatch.setattr(DocumentsWriter, "ROW_GROUP", 2)  # the rewrite spans row groups
     texts = ["alpha text\n", "beta text\n", "gamma text\n", "delta text\n"]
     root = tmp_path / "in"
     for i, text in enumerate(texts):

@@ -1,7 +1,8 @@
 """Stage ``inspect``: totals of a tokenized corpus, a full verification, one decoded document.
 
 Every change to a corpus file is found: each shard, tokenizer.model and documents.parquet by
-its sha256 in the manifest, the manifest by its own ``manifest_sha256`` (data/shards.py). A
+its sha256 in the manifest, the manifest by its own ``manifest_sha256``: the checks live in
+``data/format/verify.py``; this stage runs them, decodes a document and returns the report. A
 corpus written before the last two were recorded is inspected as far as it can be, with a note
 naming what cannot be verified (not a problem). A manifest.json that does not parse or check
 cannot be inspected at all: CorruptCorpusError, exit 1, one line naming it and the key; a path
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from longnet_cli.core.errors import InputError
-from longnet_cli.data.shards import CorpusError, TokenizedCorpus
+from longnet_cli.data.format.errors import CorpusError
+from longnet_cli.data.format.reader import TokenizedCorpus
+from longnet_cli.data.format.verify import inspect_checks
 
 
 @dataclass
@@ -87,60 +90,11 @@ def inspect_corpus(directory: Path, doc_id: int | None = None) -> InspectReport:
     if doc_id is not None and not 0 <= doc_id < corpus.num_documents:
         valid = f"0..{corpus.num_documents - 1}" if corpus.num_documents else "none (it is empty)"
         raise InputError(f"--doc {doc_id} is out of range: documents of {directory} are {valid}")
-    report.problems = corpus.verify(full=True) + _check_links(corpus)
-    report.notes = corpus.unverified()
-    if report.splits is not None and not report.problems:
-        report.problems.extend(_check_splits(corpus, report.splits))
+    found = inspect_checks(corpus)
+    report.problems, report.notes = found.problems, found.notes
     if doc_id is not None:
         report.text = _decode(corpus, doc_id, report.problems)
     return report
-
-
-def _check_links(corpus: TokenizedCorpus) -> list[str]:
-    """A versioned directory's top-level tokenizer.model, documents.parquet and shards are the
-    current version's files (links): people and tools open those paths."""
-    import os
-
-    from longnet_cli.data.shards import DOCUMENTS_FILE, TOKENIZER_FILE
-
-    if corpus.version is None:
-        return []
-    problems = []
-    for name in (TOKENIZER_FILE, DOCUMENTS_FILE, *(e["file"] for e in corpus.manifest["shards"])):
-        top, current = corpus.directory / name, corpus.version_directory / name
-        try:
-            linked = os.path.samefile(top, current)
-        except OSError:
-            linked = False
-        if not linked:
-            problems.append(
-                f"{top}: is not {current}, the current version's file (removed or replaced, or "
-                "an older version's kept while a reader had it open); longnet tokenize links it "
-                "again"
-            )
-    return problems
-
-
-def _check_splits(corpus: TokenizedCorpus, splits: dict[str, Any]) -> list[str]:
-    """The manifest's per-split documents and tokens agree with documents.parquet's column."""
-    import numpy as np
-
-    try:
-        heldout = corpus.heldout_mask()
-    except CorpusError as err:
-        return [str(err)]
-    stream_tokens = corpus.document_lengths() + 1  # each document with its EOS
-    problems = []
-    for name, mask in (("train", ~heldout), ("heldout", heldout)):
-        found = {"documents": int(mask.sum()), "tokens": int(np.sum(stream_tokens[mask]))}
-        recorded = splits.get(name)
-        if not isinstance(recorded, dict) or any(recorded.get(k) != v for k, v in found.items()):
-            problems.append(
-                f"{corpus.manifest_path}: splits.{name} is {recorded}, but "
-                f"documents.parquet has {found['documents']} {name} documents of "
-                f"{found['tokens']} tokens"
-            )
-    return problems
 
 
 def _decode(corpus: TokenizedCorpus, doc_id: int, problems: list[str]) -> str | None:

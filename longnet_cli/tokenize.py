@@ -15,12 +15,8 @@ Output is byte-identical for any number of workers: documents are cut into piece
 text alone, pieces are encoded independently, and the tokenizer is trained with a fixed
 thread count.
 
-Held-out split: every document goes to "train" or "heldout" by its content hash (the sha256 of
-its text): held out when ``int(sha256[:16], 16) < holdout * 2**64``. Content, not name or
-position, so a growing corpus, inserted records or renamed files never move a document between
-splits, and identical documents always land on the same side. When the fraction selects no
-document in a corpus of at least two, the documents with the smallest hash (one content, all
-its copies) are held out instead, unless that would leave nothing to train on.
+Held-out split: every document goes to "train" or "heldout" by its content hash, with a
+fallback when the fraction selects none; the rule lives in ``data/splits.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from longnet_cli.core.errors import InputError, LongnetError
+from longnet_cli.core.files import sha256_bytes, sha256_file, write_synced
 from longnet_cli.data import versions
+from longnet_cli.data.format.layout import DOCUMENTS_FILE, MANIFEST_FILE, TOKENIZER_FILE
 from longnet_cli.data.sources import (
     Document,
     DocumentChanged,
@@ -45,6 +43,7 @@ from longnet_cli.data.sources import (
     read_documents,
     walk_corpus,
 )
+from longnet_cli.data.splits import SplitTally
 from longnet_cli.data.tokenizer import encode_lossless
 
 DEFAULT_VOCAB_SIZE = 32000
@@ -200,14 +199,16 @@ def _build(options, scan: _Scan, tokenizer_bytes, started) -> TokenizeResult:
 def _write_version(options, scan: _Scan, tokenizer_bytes, version: Path) -> tuple[dict, bool]:
     """Write tokenizer.model, the shards, documents.parquet and manifest.json (last) into the
     version directory, each fsynced. Returns (manifest, whether the tokenizer was trained)."""
-    from longnet_cli.data.shards import ShardWriter, sha256_file, token_dtype, write_manifest
-    from longnet_cli.data.tokenizer import sha256_bytes, tokenizer_from_bytes, train_tokenizer
+    from longnet_cli.data.format.manifest import build_manifest
+    from longnet_cli.data.format.schema import token_dtype
+    from longnet_cli.data.format.writer import DocumentsWriter, ShardWriter, write_manifest
+    from longnet_cli.data.tokenizer import tokenizer_from_bytes, train_tokenizer
 
     trained = tokenizer_bytes is None
     if trained:
         sample = _sample_texts(options, scan, version)
         tokenizer_bytes = train_tokenizer(sample, options.vocab_size, options.seed)
-    _write_synced(version / "tokenizer.model", tokenizer_bytes)
+    write_synced(version / TOKENIZER_FILE, tokenizer_bytes)
     processor = tokenizer_from_bytes(tokenizer_bytes)
     if processor.eos_id() < 0:
         raise InputError(f"--tokenizer {options.tokenizer} defines no EOS id; longnet needs one")
@@ -221,7 +222,8 @@ def _write_version(options, scan: _Scan, tokenizer_bytes, version: Path) -> tupl
         scratch=version,
         on_skip=skips.add,
     )
-    table = _DocumentTable(version / "documents.parquet", options.holdout)
+    table = DocumentsWriter(version / DOCUMENTS_FILE)
+    tally = SplitTally(options.holdout)
     total_bytes = 0
     with ShardWriter(version, dtype, options.shard_tokens, processor.eos_id()) as writer:
         bar = _progress(scan.file_bytes, options.progress)
@@ -235,36 +237,33 @@ def _write_version(options, scan: _Scan, tokenizer_bytes, version: Path) -> tupl
             writer.write(ids)
             if last:
                 placement = writer.end_document()
-                table.add(document, placement)
+                split = tally.add(document.sha256, placement.tokens + 1)  # with its EOS
+                table.add(document.source, placement, document.nbytes, document.sha256, split)
                 total_bytes += document.nbytes
                 bar.update(document.nbytes)
                 bar.set_postfix(docs=table.rows, refresh=False)
         bar.close()
         shards = writer.close()
     table.close()
-    splits = table.finish_splits()  # may rewrite documents.parquet: hashed after it
-    documents_sha256 = sha256_file(table.path)
+    splits = tally.finish()
+    if tally.fallback:  # the fraction selected none: the smallest content hash is held out
+        table.hold_out(tally.smallest)
     counts = dict(sorted(skips.counts.items()))
-    manifest = {
-        "format": 1,
-        "tokenizer_sha256": sha256_bytes(tokenizer_bytes),
-        "vocab_size": processor.vocab_size(),
-        "dtype": dtype,
-        "eos_id": processor.eos_id(),
-        "bos_id": processor.bos_id(),
-        "documents": table.rows,
-        "tokens": sum(s["tokens"] for s in shards),
-        "bytes": total_bytes,
-        "shards": shards,
-        "skipped": {
-            "counts": counts,
-            "examples": [asdict(s) for s in skips.examples],
-        },
-        "fingerprint": scan.fingerprint,
-        "options": _fingerprint_options(options),
-        "splits": splits,
-        "documents_sha256": documents_sha256,
-    }
+    manifest = build_manifest(
+        tokenizer_sha256=sha256_bytes(tokenizer_bytes),
+        vocab_size=processor.vocab_size(),
+        dtype=dtype,
+        eos_id=processor.eos_id(),
+        bos_id=processor.bos_id(),
+        documents=table.rows,
+        text_bytes=total_bytes,
+        shards=shards,
+        skipped={"counts": counts, "examples": [asdict(s) for s in skips.examples]},
+        fingerprint=scan.fingerprint,
+        options=_fingerprint_options(options),
+        splits=splits,
+        documents_sha256=sha256_file(table.path),  # after the fallback's rewrite
+    )
     write_manifest(version, manifest, seal=True)  # with manifest_sha256, of its own content
     return manifest, trained
 
@@ -360,17 +359,6 @@ def _sample_texts(options: TokenizeOptions, scan: _Scan, scratch: Path) -> Itera
         share = budget  # the top-up pass may take more from each file
 
 
-def heldout_threshold(holdout: float) -> int:
-    """Documents whose ``int(sha256[:16], 16)`` is below this integer are held out."""
-    return int(holdout * 2**64)
-
-
-def document_split(sha256: str, holdout: float) -> str:
-    """The split of a document with this content hash (hex sha256 of its text):
-    "heldout" or "train"."""
-    return "heldout" if int(sha256[:16], 16) < heldout_threshold(holdout) else "train"
-
-
 def _uniform(seed: int, rel: str) -> float:
     """A number in [0, 1) fixed by (seed, path)."""
     digest = hashlib.sha256(f"{seed}:{rel}".encode("utf-8", "surrogateescape")).digest()
@@ -378,121 +366,6 @@ def _uniform(seed: int, rel: str) -> float:
 
 
 # --------------------------------------------------------------------------- bookkeeping
-
-
-class _DocumentTable:
-    """documents.parquet written in row groups as documents complete (bounded memory), with
-    each document's split and the per-split totals for the manifest."""
-
-    ROW_GROUP = 1 << 14  # rows held as Python objects before they are written
-
-    def __init__(self, path: Path, holdout: float) -> None:
-        import pyarrow.parquet as pq
-
-        from longnet_cli.data.shards import DOCUMENTS_SCHEMA
-
-        self.path = path
-        self.schema = DOCUMENTS_SCHEMA
-        self.writer = pq.ParquetWriter(path, self.schema)
-        self.pending: dict[str, list] = {name: [] for name in self.schema.names}
-        self.rows = 0
-        self.holdout = holdout
-        self.totals = {split: {"documents": 0, "tokens": 0} for split in ("train", "heldout")}
-        self.smallest: str | None = None  # the smallest content hash seen (fallback)
-        self.smallest_totals = {"documents": 0, "tokens": 0}  # documents with that hash
-
-    def add(self, document: Document, placement) -> None:
-        sha = document.sha256
-        split = document_split(sha, self.holdout)
-        values = (
-            self.rows,
-            document.source,
-            placement.shard,
-            placement.offset,
-            placement.tokens,
-            document.nbytes,
-            sha,
-            split,
-        )
-        for name, value in zip(self.schema.names, values):
-            self.pending[name].append(value)
-        self.rows += 1
-        stream_tokens = placement.tokens + 1  # with its EOS: the splits sum to the stream
-        self.totals[split]["documents"] += 1
-        self.totals[split]["tokens"] += stream_tokens
-        if self.smallest is None or sha < self.smallest:
-            self.smallest, self.smallest_totals = sha, {"documents": 0, "tokens": 0}
-        if sha == self.smallest:
-            self.smallest_totals["documents"] += 1
-            self.smallest_totals["tokens"] += stream_tokens
-        if len(self.pending["doc_id"]) >= self.ROW_GROUP:
-            self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-
-        self.writer.write_table(pa.table(self.pending, schema=self.schema))
-        self.pending = {name: [] for name in self.schema.names}
-
-    def close(self) -> None:
-        self._flush()
-        self.writer.close()
-        _fsync_file(self.path)
-
-    def finish_splits(self) -> dict:
-        """The manifest's ``splits``; after ``close``. When the fraction selected nothing in a
-        corpus of at least 2 documents, the documents with the smallest content hash are held
-        out (rewriting the split column, one row group at a time), unless they are all of it."""
-        train, heldout = self.totals["train"], self.totals["heldout"]
-        fallback = (
-            self.holdout > 0
-            and self.rows >= 2
-            and heldout["documents"] == 0
-            and self.smallest_totals["documents"] < self.rows
-        )
-        if fallback:
-            self._hold_out_smallest()
-            for key in ("documents", "tokens"):
-                heldout[key] = self.smallest_totals[key]
-                train[key] -= self.smallest_totals[key]
-        return {
-            "holdout": self.holdout,
-            "train": dict(train),
-            "heldout": dict(heldout),
-            "fallback": fallback,
-        }
-
-    def _hold_out_smallest(self) -> None:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        rewritten = self.path.with_name(self.path.name + ".split")
-        with (
-            pq.ParquetFile(self.path) as source,
-            pq.ParquetWriter(rewritten, self.schema) as writer,
-        ):
-            for index in range(source.num_row_groups):
-                group = source.read_row_group(index)
-                chosen = pc.equal(group.column("sha256"), pa.scalar(self.smallest))
-                split = pc.if_else(chosen, "heldout", group.column("split"))
-                position = self.schema.get_field_index("split")
-                writer.write_table(group.set_column(position, "split", split).cast(self.schema))
-        _fsync_file(rewritten)
-        os.replace(rewritten, self.path)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Write a file and fsync it: on disk before the manifest that names it is written."""
-    with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as file:
-        os.fsync(file.fileno())
 
 
 def _exclusive_lock(out: Path):
@@ -557,9 +430,10 @@ class _SkipLog:
 
 def _current_result(out: Path, fingerprint: str, started: float) -> TokenizeResult | None:
     """The existing output's result when its manifest has this fingerprint and it verifies."""
-    from longnet_cli.data.shards import CorpusError, TokenizedCorpus
+    from longnet_cli.data.format.errors import CorpusError
+    from longnet_cli.data.format.reader import TokenizedCorpus
 
-    if not (out / "manifest.json").exists():
+    if not (out / MANIFEST_FILE).exists():
         return None
     try:
         corpus = TokenizedCorpus.open(out, verify="sizes")

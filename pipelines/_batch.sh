@@ -95,20 +95,17 @@ batch_pipeline() {
 # the next runs find it: TokenizedCorpus says where the corpus keeps it.
 keep_tokenizer() {
     "$LONGNET_PYTHON" - "$1" "$2" <<'PY'
-import os, shutil, sys
+import sys
 from pathlib import Path
-from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.core.files import atomic_write_bytes
+from longnet_cli.data.format.reader import TokenizedCorpus
 
 try:
     source = TokenizedCorpus.open(Path(sys.argv[1]), verify="none").tokenizer_path
 except Exception as err:
     sys.exit(f"cannot keep the tokenizer of {sys.argv[1]}: {err}")
 target = Path(sys.argv[2])
-temp = target.with_name(target.name + ".tmp")
-shutil.copyfile(source, temp)
-with open(temp, "rb") as handle:
-    os.fsync(handle.fileno())
-os.replace(temp, target)
+atomic_write_bytes(target, source.read_bytes())
 print(f"kept the tokenizer of {sys.argv[1]} as {target}: later runs tokenize with it")
 PY
 }

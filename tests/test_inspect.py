@@ -13,12 +13,8 @@ import sentencepiece
 
 from longnet_cli.cli import main
 from longnet_cli.core.errors import InputError
-from longnet_cli.data.shards import (
-    ShardWriter,
-    token_dtype,
-    write_documents_table,
-    write_manifest,
-)
+from longnet_cli.data.format.schema import token_dtype
+from longnet_cli.data.format.writer import ShardWriter, write_documents_table, write_manifest
 from longnet_cli.inspect import inspect_corpus
 
 SHARD_TOKENS = 16

@@ -31,9 +31,9 @@ from helpers import (
 )
 
 from longnet_cli.core.errors import InputError
-from longnet_cli.data import shards as shards_module
 from longnet_cli.data import sources
-from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.data.format.reader import TokenizedCorpus
+from longnet_cli.data.format.writer import ShardWriter
 from longnet_cli.data.tokenizer import train_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -315,7 +315,7 @@ def test_damaged_output_is_rebuilt(tmp_path, model_file, processor):
 
 def fail_after(count: int, error: type[BaseException]):
     """A replacement of ShardWriter._finish_shard that fails once ``count`` shards are done."""
-    original = shards_module.ShardWriter._finish_shard
+    original = ShardWriter._finish_shard
     calls = []
 
     def finish_shard(self):
@@ -339,7 +339,7 @@ def test_interrupted_first_run_leaves_no_manifest(corpus, tmp_path, model_file, 
     root, expected, skipped = corpus
     out = tmp_path / "out"
     options = ("--shard-tokens", "1000")
-    monkeypatch.setattr(shards_module.ShardWriter, "_finish_shard",
+    monkeypatch.setattr(ShardWriter, "_finish_shard",
                         fail_after(2, KeyboardInterrupt))  # fmt: skip
     assert tokenize([root], out, *options, model=model_file) == 130
     assert not (out / "manifest.json").exists()
@@ -363,7 +363,7 @@ def test_interrupted_rebuild_never_describes_incomplete_data(corpus, tmp_path, m
     write(root / "books" / "alice.txt", PROSE + "a new paragraph\n")
     new_expected = [(s, PROSE + "a new paragraph\n" if s == "books/alice.txt" else t)
                     for s, t in expected]  # fmt: skip
-    monkeypatch.setattr(shards_module.ShardWriter, "_finish_shard",
+    monkeypatch.setattr(ShardWriter, "_finish_shard",
                         fail_after(3, RuntimeError))  # fmt: skip
     assert tokenize([root], out, *options, model=model_file) == 1
     assert_no_incomplete_manifest(out)
@@ -590,9 +590,9 @@ def test_split_by_content_is_stable_when_documents_are_appended_renamed_or_copie
 def test_fraction_selecting_nothing_holds_out_the_smallest_hash(
     tmp_path, model_file, capsys, monkeypatch
 ):
-    import longnet_cli.tokenize as stage
+    from longnet_cli.data.format.writer import DocumentsWriter
 
-    monkeypatch.setattr(stage._DocumentTable, "ROW_GROUP", 2)  # the rewrite spans row groups
+    monkeypatch.setattr(DocumentsWriter, "ROW_GROUP", 2)  # the rewrite spans row groups
     texts = ["alpha text\n", "beta text\n", "gamma text\n", "delta text\n"]
     root = tmp_path / "in"
     for i, text in enumerate(texts):

@@ -1,4 +1,5 @@
-"""Data: corpus sources, tokenizers, token shards, training windows.
+"""Data: corpus sources, tokenizers, the corpus format on disk (``format/``), versions, splits,
+training windows.
 
-Never imports model/ or a stage.
+Never imports model/ or a stage; only core/ from outside data/.
 """

@@ -8,10 +8,12 @@ tokens such as ``"):\\n"`` and runs of indentation.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+# re-exported (generate.py imports it from here): the one sha256 is core/files.py
+from longnet_cli.core.files import sha256_bytes as sha256_bytes
 
 # SentencePiece drops training sentences over max_sentence_length bytes; pieces handed to the
 # trainer are cut to at most TRAIN_PIECE_CHARS characters (<= 4 bytes each in UTF-8).
@@ -121,8 +123,3 @@ def tokenizer_from_bytes(model: bytes):
     import sentencepiece as spm
 
     return spm.SentencePieceProcessor(model_proto=model)
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()

@@ -28,7 +28,7 @@ points to the new version while the other top-level names are still the old file
 
 flock is released by the kernel when a reader exits, however it exits. Where the filesystem
 cannot lock, readers go on unprotected and ``clean`` removes old versions regardless (it says
-so on stderr). stdlib only.
+so on stderr). stdlib only (and the corpus's file names and errors, ``format/``).
 """
 
 from __future__ import annotations
@@ -37,21 +37,28 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from longnet_cli.core.files import fsync_directory
+from longnet_cli.data.format.errors import CorpusError
+from longnet_cli.data.format.layout import (
+    DOCUMENTS_FILE,
+    MANIFEST_FILE,
+    SHARD_NAME,
+    TOKENIZER_FILE,
+)
+
 VERSIONS_DIR = "versions"
 READERS_LOCK = ".readers.lock"
-POINTER = "manifest.json"  # shards.MANIFEST_FILE: the pointer is the manifest's own name
-LINKED = ("tokenizer.model", "documents.parquet")  # linked at the top, with the shards
+POINTER = MANIFEST_FILE  # the pointer is the manifest's own name
+LINKED = (TOKENIZER_FILE, DOCUMENTS_FILE)  # linked at the top, with the shards
 TRASH_PREFIX = ".trash-"  # a version being removed: renamed first, so no reader can enter it
 LEGACY_STAGING = ".staging"  # where longnet before versions built; removed by ``clean``
 LINK_SUFFIX = ".link.tmp"  # a new symlink before it is renamed into place
-_SHARD_NAME = re.compile(r"shard-\d{5}\.bin")
 _NO_LOCKING = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 _CANNOT_CREATE = (errno.EACCES, errno.EPERM, errno.EROFS)
 _OPEN_ATTEMPTS = 50  # a reader that loses this many races with pruning gives up
@@ -123,8 +130,6 @@ def open_version(directory: Path) -> OpenedVersion:
 
     Raises CorpusError when there is no manifest (one line naming the path), or when pruning
     won every race for ``_OPEN_ATTEMPTS`` tries (not seen in practice)."""
-    from longnet_cli.data.shards import CorpusError
-
     directory = Path(directory)
     for attempt in range(_OPEN_ATTEMPTS):
         time.sleep(0.001 * attempt)  # only after a lost race
@@ -230,20 +235,6 @@ def _read_fd(fd: int) -> bytes:
 # -- writing (``longnet tokenize``, under the output's exclusive lock) ---------------------------
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make renames inside ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def new_version(out: Path) -> Path:
     """Create ``out/versions/N`` (N one above every version there) with its reader lock file."""
     root = Path(out) / VERSIONS_DIR
@@ -287,12 +278,10 @@ def update_links(out: Path) -> bool:
     version = resolve(out)
     if version == out:
         return True  # flat: its files are the corpus
-    names = [*LINKED, *sorted(n for n in os.listdir(version) if _SHARD_NAME.fullmatch(n))]
+    names = [*LINKED, *sorted(n for n in os.listdir(version) if SHARD_NAME.fullmatch(n))]
     top = {entry.name: entry.is_symlink() for entry in os.scandir(out)}
     flat_files = any(
-        not is_link
-        for name, is_link in top.items()
-        if name in LINKED or _SHARD_NAME.fullmatch(name)
+        not is_link for name, is_link in top.items() if name in LINKED or SHARD_NAME.fullmatch(name)
     )
     lock_fd = None
     if flat_files or READERS_LOCK in top:
@@ -305,7 +294,7 @@ def update_links(out: Path) -> bool:
             if not (top.get(name) and os.readlink(out / name) == target):
                 _link(out / name, target)
         for name in top:
-            if _SHARD_NAME.fullmatch(name) and name not in names:
+            if SHARD_NAME.fullmatch(name) and name not in names:
                 (out / name).unlink(missing_ok=True)
         if lock_fd is not None:
             (out / READERS_LOCK).unlink(missing_ok=True)

@@ -33,7 +33,7 @@ import numpy as np
 from longnet_cli.core.errors import InputError
 
 if TYPE_CHECKING:
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.format.reader import TokenizedCorpus
 
 SAMPLING_MODES = ("stream", "document")
 WINDOW_SPLITS = ("train", "all")  # the documents windows read: training ones, or every one

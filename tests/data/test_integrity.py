@@ -26,16 +26,11 @@ import pytest
 
 from longnet_cli.cli import main
 from longnet_cli.core.errors import DamagedFileError
-from longnet_cli.data.shards import (
-    DOCUMENTS_SHA256,
-    MANIFEST_SHA256,
-    CorpusError,
-    CorruptCorpusError,
-    TokenizedCorpus,
-    manifest_digest,
-    sha256_file,
-    write_manifest,
-)
+from longnet_cli.core.files import sha256_file
+from longnet_cli.data.format.errors import CorpusError, CorruptCorpusError
+from longnet_cli.data.format.manifest import DOCUMENTS_SHA256, MANIFEST_SHA256, manifest_digest
+from longnet_cli.data.format.reader import TokenizedCorpus
+from longnet_cli.data.format.writer import write_manifest
 from longnet_cli.data.tokenizer import load_tokenizer
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 

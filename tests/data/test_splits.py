@@ -15,14 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from longnet_cli.data.shards import (
-    LEGACY_DOCUMENTS_NAMES,
-    ShardWriter,
-    TokenizedCorpus,
-    token_dtype,
-    write_documents_table,
-    write_manifest,
-)
+from longnet_cli.data.format.reader import TokenizedCorpus
+from longnet_cli.data.format.schema import LEGACY_DOCUMENTS_NAMES, token_dtype
+from longnet_cli.data.format.writer import ShardWriter, write_documents_table, write_manifest
+from longnet_cli.data.splits import SplitTally, document_split, heldout_threshold
 from longnet_cli.data.windows import TrainingWindows
 
 EOS = 1
@@ -249,3 +245,56 @@ def test_training_stream_too_small_names_the_training_documents(tmp_path):
     TrainingWindows(corpus, 16, seed=0, split="all")  # the whole stream would fit
     with pytest.raises(ValueError, match="6 tokens"):
         TrainingWindows(corpus, 16, seed=0)
+
+
+# -- the split rule: by content hash, with the smallest-hash fallback ---------------------------
+
+
+def test_split_by_the_first_16_hex_digits_of_the_content_hash():
+    assert heldout_threshold(0.25) == 2**62
+    assert document_split("3" + "f" * 63, 0.25) == "heldout"  # 0x3fff... < 2**62
+    assert document_split("4" + "0" * 63, 0.25) == "train"  # exactly 2**62
+    assert document_split("0" * 64, 0.0) == "train"  # --holdout 0 holds none out
+
+
+def test_tally_counts_each_split_with_its_eos():
+    tally = SplitTally(0.25)
+    assert [tally.add(sha, tokens) for sha, tokens in (("0" * 64, 3), ("f" * 64, 5))] == [
+        "heldout",
+        "train",
+    ]
+    assert tally.finish() == {
+        "holdout": 0.25,
+        "train": {"documents": 1, "tokens": 5},
+        "heldout": {"documents": 1, "tokens": 3},
+        "fallback": False,
+    }
+    assert not tally.fallback
+
+
+def test_fraction_selecting_none_holds_out_every_copy_of_the_smallest_hash():
+    tally = SplitTally(1e-9)
+    for sha, tokens in (("c" * 64, 2), ("a" * 64, 3), ("b" * 64, 4), ("a" * 64, 3)):
+        assert tally.add(sha, tokens) == "train"
+    splits = tally.finish()
+    assert tally.fallback and tally.smallest == "a" * 64
+    assert splits["heldout"] == {"documents": 2, "tokens": 6}
+    assert splits["train"] == {"documents": 2, "tokens": 6} and splits["fallback"] is True
+
+
+@pytest.mark.parametrize(
+    "hashes", [["a" * 64], ["a" * 64, "a" * 64]], ids=["one-document", "all-one-content"]
+)
+def test_no_fallback_that_would_leave_nothing_to_train_on(hashes):
+    tally = SplitTally(1e-9)
+    for sha in hashes:
+        tally.add(sha, 2)
+    splits = tally.finish()
+    assert not tally.fallback and splits["heldout"] == {"documents": 0, "tokens": 0}
+
+
+def test_no_fallback_with_holdout_zero():
+    tally = SplitTally(0.0)
+    for sha in ("a" * 64, "b" * 64):
+        tally.add(sha, 2)
+    assert tally.finish()["fallback"] is False

@@ -24,7 +24,7 @@ from helpers import check_output, files_of, run, texts_of, tokenize, write
 
 import longnet_cli
 from longnet_cli.data import versions
-from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.data.format.reader import TokenizedCorpus
 from longnet_cli.data.tokenizer import train_tokenizer
 
 SMALL = ("--shard-tokens", "300", "--holdout", "0")  # several shards per version
@@ -32,7 +32,7 @@ SMALL = ("--shard-tokens", "300", "--holdout", "0")  # several shards per versio
 # a reader in another process (a training run): opens the corpus, waits, then reads it all
 READER = """
 import json, sys
-from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.data.format.reader import TokenizedCorpus
 from helpers import texts_of
 corpus = TokenizedCorpus.open(sys.argv[1])
 print(corpus.version, flush=True)
@@ -44,14 +44,14 @@ print(json.dumps(texts_of(corpus)), flush=True)
 KILLED = """
 import os, signal, sys
 from longnet_cli.cli import main
-from longnet_cli.data import shards
-finish, done = shards.ShardWriter._finish_shard, []
+from longnet_cli.data.format import writer
+finish, done = writer.ShardWriter._finish_shard, []
 def finish_then_die(self):
     finish(self)
     done.append(1)
     if len(done) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-shards.ShardWriter._finish_shard = finish_then_die
+writer.ShardWriter._finish_shard = finish_then_die
 main(sys.argv[1:])
 """
 
@@ -257,3 +257,14 @@ def test_inspect_verifies_the_current_version(tmp_path, model_file, capsys):
     assert f"PROBLEM: {out / 'tokenizer.model'}: is not" in capsys.readouterr().out
     assert tokenize([root], out, *SMALL, model=model_file) == 0  # up to date: links it again
     assert run(["inspect", str(out)]) == 0
+
+
+def test_versions_imports_no_reader_and_no_pyarrow():
+    """versions.py stays stdlib only (with the format's names and errors): no import cycle
+    with the reader, which imports versions."""
+    code = (
+        "import sys, longnet_cli.data.versions\n"
+        "assert 'longnet_cli.data.format.reader' not in sys.modules\n"
+        "assert 'pyarrow' not in sys.modules and 'numpy' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

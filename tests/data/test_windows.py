@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 
 from longnet_cli.core.errors import InputError
-from longnet_cli.data.shards import (
-    ShardWriter,
-    TokenizedCorpus,
-    token_dtype,
-    write_documents_table,
-    write_manifest,
-)
+from longnet_cli.data.format.reader import TokenizedCorpus
+from longnet_cli.data.format.schema import token_dtype
+from longnet_cli.data.format.writer import ShardWriter, write_documents_table, write_manifest
 from longnet_cli.data.windows import TrainingWindows
 
 EOS = 1

@@ -20,7 +20,7 @@ _EXPORTS = {
     "DilatedAttention": "longnet_cli.model.layers",
     "LongNetTransformer": "longnet_cli.model.transformer",
     "load_model": "longnet_cli.artifacts.loading",
-    "TokenizedCorpus": "longnet_cli.data.shards",
+    "TokenizedCorpus": "longnet_cli.data.format.reader",
 }
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from longnet_cli.artifacts.loading import load_model
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.format.reader import TokenizedCorpus
     from longnet_cli.model.attention import dilated_attention
     from longnet_cli.model.layers import DilatedAttention
     from longnet_cli.model.transformer import LongNetTransformer

@@ -320,7 +320,8 @@ def _prompt_tokens(options, processor, recipe, checkpoint, note, chosen) -> list
 
 
 def _document_tokens(options, recipe, checkpoint, note, chosen) -> list[int]:
-    from longnet_cli.data.shards import CorpusError, TokenizedCorpus
+    from longnet_cli.data.format.errors import CorpusError
+    from longnet_cli.data.format.reader import TokenizedCorpus
 
     data = Path(options.data or recipe.data.shards)
     try:

@@ -21,7 +21,7 @@ import yaml
 
 from longnet_cli.cli import main
 from longnet_cli.data import sources
-from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.data.format.reader import TokenizedCorpus
 
 MANIFEST_KEYS = {"format", "tokenizer_sha256", "vocab_size", "dtype", "eos_id", "bos_id",
                  "documents", "tokens", "shards", "skipped"}  # fmt: skip

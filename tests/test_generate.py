@@ -105,7 +105,7 @@ def test_greedy_is_the_full_forward_argmax(run, corpus, capsysbinary, tmp_path):
     checkpoint = latest_checkpoint(run)
     model = Recipe.from_saved(checkpoint.state["recipe"]).model.build(600)
     load_model_weights(checkpoint.path, model)
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.format.reader import TokenizedCorpus
 
     data = TokenizedCorpus.open(corpus)
     document = data.document(int(data.split_documents("heldout")[0]))[:70].tolist()

@@ -211,7 +211,8 @@ def bench_train_command(recipe, overrides, vocab_size, steps, as_json) -> None:
 
 def _corpus_vocab(recipe) -> int | None:
     """The vocabulary of the recipe's corpus, when it exists."""
-    from longnet_cli.data.shards import CorpusError, read_manifest
+    from longnet_cli.data.format.errors import CorpusError
+    from longnet_cli.data.format.manifest import read_manifest
 
     try:
         return read_manifest(Path(recipe.data.shards))["vocab_size"]

@@ -22,7 +22,7 @@ from longnet_cli.core.errors import reading
 from longnet_cli.runtime import PRECISION_NAMES, autocast_context
 
 if TYPE_CHECKING:
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.format.reader import TokenizedCorpus
     from longnet_cli.model.transformer import LongNetTransformer
 
 LN2 = math.log(2)
@@ -280,7 +280,7 @@ def bucket_starts(context: int, boundaries: Sequence[int] | None = None) -> list
 def checked_documents(corpus: TokenizedCorpus, doc_ids: Iterable[int]) -> Iterator[np.ndarray]:
     """The tokens of each document, checked below the corpus's vocab_size: a corrupted shard
     stops scoring with a CorpusError naming it, not with an index error deep in the model."""
-    from longnet_cli.data.shards import CorpusError
+    from longnet_cli.data.format.errors import CorpusError
 
     for doc_id in doc_ids:
         tokens = corpus.document(doc_id)
@@ -330,7 +330,8 @@ def token_byte_lengths(corpus_or_model: TokenizedCorpus | Path | str) -> np.ndar
 
 def _verify_tokenizer(path: Path, expected: object) -> None:
     """A corpus's tokenizer.model against the sha256 its manifest records."""
-    from longnet_cli.data.shards import CorpusError, sha256_file
+    from longnet_cli.core.files import sha256_file
+    from longnet_cli.data.format.errors import CorpusError
 
     with reading(path, "tokenizer"):
         digest = sha256_file(path)

@@ -71,7 +71,7 @@ from longnet_cli.runtime import PRECISION_NAMES, resolve_device
 if TYPE_CHECKING:
     from longnet_cli.artifacts.checkpoints import Checkpoint
     from longnet_cli.config.recipe import Recipe
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.format.reader import TokenizedCorpus
 
 DEFAULT_RUNS = Path("runs")
 
@@ -257,7 +257,7 @@ def evaluate(
     import torch
 
     from longnet_cli.artifacts.loading import load_checkpoint_model
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.format.reader import TokenizedCorpus
     from longnet_cli.runtime import keep_freed_memory
 
     _check_options(options)

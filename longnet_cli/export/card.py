@@ -107,7 +107,8 @@ def model_card(checkpoint, recipe, name: str, vocab_size: int, parameters: int) 
 
 
 def _corpus_lines(shards: Path, tokenizer_sha256: str | None) -> list[str]:
-    from longnet_cli.data.shards import CorpusError, read_manifest
+    from longnet_cli.data.format.errors import CorpusError
+    from longnet_cli.data.format.manifest import read_manifest
 
     try:
         manifest = read_manifest(shards)

@@ -13,7 +13,9 @@ import pytest
 from helpers import MEASURED, exit_code, metrics_of, write_train_recipe
 
 from longnet_cli.artifacts import checkpoints as ckpt
+from longnet_cli.artifacts.layout import SCALER_FILE
 from longnet_cli.config.recipe import load_recipe
+from longnet_cli.core.files import sha256_file
 
 # metrics that depend on the machine, not on the run: compared runs differ in them
 
@@ -39,7 +41,7 @@ def test_every_file_is_hashed_and_fsynced_before_the_rename(reference_run, monke
     names = {p.name for p in final.iterdir()} - {"state.json"}
     assert set(state["files"]) == names and "model.safetensors" in names
     for name, entry in state["files"].items():
-        assert entry == {"sha256": ckpt.sha256_file(final / name),
+        assert entry == {"sha256": sha256_file(final / name),
                          "bytes": (final / name).stat().st_size}  # fmt: skip
     assert ckpt.verify_checkpoint(final).step == 12
 
@@ -201,7 +203,7 @@ def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
     final = tmp_path / "checkpoints" / "step-0000005"
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml")
     ckpt.finish_checkpoint(staging, final, {"step": 5, "recipe": recipe.to_dict()})
-    assert ckpt.SCALER_FILE in ckpt.verify_checkpoint(final).state["files"]
+    assert SCALER_FILE in ckpt.verify_checkpoint(final).state["files"]
 
     restored = torch.amp.GradScaler("cpu", growth_interval=3)
     assert ckpt.load_scaler_state(final, restored)
@@ -226,7 +228,7 @@ def test_fp16_resume_restores_the_loss_scale(reference_run, corpus, tmp_path):
     import torch
 
     def scaler_at(run: Path, step: int) -> dict:
-        path = run / "checkpoints" / f"step-{step:07d}" / ckpt.SCALER_FILE
+        path = run / "checkpoints" / f"step-{step:07d}" / SCALER_FILE
         return torch.load(path, weights_only=True)
 
     recipe = write_train_recipe(tmp_path, corpus, train__precision="fp16")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from longnet_cli.artifacts.runs import list_runs
-from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.data.format.reader import TokenizedCorpus
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.evaluate.stage import plot_available
 

@@ -18,13 +18,10 @@ import yaml
 from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weights
 from longnet_cli.cli import main
 from longnet_cli.config.recipe import Recipe
-from longnet_cli.data.shards import (
-    LEGACY_DOCUMENTS_NAMES,
-    TokenizedCorpus,
-    read_manifest,
-    write_documents_table,
-    write_manifest,
-)
+from longnet_cli.data.format.manifest import read_manifest
+from longnet_cli.data.format.reader import TokenizedCorpus
+from longnet_cli.data.format.schema import LEGACY_DOCUMENTS_NAMES
+from longnet_cli.data.format.writer import write_documents_table, write_manifest
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.evaluate.scorer import (
     bucket_starts,

@@ -26,7 +26,7 @@ from longnet_cli.artifacts.checkpoints import (
 from longnet_cli.artifacts.exports import read_exported
 from longnet_cli.cli import main
 from longnet_cli.config.recipe import Recipe
-from longnet_cli.data.shards import read_manifest
+from longnet_cli.data.format.manifest import read_manifest
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer
 from longnet_cli.export import load_exported_model

@@ -1,6 +1,6 @@
 """LongNetConfig (model/config.py): the one definition of the model's options, torch-free, and
-everything derived from it agreeing with it: LongNetTransformer's signature, hf.MODEL_KEYS and
-LongNetHFConfig's attributes and defaults."""
+everything derived from it agreeing with it: LongNetTransformer's signature, the recipe's model
+section, hf.MODEL_KEYS and LongNetHFConfig's attributes and defaults."""
 
 from __future__ import annotations
 
@@ -67,6 +67,23 @@ def test_model_keys_and_defaults_are_the_fields():
     assert list(defaults) == list(FIELDS)
     assert (defaults["num_tokens"], defaults["dim"], defaults["depth"]) == (8192, 512, 8)
     assert defaults["heads"] == 8 and defaults["segment_lengths"] == (2048, 4096, 8192, 16384)
+
+
+def test_recipe_model_section_is_derived_from_the_config():
+    from longnet_cli.config.model_section import ModelConfig
+
+    section = {spec.name: spec for spec in dataclasses.fields(ModelConfig)}
+    assert list(section) == [*MODEL_KEYS, "vocab_size"]
+    for name in MODEL_KEYS:
+        model, recipe = FIELDS[name], section[name]
+        assert recipe.metadata == model.metadata, name
+        if model.metadata.get("recipe_required"):
+            assert recipe.default is dataclasses.MISSING, name
+        else:
+            assert recipe.default == model.default, name
+    assert ModelConfig.required_keys() == ["dim", "depth", "heads", "segment_lengths",
+                                           "dilation_rates"]  # fmt: skip
+    assert section["vocab_size"].default is None
 
 
 def test_hf_config_attributes_and_defaults_are_derived_from_the_config():

@@ -6,13 +6,11 @@ nothing else in longnet imports them. An exported directory's files of the same 
 re-export their classes, so ``longnet-cli`` must be installed where the directory is loaded;
 ``save_pretrained`` copies these modules themselves, under the same names (transformers names
 the files after the classes' modules), so its output loads the same way. This ``__init__``
-imports nothing: ``longnet export`` runs without transformers.
+imports only the torch-free model config: ``longnet export`` runs without transformers.
 """
 
-# The recipe's model keys (``recipes.ModelConfig``) that ``LongNetTransformer`` takes, besides
-# the vocabulary: config.json holds each of them (``longnet_cli.export``).
-MODEL_KEYS = (
-    "dim", "depth", "heads", "dim_head", "ff_mult", "segment_lengths", "dilation_rates",
-    "positions", "parallel_blocks", "tie_embeddings", "qk_norm", "dropout",
-    "activation_checkpointing", "backend",
-)  # fmt: skip
+# The options ``LongNetTransformer`` takes besides the vocabulary, in the recipe's order:
+# config.json holds each of them (``longnet_cli.export``). Derived from ``LongNetConfig``.
+from longnet_cli.model.config import MODEL_KEYS
+
+__all__ = ["MODEL_KEYS"]

@@ -1,4 +1,8 @@
-"""``LongNetHFConfig``: every model key of a longnet recipe, as a transformers config."""
+"""``LongNetHFConfig``: every model key of a longnet recipe, as a transformers config.
+
+Its attributes and their defaults are ``LongNetConfig``'s options (``model/config.py``), the
+vocabulary named ``vocab_size`` as in transformers; nothing here lists them again.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,18 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from longnet_cli.hf import MODEL_KEYS
+from longnet_cli.model.config import INTEGER_LISTS, VOCABULARY, option_defaults
+
+# {"vocab_size": 8192, "dim": 512, ...}: transformers builds LongNetHFConfig() without arguments
+DEFAULTS = {
+    "vocab_size" if name == VOCABULARY else name: value for name, value in option_defaults().items()
+}
 
 
 class LongNetHFConfig(PretrainedConfig):
     """A LongNetTransformer's hyper-parameters (``model_type`` "longnet").
 
+    Takes ``vocab_size`` and each of ``MODEL_KEYS`` as a keyword (defaults: ``DEFAULTS``).
     ``reach`` is the longest segment: the furthest a token reads back through the layers.
     The transformers names ``hidden_size``, ``num_hidden_layers`` and ``num_attention_heads``
     read ``dim``, ``depth`` and ``heads``; ``tie_word_embeddings`` follows ``tie_embeddings``.
@@ -25,47 +36,20 @@ class LongNetHFConfig(PretrainedConfig):
         "num_attention_heads": "heads",
     }
 
-    def __init__(
-        self,
-        vocab_size: int = 8192,
-        dim: int = 512,
-        depth: int = 8,
-        heads: int = 8,
-        dim_head: int = 64,
-        ff_mult: float = 4.0,
-        segment_lengths: list[int] | tuple[int, ...] = (2048, 4096, 8192, 16384),
-        dilation_rates: list[int] | tuple[int, ...] = (1, 2, 4, 8),
-        positions: str = "rotary",
-        parallel_blocks: bool = False,
-        tie_embeddings: bool = True,
-        qk_norm: bool = False,
-        dropout: float = 0.0,
-        activation_checkpointing: bool = False,
-        backend: str = "auto",
-        **kwargs: Any,
-    ) -> None:
-        self.vocab_size = vocab_size
-        self.dim, self.depth, self.heads, self.dim_head = dim, depth, heads, dim_head
-        self.ff_mult = ff_mult
-        self.segment_lengths = [int(w) for w in segment_lengths]
-        self.dilation_rates = [int(r) for r in dilation_rates]
-        self.positions = positions
-        self.parallel_blocks = parallel_blocks
-        self.tie_embeddings = tie_embeddings
-        self.qk_norm = qk_norm
-        self.dropout = dropout
-        self.activation_checkpointing = activation_checkpointing
-        self.backend = backend
+    def __init__(self, **kwargs: Any) -> None:
+        for name, default in DEFAULTS.items():
+            setattr(self, name, kwargs.pop(name, default))
+        for name in INTEGER_LISTS:
+            setattr(self, name, [int(value) for value in getattr(self, name)])
         self.reach = max(self.segment_lengths)
         kwargs.pop("reach", None)  # derived, written for readers of config.json
-        kwargs["tie_word_embeddings"] = tie_embeddings  # transformers ties by this key
+        kwargs["tie_word_embeddings"] = self.tie_embeddings  # transformers ties by this key
         super().__init__(**kwargs)
 
     def model_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``LongNetTransformer(...)``."""
         return {
-            "num_tokens": self.vocab_size,
+            VOCABULARY: self.vocab_size,
             **{key: getattr(self, key) for key in MODEL_KEYS},
-            "segment_lengths": tuple(self.segment_lengths),
-            "dilation_rates": tuple(self.dilation_rates),
+            **{key: tuple(getattr(self, key)) for key in INTEGER_LISTS},
         }

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from longnet_cli.model.config import validate_branches
 from longnet_cli.model.kernels import AttentionKernel, default_scale, select_kernel
 
 # Upper bound on (batch x token x head) rows handed to one kernel call: bounds temporaries.
@@ -315,22 +316,6 @@ class _DilatedAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = _backward(dout, q, k, v, out, lse, *ctx.plan)
         return dq, dk, dv, None, None, None, None
-
-
-def validate_branches(segment_lengths: Sequence[int], dilation_rates: Sequence[int]) -> None:
-    """Raise ValueError unless the branch lists are equal-length lists of positive integers."""
-    segment_lengths, dilation_rates = list(segment_lengths), list(dilation_rates)
-    if not segment_lengths:
-        raise ValueError("segment_lengths must name at least one branch")
-    if len(segment_lengths) != len(dilation_rates):
-        raise ValueError(
-            f"segment_lengths ({len(segment_lengths)} values) and dilation_rates "
-            f"({len(dilation_rates)} values) must have the same length"
-        )
-    for name, values in (("segment_lengths", segment_lengths), ("dilation_rates", dilation_rates)):
-        bad = [x for x in values if isinstance(x, bool) or not isinstance(x, int) or x < 1]
-        if bad:
-            raise ValueError(f"{name} must be positive integers, got {bad[0]!r}")
 
 
 def validate_inputs(q, k, v, segment_lengths, dilation_rates) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-BACKENDS = ("auto", "torch", "flash-attn", "math")
+from longnet_cli.model.config import BACKENDS
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, float], tuple]
 BackwardFn = Callable[..., tuple]

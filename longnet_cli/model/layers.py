@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longnet_cli.model.attention import dilated_attention, validate_branches
+from longnet_cli.model.attention import dilated_attention
+from longnet_cli.model.config import validate_branches
 from longnet_cli.model.positions import PositionTables, apply_positions, build_position_encoding
 
 

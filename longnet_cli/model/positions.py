@@ -36,9 +36,10 @@ from dataclasses import dataclass
 
 import torch
 
+from longnet_cli.model.config import POSITION_KINDS
+
 XPOS_MAX_EXPONENT = 40.0  # |log scale| bound: e^40 per side, e^80 per score, inside float32
 XPOS_GAMMA = 0.4  # zeta_c = (2c/D + gamma) / (1 + gamma), as in the paper
-POSITION_KINDS = ("rotary", "xpos", "none")
 _CHUNK = 1 << 16  # positions per float64 angle chunk: bounds the temporary
 
 

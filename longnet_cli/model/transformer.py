@@ -1,7 +1,8 @@
 """LongNetTransformer: a causal decoder language model on dilated attention, with a chunked loss.
 
-Read top to bottom: ``LongNetConfig``, ``Block``, ``LongNetTransformer``. The model is
-single-device code; sequence parallelism swaps the attention from outside.
+Read top to bottom: ``Block``, ``LongNetTransformer``; their hyper-parameters are
+``LongNetConfig`` (``config.py``, torch-free). The model is single-device code; sequence
+parallelism swaps the attention from outside.
 
 The loss never materialises (N x V) logits for a whole long sequence: the head and the
 cross-entropy run over chunks of positions, each under activation checkpointing, so forward and
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -22,59 +23,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from longnet_cli.model import decode as decoding
-from longnet_cli.model.attention import validate_branches
-from longnet_cli.model.kernels import BACKENDS
+from longnet_cli.model.config import LongNetConfig
 from longnet_cli.model.layers import DilatedAttention, RMSNorm, SwiGLU
-from longnet_cli.model.positions import POSITION_KINDS, PositionTables, build_position_encoding
+from longnet_cli.model.positions import PositionTables, build_position_encoding
 
 INIT_STD = 0.02
 DEFAULT_LOSS_CHUNK = 1024  # positions per head + cross-entropy chunk
 CHUNK = 1 << 14  # positions per chunk of per-position work in long inference
-
-
-@dataclass
-class LongNetConfig:
-    """Hyper-parameters of a LongNetTransformer; validated on creation."""
-
-    num_tokens: int
-    dim: int
-    depth: int
-    dim_head: int = 64
-    heads: int = 8
-    ff_mult: float = 4
-    segment_lengths: tuple[int, ...] = (2048, 4096, 8192, 16384)
-    dilation_rates: tuple[int, ...] = (1, 2, 4, 8)
-    positions: str = "rotary"  # "rotary" | "xpos" | "none"
-    parallel_blocks: bool = False
-    tie_embeddings: bool = True
-    qk_norm: bool = False
-    dropout: float = 0.0
-    activation_checkpointing: bool = False
-    backend: str = "auto"
-
-    def __post_init__(self) -> None:
-        self.segment_lengths = tuple(self.segment_lengths)
-        self.dilation_rates = tuple(self.dilation_rates)
-        for name in ("num_tokens", "dim", "depth", "dim_head", "heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.ff_mult <= 0 or int(self.ff_mult * self.dim) < 1:
-            raise ValueError(f"ff_mult must be positive, got {self.ff_mult!r}")
-        validate_branches(self.segment_lengths, self.dilation_rates)
-        if self.positions not in POSITION_KINDS:
-            raise ValueError(f"positions must be one of {POSITION_KINDS}, got {self.positions!r}")
-        if self.positions != "none" and self.dim_head % 2:
-            raise ValueError(f"positions={self.positions!r} needs an even dim_head")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-
-    @property
-    def ff_hidden(self) -> int:
-        """Hidden width of the SwiGLU feed-forward."""
-        return int(self.ff_mult * self.dim)
 
 
 class Block(nn.Module):
@@ -220,9 +175,11 @@ class LongNetTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config = LongNetConfig(
-            num_tokens, dim, depth, dim_head, heads, ff_mult, tuple(segment_lengths),
-            tuple(dilation_rates), positions, parallel_blocks, tie_embeddings, qk_norm, dropout,
-            activation_checkpointing, backend,
+            num_tokens=num_tokens, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
+            ff_mult=ff_mult, segment_lengths=tuple(segment_lengths),
+            dilation_rates=tuple(dilation_rates), positions=positions,
+            parallel_blocks=parallel_blocks, tie_embeddings=tie_embeddings, qk_norm=qk_norm,
+            dropout=dropout, activation_checkpointing=activation_checkpointing, backend=backend,
         )  # fmt: skip
         self.token_embedding = nn.Embedding(num_tokens, dim)
         self.blocks = nn.ModuleList(Block(config) for _ in range(depth))

@@ -1,6 +1,6 @@
 """recipes/study/: the context study's three recipes differ only where the study means them to
 (attention and sequence length), training on the same tokens per step. (Loading and building
-every shipped recipe, these included, is tests/config/test_recipe.py's.)"""
+every shipped recipe, these included, is tests/config/test_load.py's.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from longnet_cli.config.recipe import load_recipe
+from longnet_cli.config import load_recipe
 
 STUDY = Path(__file__).resolve().parents[2] / "recipes" / "study"
 NAMES = ("dense_2k", "longnet_8k", "dense_8k")

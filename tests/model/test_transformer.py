@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longnet_cli.model.transformer import LongNetConfig, LongNetTransformer
+from longnet_cli.model.config import LongNetConfig
+from longnet_cli.model.transformer import LongNetTransformer
 
 VOCAB = 50
 
@@ -258,7 +259,8 @@ def test_long_inference_in_chunks_equals_the_plain_forward(monkeypatch, parallel
 def test_block_called_directly_at_long_n_equals_its_plain_forward(parallel_blocks, positions):
     """A Block called on its own past CHUNK positions without autograd (the chunked path)
     encodes positions from ``offset`` itself and leaves the caller's tensor alone."""
-    from longnet_cli.model.transformer import CHUNK, Block, LongNetConfig
+    from longnet_cli.model.config import LongNetConfig
+    from longnet_cli.model.transformer import CHUNK, Block
 
     config = LongNetConfig(
         num_tokens=10, dim=8, depth=1, dim_head=4, heads=2, segment_lengths=(8, 16),

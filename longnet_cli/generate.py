@@ -169,7 +169,7 @@ def generate(
 
     from longnet_cli.artifacts.loading import find_checkpoint_tokenizer
     from longnet_cli.artifacts.resolve import resolve_argument
-    from longnet_cli.config.recipe import Recipe
+    from longnet_cli.config import Recipe
     from longnet_cli.runtime import keep_freed_memory, resolve_device
 
     note = on_note or (lambda message: None)

@@ -14,7 +14,7 @@ import yaml
 
 from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weights
 from longnet_cli.cli import main
-from longnet_cli.config.recipe import Recipe
+from longnet_cli.config import Recipe
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.token_bytes import TokenBytes
 from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer

@@ -141,7 +141,7 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> Checkpoint:
 
 def _check_saved_recipe(checkpoint: Checkpoint) -> None:
     """The recipe in state.json must load: resume, eval and generate rebuild the model from it."""
-    from longnet_cli.config.recipe import Recipe, RecipeError
+    from longnet_cli.config import Recipe, RecipeError
 
     state_file = checkpoint.path / STATE_FILE
     saved = checkpoint.state.get("recipe")

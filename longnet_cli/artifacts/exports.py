@@ -45,7 +45,7 @@ class ExportedModel:
     @property
     def recipe(self):
         """The run's resolved recipe (``config.Recipe``), as the checkpoint recorded it."""
-        from longnet_cli.config.recipe import Recipe
+        from longnet_cli.config import Recipe
 
         return Recipe.from_saved(self.state["recipe"], source=str(self.path))
 

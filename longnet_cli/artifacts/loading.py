@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from longnet_cli.artifacts.checkpoints import Checkpoint
-    from longnet_cli.config.recipe import Recipe
+    from longnet_cli.config import Recipe
     from longnet_cli.model.transformer import LongNetTransformer
 
 TIED_NAMES = ("token_embedding.weight", "head.weight")  # a tied weight is stored under either
@@ -139,7 +139,7 @@ def weights_vocab_size(weights: Path) -> int:
 
 def saved_recipe(checkpoint: Checkpoint) -> Recipe:
     """The resolved recipe a checkpoint saved in its state.json (what rebuilds its model)."""
-    from longnet_cli.config.recipe import Recipe
+    from longnet_cli.config import Recipe
 
     return Recipe.from_saved(checkpoint.state["recipe"], source=str(checkpoint.path))
 

@@ -223,7 +223,7 @@ def plan_recipe(recipe_path: Path) -> tuple[int, dict[str, list[PlannedCost]]]:
     ``PLANNED_LENGTHS`` on every world size of ``PLANNED_WORLDS``: for its segments "as in the
     recipe", and for "segments up to N" (``geometric_segments``). The model is built on the meta
     device: no memory, no weights."""
-    from longnet_cli.config.recipe import load_recipe
+    from longnet_cli.config import load_recipe
 
     recipe = load_recipe(recipe_path)
     with torch.device("meta"):

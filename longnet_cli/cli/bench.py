@@ -188,7 +188,7 @@ def bench_train_command(recipe, overrides, vocab_size, steps, as_json) -> None:
     Uses random tokens: no corpus needed.
     """
     from longnet_cli.bench.train import bench_train
-    from longnet_cli.config.recipe import load_recipe
+    from longnet_cli.config import load_recipe
 
     loaded = load_recipe(recipe, list(overrides))
     vocab_size = vocab_size or loaded.model.vocab_size or _corpus_vocab(loaded) or 8192

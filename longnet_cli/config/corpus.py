@@ -8,7 +8,7 @@ from longnet_cli.config.errors import RecipeError
 
 if TYPE_CHECKING:
     from longnet_cli.config.schema import Recipe
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.format.reader import TokenizedCorpus
 
 
 def check_against_corpus(recipe: Recipe, corpus: TokenizedCorpus) -> int:

@@ -1,73 +1,40 @@
-"""The corpus format's old home, kept importable: every name now lives in ``data/format/``.
-
-``longnet_cli.data.format.reader.TokenizedCorpus`` (``TokenizedCorpus.open(PATH)``) opens a
-corpus; the writer, manifest, verification and errors have a module each (``data/format/``'s
-docstring lists them). This module only re-exports them for callers not yet moved.
+"""Deprecated: the corpus format's old home; every name now lives in ``data/format/`` (or
+``core.files``). Kept for one release: each name is forwarded with a DeprecationWarning naming
+its new module. ``longnet_cli.TokenizedCorpus`` (``TokenizedCorpus.open(PATH)``) opens a corpus.
+Nothing in longnet imports this module.
 """
 
-from __future__ import annotations
+from longnet_cli.core.deprecated import forwarder
 
-from longnet_cli.core.files import TEMP_SUFFIX, sha256_file
-from longnet_cli.data.format.errors import (
-    REBUILD_HINT,
-    CorpusError,
-    CorruptCorpusError,
-    corrupt,
-)
-from longnet_cli.data.format.layout import (
-    DOCUMENTS_FILE,
-    MANIFEST_FILE,
-    SPLITS,
-    TOKENIZER_FILE,
-    shard_name,
-)
-from longnet_cli.data.format.manifest import (
-    DOCUMENTS_SHA256,
-    FORMAT_VERSION,
-    MANIFEST_SHA256,
-    REQUIRED_MANIFEST_KEYS,
-    SHARD_ENTRY_KEYS,
-    manifest_digest,
-    manifest_text,
-    parse_manifest,
-    read_manifest,
-)
-from longnet_cli.data.format.reader import TokenizedCorpus
-from longnet_cli.data.format.schema import DOCUMENTS_SCHEMA, LEGACY_DOCUMENTS_NAMES, token_dtype
-from longnet_cli.data.format.writer import (
-    DocumentPlacement,
-    ShardWriter,
-    write_documents_table,
-    write_manifest,
-)
+HOMES = {
+    "CorpusError": "longnet_cli.data.format.errors",
+    "CorruptCorpusError": "longnet_cli.data.format.errors",
+    "DOCUMENTS_FILE": "longnet_cli.data.format.layout",
+    "DOCUMENTS_SCHEMA": "longnet_cli.data.format.schema",
+    "DOCUMENTS_SHA256": "longnet_cli.data.format.manifest",
+    "DocumentPlacement": "longnet_cli.data.format.writer",
+    "FORMAT_VERSION": "longnet_cli.data.format.manifest",
+    "LEGACY_DOCUMENTS_NAMES": "longnet_cli.data.format.schema",
+    "MANIFEST_FILE": "longnet_cli.data.format.layout",
+    "MANIFEST_SHA256": "longnet_cli.data.format.manifest",
+    "REBUILD_HINT": "longnet_cli.data.format.errors",
+    "REQUIRED_MANIFEST_KEYS": "longnet_cli.data.format.manifest",
+    "SHARD_ENTRY_KEYS": "longnet_cli.data.format.manifest",
+    "SPLITS": "longnet_cli.data.format.layout",
+    "ShardWriter": "longnet_cli.data.format.writer",
+    "TEMP_SUFFIX": "longnet_cli.core.files",
+    "TOKENIZER_FILE": "longnet_cli.data.format.layout",
+    "TokenizedCorpus": "longnet_cli.data.format.reader",
+    "corrupt": "longnet_cli.data.format.errors",
+    "manifest_digest": "longnet_cli.data.format.manifest",
+    "manifest_text": "longnet_cli.data.format.manifest",
+    "parse_manifest": "longnet_cli.data.format.manifest",
+    "read_manifest": "longnet_cli.data.format.manifest",
+    "sha256_file": "longnet_cli.core.files",
+    "shard_name": "longnet_cli.data.format.layout",
+    "token_dtype": "longnet_cli.data.format.schema",
+    "write_documents_table": "longnet_cli.data.format.writer",
+    "write_manifest": "longnet_cli.data.format.writer",
+}
 
-__all__ = [
-    "DOCUMENTS_FILE",
-    "DOCUMENTS_SCHEMA",
-    "DOCUMENTS_SHA256",
-    "FORMAT_VERSION",
-    "LEGACY_DOCUMENTS_NAMES",
-    "MANIFEST_FILE",
-    "MANIFEST_SHA256",
-    "REBUILD_HINT",
-    "REQUIRED_MANIFEST_KEYS",
-    "SHARD_ENTRY_KEYS",
-    "SPLITS",
-    "TEMP_SUFFIX",
-    "TOKENIZER_FILE",
-    "CorpusError",
-    "CorruptCorpusError",
-    "DocumentPlacement",
-    "ShardWriter",
-    "TokenizedCorpus",
-    "corrupt",
-    "manifest_digest",
-    "manifest_text",
-    "parse_manifest",
-    "read_manifest",
-    "sha256_file",
-    "shard_name",
-    "token_dtype",
-    "write_documents_table",
-    "write_manifest",
-]
+__getattr__ = forwarder(__name__, HOMES)

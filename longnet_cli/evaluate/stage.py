@@ -70,7 +70,7 @@ from longnet_cli.runtime import PRECISION_NAMES, resolve_device
 
 if TYPE_CHECKING:
     from longnet_cli.artifacts.checkpoints import Checkpoint
-    from longnet_cli.config.recipe import Recipe
+    from longnet_cli.config import Recipe
     from longnet_cli.data.format.reader import TokenizedCorpus
 
 DEFAULT_RUNS = Path("runs")
@@ -434,7 +434,7 @@ def _resolve_runs(paths: Sequence[Path], runs_dir: Path, chosen: list[str]) -> l
     """Each checkpoint or run directory (the most recent run when none), with its recipe."""
     from longnet_cli.artifacts.loading import verify_weights
     from longnet_cli.artifacts.resolve import intact_hint, resolve_argument
-    from longnet_cli.config.recipe import Recipe
+    from longnet_cli.config import Recipe
 
     checkpoints = [resolve_argument(Path(p), runs_dir, chosen) for p in paths] or [
         resolve_argument(None, runs_dir, chosen)

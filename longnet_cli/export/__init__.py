@@ -111,7 +111,7 @@ def export_model(
     empty (unless ``force``).
     """
     from longnet_cli.artifacts.resolve import resolve_verified
-    from longnet_cli.config.recipe import Recipe
+    from longnet_cli.config import Recipe
     from longnet_cli.export.card import model_card
 
     note = on_note or (lambda message: None)

@@ -14,7 +14,7 @@ from helpers import MEASURED, exit_code, metrics_of, write_train_recipe
 
 from longnet_cli.artifacts import checkpoints as ckpt
 from longnet_cli.artifacts.layout import SCALER_FILE
-from longnet_cli.config.recipe import load_recipe
+from longnet_cli.config import load_recipe
 from longnet_cli.core.files import sha256_file
 
 # metrics that depend on the machine, not on the run: compared runs differ in them

@@ -17,7 +17,7 @@ import yaml
 
 from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weights
 from longnet_cli.cli import main
-from longnet_cli.config.recipe import Recipe
+from longnet_cli.config import Recipe
 from longnet_cli.data.format.manifest import read_manifest
 from longnet_cli.data.format.reader import TokenizedCorpus
 from longnet_cli.data.format.schema import LEGACY_DOCUMENTS_NAMES

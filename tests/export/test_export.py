@@ -25,7 +25,7 @@ from longnet_cli.artifacts.checkpoints import (
 )
 from longnet_cli.artifacts.exports import read_exported
 from longnet_cli.cli import main
-from longnet_cli.config.recipe import Recipe
+from longnet_cli.config import Recipe
 from longnet_cli.data.format.manifest import read_manifest
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer

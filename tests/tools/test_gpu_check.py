@@ -77,7 +77,7 @@ def test_table_is_aligned():
 
 
 def test_tiny_recipe_reaches_one_million_tokens():
-    from longnet_cli.config.recipe import Recipe
+    from longnet_cli.config import Recipe
 
     recipe = Recipe.from_saved(tiny_recipe(Path("data")))
     assert max(recipe.model.segment_lengths) == 1 << 20

@@ -15,7 +15,7 @@ from helpers import MEASURED, exit_code, metrics_of, write_train_recipe
 from longnet_cli.data.shards import TokenizedCorpus
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
-from longnet_cli.train.trainer import Schedule
+from longnet_cli.train.schedule import Schedule
 
 # metrics that depend on the machine, not on the run: compared runs differ in them
 

@@ -251,17 +251,17 @@ def test_resume_refuses_another_world_size(corpus, tmp_path, capsys):
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(
     corpus, tmp_path, capsys, monkeypatch
 ):
-    from longnet_cli.train import trainer as train_module
+    from longnet_cli.train import loss as loss_module
 
     calls = {"n": 0}
-    real_forward = train_module.LanguageModelLoss.forward
+    real_forward = loss_module.LanguageModelLoss.forward
 
     def forward(self, window):
         calls["n"] += 1
         loss = real_forward(self, window)
         return loss * float("nan") if calls["n"] > 4 * 2 else loss  # step 5 on (2 micro-steps)
 
-    monkeypatch.setattr(train_module.LanguageModelLoss, "forward", forward)
+    monkeypatch.setattr(loss_module.LanguageModelLoss, "forward", forward)
     recipe = write_train_recipe(tmp_path, corpus)
     run = tmp_path / "run"
     assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 1
@@ -322,7 +322,7 @@ def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
     from longnet_cli.data.shards import TokenizedCorpus
     from longnet_cli.data.windows import TrainingWindows
     from longnet_cli.evaluate.scorer import scorable_documents
-    from longnet_cli.train.trainer import _Evaluation
+    from longnet_cli.train.evaluation import Evaluation
 
     recipe = write_train_recipe(
         tmp_path, corpus, train__steps=4, eval__every=2, eval__contexts=[32, 64], eval__docs=1
@@ -343,7 +343,7 @@ def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
     tokenized = TokenizedCorpus.open(corpus)
     heldout = tokenized.split_documents("heldout").tolist()
     assert tokenized.has_splits and len(heldout) == 1  # 3 documents: the smallest hash
-    plan = _Evaluation.plan(load_recipe(recipe), tokenized)
+    plan = Evaluation.plan(load_recipe(recipe), tokenized)
     assert plan.doc_ids == [i for i in scorable_documents(tokenized, None) if i in heldout][:1]
     assert plan.split == "heldout" and plan.train_end is None and plan.warning is None
     windows = TrainingWindows(tokenized, 64, seed=1)
@@ -357,7 +357,7 @@ def test_evaluation_during_training_runs_under_the_recipe_precision(corpus, tmp_
     from longnet_cli.config.recipe import load_recipe
     from longnet_cli.data.shards import TokenizedCorpus
     from longnet_cli.evaluate.scorer import evaluate_model
-    from longnet_cli.train.trainer import _Evaluation
+    from longnet_cli.train.evaluation import Evaluation
 
     recipe_path = write_train_recipe(tmp_path, corpus, train__steps=2, train__precision="bf16",
                                 eval__every=2, eval__contexts=[64], eval__docs=1)  # fmt: skip
@@ -368,7 +368,7 @@ def test_evaluation_during_training_runs_under_the_recipe_precision(corpus, tmp_
     (record,) = [r for r in metrics_of(run) if "eval" in r]
     recipe = load_recipe(recipe_path)
     tokenized = TokenizedCorpus.open(corpus)
-    plan = _Evaluation.plan(recipe, tokenized)
+    plan = Evaluation.plan(recipe, tokenized)
     assert plan.precision == "bf16"
     model = recipe.model.build(tokenized.vocab_size)
     load_model_weights(latest_checkpoint(run).path, model)

@@ -1,22 +1,20 @@
 """``longnet bench train``: training speed of a recipe's model as a fraction of matmul peak.
 
-The matmul peak is measured in the same process and run (large square ``torch.mm`` in fp32 and
-bf16), so the fraction is robust to a noisy machine. Model FLOPs per token follow
+The matmul peak is measured in the same process and run, in each precision the device runs
+(``runtime.device_peak_flops``: the one measurement the ``mfu`` of metrics.jsonl divides by
+too), so the fraction is robust to a noisy machine. Model FLOPs per token follow
 ``model.flops.training_flops_per_token``. Tokens are random (speed does not depend on them),
 so no tokenized corpus is needed.
 """
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from longnet_cli.config.recipe import Recipe
-
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -57,44 +55,27 @@ class TrainBenchResult:
         }
 
 
-def matmul_peak_gflops(
-    dtype: torch.dtype, device: torch.device, size: int = 2048, seconds: float = 1.0
-) -> float:
-    """Best attained GFLOP/s of a square matmul over about ``seconds``."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.mm(a, b)
-    sync()
-    best, spent = float("inf"), 0.0
-    while spent < seconds:
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        elapsed = time.perf_counter() - start
-        best, spent = min(best, elapsed), spent + elapsed
-    return 2.0 * size**3 / best / 1e9
-
-
 def bench_train(recipe: Recipe, vocab_size: int, steps: int = 4) -> TrainBenchResult:
     """Time ``steps`` optimizer steps of the recipe's model (after one warm-up step)."""
     from accelerate import Accelerator
 
+    from longnet_cli.core.memory import peak_rss_bytes
     from longnet_cli.model.flops import training_flops_per_token
-    from longnet_cli.runtime import keep_freed_memory
-    from longnet_cli.train.trainer import PRECISIONS, LanguageModelLoss, build_optimizer
+    from longnet_cli.runtime import PRECISIONS, device_peak_flops, keep_freed_memory
+    from longnet_cli.train.loss import LanguageModelLoss
+    from longnet_cli.train.schedule import build_optimizer
 
     cfg = recipe.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()
     accelerator = Accelerator(
-        mixed_precision=PRECISIONS[cfg.precision], cpu=not torch.cuda.is_available()
+        mixed_precision=PRECISIONS[cfg.precision].mixed_precision, cpu=not torch.cuda.is_available()
     )
     torch.manual_seed(cfg.seed)
     model = recipe.model.build(vocab_size)
     loss_module, optimizer = accelerator.prepare(
-        LanguageModelLoss(model, cfg.loss_chunk), build_optimizer(model, recipe)
+        LanguageModelLoss(model, cfg.loss_chunk), build_optimizer(model, cfg)
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     shape = (cfg.micro_batch_size, cfg.seq_len + 1)
@@ -113,11 +94,9 @@ def bench_train(recipe: Recipe, vocab_size: int, steps: int = 4) -> TrainBenchRe
 
     step()  # warm-up: allocator pools, kernel choices
     seconds = min(step() for _ in range(steps))
-    # A GPU reaches its matmul peak only on large products (2048^3 is microseconds there).
-    size = 8192 if accelerator.device.type == "cuda" else 2048
     peaks = {
-        name: matmul_peak_gflops(dtype, accelerator.device, size)
-        for name, dtype in PRECISION_DTYPES.items()
+        name: device_peak_flops(accelerator.device, precision.dtype).flops_per_s / 1e9
+        for name, precision in PRECISIONS.items()
         if name != "fp16" or accelerator.device.type == "cuda"
     }
     return TrainBenchResult(
@@ -131,5 +110,5 @@ def bench_train(recipe: Recipe, vocab_size: int, steps: int = 4) -> TrainBenchRe
         seconds_per_step=seconds,
         flops_per_token=training_flops_per_token(model, cfg.seq_len),
         matmul_peak_gflops=peaks,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=peak_rss_bytes(),
     )

@@ -108,19 +108,47 @@ def evaluate_model(
 
     Scores ``doc_ids`` (default: the first ``docs`` documents with at least 2 tokens) at each
     context and returns ``{"contexts": {"1024": {"loss", "ppl", "bpb", "tokens"}, ...}}``: each
-    context's overall figures over its own window. The model is put in eval mode and given back
-    in the mode it came in; nothing is loaded from disk except ``corpus``'s tokenizer (pass
-    ``token_bytes`` from ``token_byte_lengths`` to skip even that). ``precision`` is the
-    recipe's ``train.precision``: "bf16" and "fp16" score under autocast (see
-    ``resolve_precision``), the loss reduced in float32.
+    context's overall figures over its own window (``score_contexts``'s sums as ratios).
+    """
+    if doc_ids is None:
+        doc_ids = scorable_documents(corpus, docs)
+    overall = score_contexts(
+        model,
+        corpus,
+        contexts,
+        doc_ids,
+        token_bytes=token_bytes,
+        chunk_size=chunk_size,
+        windows=windows,
+        precision=precision,
+    )
+    return {"contexts": {str(context): _summary(stats) for context, stats in overall.items()}}
+
+
+def score_contexts(
+    model: LongNetTransformer,
+    corpus: TokenizedCorpus,
+    contexts: Sequence[int],
+    doc_ids: Sequence[int],
+    *,
+    token_bytes: np.ndarray | None = None,
+    chunk_size: int = 1024,
+    windows: bool = False,
+    precision: str = "fp32",
+) -> dict[int, Stats]:
+    """Each context's overall ``Stats`` (summed NLL, targets, bytes) over ``doc_ids``, ascending.
+
+    Sums, so that several ranks' or document groups' figures add up exactly. The model is put
+    in eval mode and given back in the mode it came in; nothing is loaded from disk except
+    ``corpus``'s tokenizer (pass ``token_bytes`` from ``token_byte_lengths`` to skip even that).
+    ``precision`` is the recipe's ``train.precision``: "bf16" and "fp16" score under autocast
+    (see ``resolve_precision``), the loss reduced in float32.
     """
     contexts = sorted(set(int(c) for c in contexts))
     if not contexts or contexts[0] < 2:
         raise ValueError(f"contexts must be lengths of at least 2 tokens, got {contexts}")
     if token_bytes is None:
         token_bytes = token_byte_lengths(corpus)
-    if doc_ids is None:
-        doc_ids = scorable_documents(corpus, docs)
     if precision not in PRECISION_NAMES:
         raise ValueError(f"precision must be one of {PRECISION_NAMES}, got {precision!r}")
     device = next(model.parameters()).device
@@ -133,7 +161,7 @@ def evaluate_model(
         reports = scorer.run(checked_documents(corpus, doc_ids), windows)
     finally:
         model.train(was_training)
-    return {"contexts": {str(r.context): _summary(r.overall) for r in reports}}
+    return {report.context: report.overall for report in reports}
 
 
 def _summary(stats: Stats) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from longnet_cli.artifacts.layout import WEIGHTS_FILE
 from longnet_cli.core.errors import InputError
 
 
@@ -56,7 +57,7 @@ def resolve_init_source(path: str | Path) -> InitSource:
         ) from None
     except ValueError as err:
         raise InputError(f"train.init_from: {err}") from None
-    weights = checkpoint.path / "model.safetensors"
+    weights = checkpoint.path / WEIGHTS_FILE
     if not weights.is_file():
         raise InputError(f"train.init_from: {weights} is missing")
     return InitSource(

@@ -150,7 +150,7 @@ def test_a_crashed_worker_stops_the_others_and_the_command_names_it(corpus, tmp_
     (hook / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1' and os.environ.get('LONGNET_LAUNCHER'):\n"
-        "    import longnet_cli.train.trainer as t\n"
+        "    import longnet_cli.train.loss as t\n"
         "    real, calls = t.LanguageModelLoss.forward, []\n"
         "    def forward(self, window):\n"
         "        calls.append(1)\n"
@@ -251,21 +251,6 @@ def test_a_run_directory_other_nodes_cannot_see_exits_2(corpus, tmp_path):
         (line,) = err.strip().splitlines()
         assert "must be on a filesystem every node shares" in line and "rank 1" in line
     assert not (tmp_path / "run" / "checkpoints").exists()
-
-
-def test_evaluation_shares_balance_documents_by_length():
-    from longnet_cli.train.trainer import _Evaluation
-
-    class Corpus:
-        def document_lengths(self):
-            return [100, 10, 50, 40, 5, 1000]
-
-    plan = _Evaluation(Corpus(), [0, 1, 2, 3, 4, 5], [64], None, 16, "heldout")
-    shares = plan.shares(2)
-    assert sorted(doc for share in shares for doc in share) == [0, 1, 2, 3, 4, 5]
-    work = [sum(min([100, 10, 50, 40, 5, 1000][i], 64) for i in share) for share in shares]
-    assert max(work) - min(work) <= 64
-    assert plan.shares(8)[6:] == [[], []]  # more ranks than documents: some score none
 
 
 def test_srun_with_one_task_per_device_gets_torch_ranks():

@@ -251,17 +251,17 @@ def test_resume_refuses_another_world_size(corpus, tmp_path, capsys):
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(
     corpus, tmp_path, capsys, monkeypatch
 ):
-    from longnet_cli.train import trainer as train_module
+    from longnet_cli.train import loss as loss_module
 
     calls = {"n": 0}
-    real_forward = train_module.LanguageModelLoss.forward
+    real_forward = loss_module.LanguageModelLoss.forward
 
     def forward(self, window):
         calls["n"] += 1
         loss = real_forward(self, window)
         return loss * float("nan") if calls["n"] > 4 * 2 else loss  # step 5 on (2 micro-steps)
 
-    monkeypatch.setattr(train_module.LanguageModelLoss, "forward", forward)
+    monkeypatch.setattr(loss_module.LanguageModelLoss, "forward", forward)
     recipe = write_train_recipe(tmp_path, corpus)
     run = tmp_path / "run"
     assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 1
@@ -302,83 +302,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_
     state = json.loads((tmp_path / "two/checkpoints/step-0000004/state.json").read_text())
     assert state["world_size"] == 2
     assert (tmp_path / "two/checkpoints/step-0000004/rng-rank1.pt").exists()
-
-
-def test_tensorboard_tracker_logs_or_warns(corpus, tmp_path, capsys):
-    import importlib.util
-
-    recipe = write_train_recipe(tmp_path, corpus, train__steps=2, log__tensorboard=True)
-    run = tmp_path / "run"
-    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
-    assert [r["step"] for r in metrics_of(run)] == [1, 2]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        assert list(run.rglob("events.out.tfevents.*"))
-    else:
-        assert "tensorboard is not installed" in capsys.readouterr().err
-
-
-def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
-    from longnet_cli.config.recipe import load_recipe
-    from longnet_cli.data.shards import TokenizedCorpus
-    from longnet_cli.data.windows import TrainingWindows
-    from longnet_cli.evaluate.scorer import scorable_documents
-    from longnet_cli.train.trainer import _Evaluation
-
-    recipe = write_train_recipe(
-        tmp_path, corpus, train__steps=4, eval__every=2, eval__contexts=[32, 64], eval__docs=1
-    )
-    run = tmp_path / "run"
-    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
-    evals = [r for r in metrics_of(run) if "eval" in r]
-    assert [r["step"] for r in evals] == [2, 4]
-    for record in evals:
-        assert record["eval"]["split"] == "heldout" and record["eval"]["documents"] == 1
-        figures = record["eval"]["contexts"]
-        assert set(figures) == {"32", "64"}
-        assert all(f["tokens"] > 0 and 0 < f["loss"] < 20 for f in figures.values())
-    state = json.loads((run / "checkpoints" / "step-0000004" / "state.json").read_text())
-    assert state["windows"] == "train-split"
-    # The evaluated document is the corpus's first held-out one; training never reads it, and
-    # its windows do not depend on eval.*.
-    tokenized = TokenizedCorpus.open(corpus)
-    heldout = tokenized.split_documents("heldout").tolist()
-    assert tokenized.has_splits and len(heldout) == 1  # 3 documents: the smallest hash
-    plan = _Evaluation.plan(load_recipe(recipe), tokenized)
-    assert plan.doc_ids == [i for i in scorable_documents(tokenized, None) if i in heldout][:1]
-    assert plan.split == "heldout" and plan.train_end is None and plan.warning is None
-    windows = TrainingWindows(tokenized, 64, seed=1)
-    assert windows.num_tokens == tokenized.num_tokens - tokenized.document_lengths()[heldout[0]] - 1
-
-
-def test_evaluation_during_training_runs_under_the_recipe_precision(corpus, tmp_path):
-    """A bf16 run is evaluated under bf16 autocast: its eval figures are those of
-    ``evaluate_model(precision="bf16")`` on the final weights, not the fp32 ones."""
-    from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weights
-    from longnet_cli.config.recipe import load_recipe
-    from longnet_cli.data.shards import TokenizedCorpus
-    from longnet_cli.evaluate.scorer import evaluate_model
-    from longnet_cli.train.trainer import _Evaluation
-
-    recipe_path = write_train_recipe(tmp_path, corpus, train__steps=2, train__precision="bf16",
-                                eval__every=2, eval__contexts=[64], eval__docs=1)  # fmt: skip
-    run = tmp_path / "run"
-    process = _train_subprocess(str(recipe_path), "--out", str(run))  # accelerate's precision
-    _, stderr = process.communicate()  # is fixed once per process: a bf16 run gets its own
-    assert process.returncode == 0, stderr.decode()
-    (record,) = [r for r in metrics_of(run) if "eval" in r]
-    recipe = load_recipe(recipe_path)
-    tokenized = TokenizedCorpus.open(corpus)
-    plan = _Evaluation.plan(recipe, tokenized)
-    assert plan.precision == "bf16"
-    model = recipe.model.build(tokenized.vocab_size)
-    load_model_weights(latest_checkpoint(run).path, model)
-    scored = {
-        precision: evaluate_model(model, tokenized, [64], None, doc_ids=plan.doc_ids,
-                                  precision=precision)["contexts"]["64"]["loss"]
-        for precision in ("bf16", "fp32")
-    }  # fmt: skip
-    assert scored["bf16"] != scored["fp32"]
-    assert record["eval"]["contexts"]["64"]["loss"] == pytest.approx(scored["bf16"], rel=1e-6)
 
 
 def _strip_splits(directory: Path) -> None:

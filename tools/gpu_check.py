@@ -172,7 +172,8 @@ def layer_step(n: int, device: str = "cuda") -> dict:
     backward over n tokens under bf16 autocast: best of 3 after a warm-up, and peak memory."""
     import torch
 
-    from longnet_cli.model.transformer import Block, LongNetConfig
+    from longnet_cli.model.config import LongNetConfig
+    from longnet_cli.model.transformer import Block
     from longnet_cli.runtime import autocast_context
 
     device = torch.device(device)

@@ -51,7 +51,7 @@ class ExportedModel:
 
     def model_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``LongNetTransformer(...)``, from config.json."""
-        from longnet_cli.hf import MODEL_KEYS
+        from longnet_cli.model.config import MODEL_KEYS
 
         kwargs = {"num_tokens": self.config["vocab_size"]}
         kwargs.update({key: self.config[key] for key in MODEL_KEYS})
@@ -73,7 +73,7 @@ def read_exported(path: Path | str) -> ExportedModel | None:
     state = _read_json(path / STATE_FILE)
     if not isinstance(state, dict) or "recipe" not in state or "step" not in state:
         raise InputError(f"{path / STATE_FILE}: missing or not a longnet export's state")
-    from longnet_cli.hf import MODEL_KEYS
+    from longnet_cli.model.config import MODEL_KEYS
 
     missing = [key for key in ("vocab_size", *MODEL_KEYS) if key not in config]
     if missing:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from longnet_cli.config.recipe import Recipe
+from longnet_cli.config import Recipe
 
 
 @dataclass

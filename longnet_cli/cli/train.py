@@ -107,7 +107,7 @@ def train(
     run directory on a filesystem they share. Writes RUN_DIR/metrics.jsonl (one JSON line per
     logged step) and RUN_DIR/checkpoints/step-NNNNNNN/.
     """
-    from longnet_cli.config.recipe import load_recipe
+    from longnet_cli.config import load_recipe
     from longnet_cli.train import launch
 
     loaded = load_recipe(recipe, list(overrides))

@@ -12,9 +12,6 @@ import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-# re-exported (generate.py imports it from here): the one sha256 is core/files.py
-from longnet_cli.core.files import sha256_bytes as sha256_bytes
-
 # SentencePiece drops training sentences over max_sentence_length bytes; pieces handed to the
 # trainer are cut to at most TRAIN_PIECE_CHARS characters (<= 4 bytes each in UTF-8).
 TRAIN_PIECE_CHARS = 4096

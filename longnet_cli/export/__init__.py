@@ -254,7 +254,7 @@ def _read_weights(file: Path, recipe) -> dict:
 
 
 def _config(recipe, vocab_size: int, processor) -> dict[str, Any]:
-    from longnet_cli.hf import MODEL_KEYS
+    from longnet_cli.model.config import MODEL_KEYS
 
     model = recipe.model.to_model_kwargs(vocab_size)
     config: dict[str, Any] = {

@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from longnet_cli.artifacts import checkpoints as ckpt
-from longnet_cli.config.recipe import Recipe
+from longnet_cli.config import Recipe
 from longnet_cli.train.distributed import Layout
 from longnet_cli.train.schedule import Schedule
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from longnet_cli.config.recipe import ParallelConfig
+from longnet_cli.config.sections import ParallelConfig
 from longnet_cli.core.errors import InputError, LongnetError
 
 EXIT_ON_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -97,7 +97,7 @@ def same_corpus_version(accelerator, corpus):
         return corpus
     from accelerate.utils import broadcast_object_list
 
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.format.reader import TokenizedCorpus
 
     chosen = broadcast_object_list([str(corpus.version_directory)], from_process=0)[0]
     if chosen == str(corpus.version_directory):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from torch import nn
 
-from longnet_cli.config.recipe import EvalConfig, Recipe
+from longnet_cli.config.schema import Recipe
+from longnet_cli.config.sections import EvalConfig
 from longnet_cli.core.errors import InputError
 from longnet_cli.evaluate.scorer import Stats
 from longnet_cli.train.resume import WINDOWS_BEFORE_EVAL_TAIL, WINDOWS_TRAIN_SPLIT
@@ -66,7 +67,7 @@ class Evaluation:
         ``eval.docs`` documents), else the training corpus: under "train-split" its first
         ``eval.docs`` held-out documents (training documents, with a warning, when it holds
         none); under "before-eval-tail" its last ``eval.docs`` documents, cut from training."""
-        from longnet_cli.data.shards import TokenizedCorpus
+        from longnet_cli.data.format.reader import TokenizedCorpus
         from longnet_cli.data.splits import select_documents
 
         if not cfg.every:

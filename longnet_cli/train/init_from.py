@@ -71,7 +71,7 @@ def resolve_init_source(path: str | Path) -> InitSource:
 
 def _read_export(path: Path) -> InitSource | None:
     """A directory written by ``longnet export`` (None when ``path`` is not one)."""
-    from longnet_cli.export import read_exported
+    from longnet_cli.artifacts.exports import read_exported
 
     exported = read_exported(path)
     if exported is None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from longnet_cli.artifacts import checkpoints as ckpt
-from longnet_cli.config.recipe import LogConfig, TrainConfig
+from longnet_cli.config.sections import LogConfig, TrainConfig
 from longnet_cli.core.errors import LongnetError
 from longnet_cli.train.checkpointer import Checkpointer
 from longnet_cli.train.distributed import Layout, interrupted, signal_agreed, signal_name

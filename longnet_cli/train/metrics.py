@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from longnet_cli.config.recipe import LogConfig
+from longnet_cli.config.sections import LogConfig
 from longnet_cli.core.files import atomic_write_text
 
 Tracker = Callable[..., None]  # accelerate's log(values, step=...)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longnet_cli.artifacts import checkpoints as ckpt
-from longnet_cli.artifacts.layout import METRICS_FILE, STATE_FILE, TOKENIZER_FILE
-from longnet_cli.config.recipe import Recipe, safe_to_change_on_resume
+from longnet_cli.artifacts.layout import METRICS_FILE, SCALER_FILE, STATE_FILE, TOKENIZER_FILE
+from longnet_cli.config.resume import safe_to_change_on_resume
+from longnet_cli.config.schema import Recipe
 from longnet_cli.core.errors import InputError
 from longnet_cli.train.distributed import say_once
 from longnet_cli.train.schedule import Schedule
@@ -195,7 +196,7 @@ def restore_scaler(accelerator, existing) -> None:
     if not restored:
         say_once(
             accelerator,
-            f"warning: checkpoint {existing.path} has no {ckpt.SCALER_FILE} (saved before "
+            f"warning: checkpoint {existing.path} has no {SCALER_FILE} (saved before "
             "fp16 scaler states were): the loss scale starts again from its initial value",
         )
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from longnet_cli.artifacts.layout import STATE_FILE
-from longnet_cli.config.recipe import Recipe, TrainConfig
+from longnet_cli.config.schema import Recipe
+from longnet_cli.config.sections import TrainConfig
 from longnet_cli.core.errors import InputError
 
 

@@ -27,7 +27,9 @@ import torch
 
 from longnet_cli.artifacts import checkpoints as ckpt
 from longnet_cli.artifacts.layout import METRICS_FILE
-from longnet_cli.config.recipe import Recipe, TrainConfig, check_against_corpus
+from longnet_cli.config.corpus import check_against_corpus
+from longnet_cli.config.schema import Recipe
+from longnet_cli.config.sections import TrainConfig
 from longnet_cli.core.errors import InputError
 from longnet_cli.model.flops import training_flops_per_token
 from longnet_cli.train.checkpointer import Checkpointer, RunRecord
@@ -106,7 +108,7 @@ def check_inputs(recipe: Recipe):
     Cheap (sizes, not hashes): ``longnet train`` runs it before launching its workers too, so
     that a bad input exits 2 once, before any process starts.
     """
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.data.format.reader import TokenizedCorpus
 
     corpus = TokenizedCorpus.open(Path(recipe.data.shards), verify="sizes")
     corpus.tokenizer_bytes()  # checked against its sha256: checkpoints carry a copy of it

@@ -16,8 +16,8 @@ from longnet_cli.bench.parallel import (
     plan_recipe,
 )
 from longnet_cli.cli import cli
+from longnet_cli.model.config import LongNetConfig
 from longnet_cli.model.parallel import plan_sequence
-from longnet_cli.model.transformer import LongNetConfig
 
 
 def test_planned_communication_does_not_grow_with_the_sequence():

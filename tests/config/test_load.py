@@ -21,7 +21,7 @@ SHIPPED = sorted(RECIPES_DIR.rglob("*.yaml"))  # recipes/study/ too
 
 def test_loading_a_recipe_does_not_import_torch():
     code = (
-        "import sys, longnet_cli.config, longnet_cli.config.recipe; "
+        "import sys, longnet_cli.config; "
         "longnet_cli.config.load_recipe('recipes/quickstart.yaml'); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -15,12 +15,9 @@ from longnet_cli.config.schema import recipe_from_dict
 
 def test_model_choices_are_the_models():
     """One definition: the recipe's choices are the very tuples the model checks against."""
-    from longnet_cli.config.recipe import BACKENDS, POSITIONS
-    from longnet_cli.model.kernels import BACKENDS as MODEL_BACKENDS
-    from longnet_cli.model.positions import POSITION_KINDS
+    from longnet_cli.model.config import BACKENDS as MODEL_BACKENDS
+    from longnet_cli.model.config import POSITION_KINDS
 
-    assert tuple(POSITIONS) == tuple(POSITION_KINDS)
-    assert tuple(BACKENDS) == tuple(MODEL_BACKENDS)
     choices = {spec.name: spec.metadata.get("choices") for spec in fields(ModelConfig)}
     assert choices["positions"] is POSITION_KINDS and choices["backend"] is MODEL_BACKENDS
 

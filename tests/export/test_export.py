@@ -30,7 +30,7 @@ from longnet_cli.data.format.manifest import read_manifest
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer
 from longnet_cli.export import load_exported_model
-from longnet_cli.hf import MODEL_KEYS
+from longnet_cli.model.config import MODEL_KEYS
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: no network, ever

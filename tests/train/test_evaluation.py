@@ -14,8 +14,8 @@ from helpers import exit_code, metrics_of, train_recipe, write_train_recipe
 
 
 def test_evaluation_during_training_on_held_out_documents(corpus, tmp_path):
-    from longnet_cli.config.recipe import load_recipe
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.config import load_recipe
+    from longnet_cli.data.format.reader import TokenizedCorpus
     from longnet_cli.data.windows import TrainingWindows
     from longnet_cli.evaluate.scorer import scorable_documents
     from longnet_cli.train.evaluation import Evaluation
@@ -50,8 +50,8 @@ def test_evaluation_during_training_runs_under_the_recipe_precision(corpus, tmp_
     """A bf16 run is evaluated under bf16 autocast: its eval figures are those of
     ``evaluate_model(precision="bf16")`` on the final weights, not the fp32 ones."""
     from longnet_cli.artifacts.checkpoints import latest_checkpoint, load_model_weights
-    from longnet_cli.config.recipe import load_recipe
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.config import load_recipe
+    from longnet_cli.data.format.reader import TokenizedCorpus
     from longnet_cli.evaluate.scorer import evaluate_model
     from longnet_cli.train.evaluation import Evaluation
 
@@ -100,8 +100,8 @@ def test_figures_are_the_scorers_sums_as_evaluate_model_reports_them(corpus):
     the same keys in the same order, byte counts exact."""
     import torch
 
-    from longnet_cli.config.recipe import Recipe
-    from longnet_cli.data.shards import TokenizedCorpus
+    from longnet_cli.config import Recipe
+    from longnet_cli.data.format.reader import TokenizedCorpus
     from longnet_cli.evaluate.scorer import Stats, evaluate_model
     from longnet_cli.train.evaluation import Evaluation
 

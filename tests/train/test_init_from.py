@@ -11,7 +11,7 @@ from helpers import exit_code, metrics_of
 from safetensors.torch import load_file, save_file, save_model
 
 from longnet_cli.artifacts.checkpoints import latest_checkpoint
-from longnet_cli.config.recipe import load_recipe
+from longnet_cli.config import load_recipe
 from longnet_cli.core.errors import InputError
 from longnet_cli.model.transformer import LongNetTransformer
 from longnet_cli.train.init_from import InitSource, check_tokenizer, load_initial_weights

@@ -10,7 +10,7 @@ import torch
 from helpers import exit_code, metrics_of, write_train_recipe
 
 from longnet_cli.artifacts.checkpoints import latest_checkpoint
-from longnet_cli.config.recipe import load_recipe
+from longnet_cli.config import load_recipe
 
 
 @pytest.fixture

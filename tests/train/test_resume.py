@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import MEASURED, exit_code, metrics_of, write_train_recipe
 
-from longnet_cli.data.shards import TokenizedCorpus
+from longnet_cli.data.format.reader import TokenizedCorpus
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 

@@ -3,7 +3,8 @@
     RUN_DIR/
       metrics.jsonl                one JSON line per logged step (and evaluation)
       eval.json                    the latest ``longnet eval`` of the run (also beside it)
-      .train.lock                  flock of the one ``longnet train`` writing the run
+      .train.lock                  flock of the one ``longnet train`` writing the run (its name:
+                                   core/runlock.py's LOCK_FILE, beside the lock it names)
       checkpoints/step-NNNNNNN/    one atomic directory per checkpoint:
         model.safetensors  optimizer.pt  recipe.yaml  tokenizer.model  rng-rankR.pt  ...
         state.json                 written last: step, RNG, data position, every file's sha256
@@ -18,7 +19,6 @@ from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
-RUN_LOCK_FILE = ".train.lock"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step-"  # step-NNNNNNN: checkpoints.step_name
 STEP_DIR = re.compile(r"^step-(\d{7})$")  # a complete checkpoint's directory name

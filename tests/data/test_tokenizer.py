@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from longnet_cli.core.files import sha256_bytes
 from longnet_cli.data.tokenizer import (
     MAX_SENTENCE_BYTES,
     TRAIN_PIECE_CHARS,
     load_tokenizer,
-    sha256_bytes,
     tokenizer_from_bytes,
     train_tokenizer,
     training_pieces,

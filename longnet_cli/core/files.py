@@ -32,6 +32,12 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def sync_open_file(file: IO[bytes]) -> None:
+    """Flush an open file's buffer and fsync it: its bytes are on the disk when this returns."""
+    file.flush()
+    os.fsync(file.fileno())
+
+
 def fsync_path(path: Path | str) -> None:
     """Flush a file's or a directory's data and metadata to the disk (errors raise)."""
     fd = os.open(path, os.O_RDONLY)
@@ -65,8 +71,7 @@ def atomic_write(
     try:
         with open(temp, "wb") as file:
             write(file)
-            file.flush()
-            os.fsync(file.fileno())
+            sync_open_file(file)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -89,5 +94,4 @@ def write_synced(path: Path | str, data: bytes) -> None:
     itself made visible by one rename later (a corpus version, a checkpoint)."""
     with open(path, "wb") as file:
         file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
+        sync_open_file(file)

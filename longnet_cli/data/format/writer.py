@@ -23,6 +23,7 @@ from longnet_cli.core.files import (
     atomic_write_text,
     fsync_directory,
     fsync_path,
+    sync_open_file,
 )
 from longnet_cli.data.format.layout import DOCUMENTS_FILE, MANIFEST_FILE, shard_name
 from longnet_cli.data.format.manifest import (
@@ -231,8 +232,7 @@ class ShardWriter:
 
     def _finish_shard(self) -> None:
         assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        sync_open_file(self._file)
         self._file.close()
         self._file = None
         self._finished.append(

@@ -99,6 +99,9 @@ class TrainConfig(Section):
     # start from these weights (a checkpoint, a run directory or a `longnet export` directory):
     # fresh optimizer, schedule and step 0; every parameter's shape must match
     init_from: str | None = field(default=None, metadata=option("str", optional=True))
+    # on CUDA, float32 matmuls and convolutions in TF32 (several times true fp32's rate, 10-bit
+    # mantissa products); false: true fp32. No effect on a CPU
+    tf32: bool = field(default=True, metadata=option("bool"))
 
     def _check(self) -> None:
         if self.lr <= 0:

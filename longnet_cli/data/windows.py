@@ -190,13 +190,20 @@ class TrainingWindows:
         micro_batch_size: int,
         dp_rank: int = 0,
         dp_size: int = 1,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """This rank's micro-batch: int64 (micro_batch_size, seq_len + 1), copied from disk."""
+        """This rank's micro-batch: int64 (micro_batch_size, seq_len + 1), copied from disk
+        into ``out`` when given (e.g. the numpy view of a pinned tensor the loop copies to the
+        GPU without waiting), else into a new array."""
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank must be in [0, {dp_size}), got {dp_rank}")
         if not 0 <= micro_step < grad_accum:
             raise ValueError(f"micro_step must be in [0, {grad_accum}), got {micro_step}")
-        out = np.empty((micro_batch_size, self.window_tokens), dtype=np.int64)
+        shape = (micro_batch_size, self.window_tokens)
+        if out is None:
+            out = np.empty(shape, dtype=np.int64)
+        elif out.shape != shape or out.dtype != np.int64:
+            raise ValueError(f"out must be int64 of shape {shape}, got {out.dtype} {out.shape}")
         for row in range(micro_batch_size):
             index = self.sample_index(
                 step,

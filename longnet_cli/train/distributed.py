@@ -157,15 +157,47 @@ def signals_recorded() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-def signal_agreed(accelerator, received: list[int]) -> int:
-    """The signal any rank received (all ranks stop at the same step), or 0."""
-    local = received[0] if received else 0
-    if accelerator.num_processes == 1:
-        return local
-    import torch
+class SignalAgreement:
+    """The signal that stops every rank at the same micro-step boundary (0: none yet).
 
-    flags = accelerator.gather(torch.tensor([local], device=accelerator.device))
-    return int(flags.max())
+    One process reads its own record. Several agree by an all-reduce (max) over a gloo group of
+    their own, on a CPU tensor, started at one boundary and read at the next: no rank waits
+    for it, and reading it never waits for the GPU (an all-gather read back from the device at
+    every boundary would). Every rank calls ``agreed`` at the same boundaries, so every rank
+    gets the same answer there: a signal stops the run one boundary after it was recorded.
+    """
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.group = None
+        self.pending = None  # (work, flag): the all-reduce started at the last boundary
+        if world_size > 1:
+            import torch.distributed as dist
+
+            self.group = dist.new_group(backend="gloo")  # every rank, in the same order
+
+    def agreed(self, received: list[int]) -> int:
+        """At a boundary: the signal the ranks agreed on at the previous one, or 0."""
+        local = received[0] if received else 0
+        if self.world_size == 1:
+            return local
+        import torch
+        import torch.distributed as dist
+
+        signum = self.settle()
+        flag = torch.tensor([local], dtype=torch.int64)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        self.pending = (work, flag)
+        return signum
+
+    def settle(self) -> int:
+        """Wait for the all-reduce in flight (if any): the signal it agreed on, or 0."""
+        if self.pending is None:
+            return 0
+        work, flag = self.pending
+        self.pending = None
+        work.wait()
+        return int(flag[0])
 
 
 def interrupted(signum: int, message: str) -> TrainingInterrupted:

@@ -126,6 +126,20 @@ def test_windows_are_exact_stream_slices(corpus, sampling):
         np.testing.assert_array_equal(batch[row], stream[start : start + SEQ_LEN + 1])
 
 
+@pytest.mark.parametrize("sampling", ["stream", "document"])
+def test_batch_into_a_given_array_is_the_same_batch(corpus, sampling):
+    """``out``: the loop hands a pinned buffer's numpy view on CUDA; the values are the same."""
+    corpus, _ = corpus
+    windows = TrainingWindows(corpus, SEQ_LEN, seed=5, sampling=sampling)
+    layout = {"grad_accum": 2, "micro_batch_size": 3, "dp_rank": 1, "dp_size": 2}
+    out = np.full((3, SEQ_LEN + 1), -1, dtype=np.int64)
+    assert windows.batch(4, 1, out=out, **layout) is out
+    np.testing.assert_array_equal(out, windows.batch(4, 1, **layout))
+    for wrong in (np.empty((2, SEQ_LEN + 1), np.int64), np.empty((3, SEQ_LEN + 1), np.int32)):
+        with pytest.raises(ValueError, match="out must be int64"):
+            windows.batch(4, 1, out=wrong, **layout)
+
+
 def test_stream_epoch_is_a_shifted_tiling(corpus):
     corpus, stream = corpus
     n = stream.size

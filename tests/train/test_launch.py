@@ -286,3 +286,28 @@ def test_the_first_failure_is_the_cause_and_signals_keep_their_codes(tmp_path):
     assert (stopped.exit_code, str(stopped)) == (143, "stopped by SIGTERM after step 3")
     bad = _first_failure({0: failure("error: data.shards: not found", 2, 1.0)})
     assert (bad.exit_code, str(bad)) == (2, "data.shards: not found")
+
+
+def test_signal_agreement_answers_one_boundary_later_without_waiting_for_the_device():
+    """Several processes agree by an all-reduce on the CPU started at one boundary and read at
+    the next (here a gloo group of one stands for the world): a signal recorded before boundary
+    b stops every rank at b + 1; one process answers at once."""
+    import torch.distributed as dist
+
+    from longnet_cli.train.distributed import SignalAgreement
+
+    alone = SignalAgreement(1)
+    assert alone.agreed([]) == 0 and alone.agreed([15]) == 15 and alone.settle() == 0
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        agreement = SignalAgreement(2)  # as a rank of a world of several
+        received: list[int] = []
+        assert agreement.agreed(received) == 0
+        received.append(signal.SIGTERM)
+        assert agreement.agreed(received) == 0  # the flag posted before it arrived
+        assert agreement.agreed(received) == signal.SIGTERM
+        assert agreement.settle() == signal.SIGTERM  # the one in flight
+        assert agreement.settle() == 0  # nothing in flight
+    finally:
+        dist.destroy_process_group()

@@ -270,6 +270,62 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000004"]
 
 
+def test_logging_less_often_logs_the_same_values_and_resumes_exactly(
+    reference_run, corpus, tmp_path
+):
+    """Losses and gradient norms stay on the device between logging steps: a run logging every
+    3 steps logs, at those steps, the very values (to the last bit) of a run logging every step,
+    saves the same losses in its checkpoints, and resumes from one of them bit for bit."""
+    import shutil
+
+    recipe = write_train_recipe(tmp_path, corpus, log__every=3)
+    run = tmp_path / "run"
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
+    every_step = {r["step"]: r for r in metrics_of(reference_run)}
+    logged = metrics_of(run)
+    assert [r["step"] for r in logged] == [3, 6, 9, 12]
+    for record in logged:
+        for key in ("loss", "grad_norm", "lr", "tokens"):
+            assert record[key] == every_step[record["step"]][key], (record["step"], key)
+    for name in ("step-0000008", "step-0000012"):
+        states = [json.loads((r / "checkpoints" / name / "state.json").read_text())
+                  for r in (run, reference_run)]  # fmt: skip
+        assert states[0]["loss"] == states[1]["loss"] == every_step[int(name[5:])]["loss"]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed, ignore=shutil.ignore_patterns(".train.lock"))
+    shutil.rmtree(resumed / "checkpoints" / "step-0000012")  # resume from step 8
+    assert exit_code("train", str(recipe), "--out", str(resumed), "--quiet") == 0
+    assert metrics_of(resumed) == [
+        {**r, **{key: m.get(key) for key in MEASURED}} for r, m in zip(logged, metrics_of(resumed))
+    ]
+
+
+def test_non_finite_loss_between_logging_steps_stops_before_the_next_checkpoint(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    """Logging every 5 steps and saving every 4: a NaN from step 6 on is read back before the
+    save after step 8, which never happens; the error names step 6 and the step-4 checkpoint."""
+    from longnet_cli.train import loss as loss_module
+
+    calls = {"n": 0}
+    real_forward = loss_module.LanguageModelLoss.forward
+
+    def forward(self, window):
+        calls["n"] += 1
+        loss = real_forward(self, window)
+        return loss * float("nan") if calls["n"] > 5 * 2 else loss  # step 6 on (2 micro-steps)
+
+    monkeypatch.setattr(loss_module.LanguageModelLoss, "forward", forward)
+    recipe = write_train_recipe(tmp_path, corpus, log__every=5)
+    run = tmp_path / "run"
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "loss is nan at step 6" in err and "step-0000004" in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000004"]
+    assert [r["step"] for r in metrics_of(run)] == [5]
+    assert calls["n"] == 8 * 2  # found at the save after step 8, not before
+
+
 def test_bad_recipe_and_missing_data_exit_2(corpus, tmp_path, capsys):
     recipe = write_train_recipe(tmp_path, corpus, model__dimm=3)
     assert exit_code("train", str(recipe), "--quiet") == 2

@@ -326,6 +326,49 @@ def test_non_finite_loss_between_logging_steps_stops_before_the_next_checkpoint(
     assert calls["n"] == 8 * 2  # found at the save after step 8, not before
 
 
+@pytest.mark.gpu
+def test_cuda_run_reads_back_on_logging_steps_with_fused_adamw_and_tf32(corpus, tmp_path):
+    """On CUDA (fp32): windows through pinned memory, losses read back on logging steps only. A
+    run logging every 3 steps logs what one logging every step logs (within CUDA's run-to-run
+    noise), saves a fused AdamW that resumes, and runs its matmuls in TF32 unless
+    ``train.tf32: false``."""
+    import shutil
+
+    import torch
+
+    runs = {}
+    for every in (1, 3):
+        directory = tmp_path / f"every{every}"
+        directory.mkdir()
+        recipe = write_train_recipe(directory, corpus, log__every=every)
+        assert exit_code("train", str(recipe), "--out", str(directory / "run"), "--quiet") == 0
+        runs[every] = {r["step"]: r for r in metrics_of(directory / "run")}
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert list(runs[3]) == [3, 6, 9, 12]
+    for step, record in runs[3].items():
+        assert record["lr"] == runs[1][step]["lr"]
+        for key in ("loss", "grad_norm"):
+            assert record[key] == pytest.approx(runs[1][step][key], rel=1e-3), (step, key)
+    run = tmp_path / "every3" / "run"
+    state = torch.load(run / "checkpoints/step-0000012/optimizer.pt", weights_only=True)
+    assert all(group["fused"] for group in state["param_groups"])
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed, ignore=shutil.ignore_patterns(".train.lock"))
+    shutil.rmtree(resumed / "checkpoints" / "step-0000012")
+    recipe = tmp_path / "every3" / "recipe.yaml"
+    assert exit_code("train", str(recipe), "--out", str(resumed), "--quiet") == 0
+    for record in metrics_of(resumed):
+        assert record["loss"] == pytest.approx(runs[3][record["step"]]["loss"], rel=1e-3)
+    try:
+        code = exit_code("train", str(recipe), "--out", str(tmp_path / "fp32"), "--quiet",
+                         "--set", "train.tf32=false", "--set", "train.steps=2")  # fmt: skip
+        assert code == 0
+        assert not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def test_bad_recipe_and_missing_data_exit_2(corpus, tmp_path, capsys):
     recipe = write_train_recipe(tmp_path, corpus, model__dimm=3)
     assert exit_code("train", str(recipe), "--quiet") == 2

@@ -48,7 +48,8 @@ class PositionTables:
     """Per-position tables for N tokens: cos, sin and (xPos) the scale of q; k gets 1/scale.
 
     ``applied`` derives from them, once per set of tables (so once per forward, shared by every
-    layer), the full-width tables that ``apply_positions`` multiplies q and k with.
+    layer: the model computes one set of tables per forward), the full-width tables that
+    ``apply_positions`` multiplies q and k with.
     """
 
     cos: torch.Tensor  # (N, D/2) float32
@@ -70,15 +71,18 @@ class PositionTables:
         """(q_cos, q_sin, k_cos, k_sin), each (N, 1, D) float32: the cos of pair c repeated in
         channels c and c + D/2, the sin negated in channel c (so that ``rotate`` needs one
         rotate-half), xPos's scale (clamped to e^+-limit) folded into q's and divided out of k's.
-        Computed on first use and kept with these tables (a slice's are views of its parent's).
+        Computed on first use and kept with these tables. A slice takes views of its parent's
+        where the parent has them; else it computes its own, for its positions only (chunked
+        inference at long N slices the tables chunk by chunk and never holds full-width tables
+        for the whole sequence: 2-4 x (N, D) float32 would weigh as much as the hidden states).
         """
         key = None if self.scale is None else float(limit)
         cached = self._applied.get(key)
         if cached is None:
-            if self.parent is not None:
-                root, start = self.parent
-                stop = start + self.cos.shape[0]
-                cached = tuple(t[start:stop] for t in root.applied(limit))
+            whole = None if self.parent is None else self.parent[0]._applied.get(key)
+            if whole is not None:
+                start = self.parent[1]
+                cached = tuple(t[start : start + self.cos.shape[0]] for t in whole)
             else:
                 cached = _full_width(self.cos, self.sin, self.scale, limit)
             self._applied[key] = cached

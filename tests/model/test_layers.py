@@ -240,6 +240,13 @@ def test_position_tables_applied_once_per_forward_and_shared_by_slices(monkeypat
     tables.applied(4.0)  # float16's clamp: its own tables, computed once
     tables.applied(4.0)
     assert len(computed) == 2
+    # a slice of tables that have none computed (chunked inference) computes its own, for its
+    # positions only, with the values of the whole's
+    fresh = model.position_encoding.tables(39, 1, "cpu")
+    own = fresh.slice(10, 20).applied()
+    assert computed[-1] == (10, half) and not fresh._applied
+    for whole, piece in zip(fresh.applied(), own):
+        torch.testing.assert_close(piece, whole[10:20], atol=0, rtol=0)
 
 
 def old_rms_norm(x, weight, eps=1e-6):

@@ -42,6 +42,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -107,6 +108,24 @@ def _timeout(deadline: float | None) -> float | None:
     return None if deadline is None else max(1.0, deadline - time.perf_counter())
 
 
+def _call(
+    args: Sequence[str], timeout: float | None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a session of its own: past ``timeout`` the whole process group is
+    killed (a test or a launcher's children too, so none keeps the GPU), then TimeoutExpired."""
+    with subprocess.Popen(
+        list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+        start_new_session=True,
+    ) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise subprocess.TimeoutExpired(args, timeout, stdout, stderr) from None
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
 def _run(
     args: Sequence[str], log: Path, deadline: float | None = None
 ) -> subprocess.CompletedProcess:
@@ -116,7 +135,7 @@ def _run(
     started = time.perf_counter()
     timeout = _timeout(deadline)
     try:
-        result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+        result = _call(args, timeout)
     except subprocess.TimeoutExpired as err:
         with log.open("a") as out:
             out.write(f"$ {' '.join(args)}  (killed after {timeout:.0f} s)\n")
@@ -158,9 +177,7 @@ def check_gpu_tests(work: Path, log: Path, deadline: float | None = None) -> lis
         return [Row("pytest -m gpu", "pytest is not installed here", "all pass", "skipped")]
     timeout = _timeout(deadline)
     try:
-        result = subprocess.run(
-            gpu_tests_command(), capture_output=True, text=True, cwd=ROOT, timeout=timeout
-        )
+        result = _call(gpu_tests_command(), timeout, cwd=ROOT)
     except subprocess.TimeoutExpired as err:
         with log.open("a") as out:
             out.write(_text(err.stdout) + _text(err.stderr))

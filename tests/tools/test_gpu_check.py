@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,29 @@ def test_every_gpu_test_collects_without_zstandard(tmp_path):
     assert "tests/artifacts/test_checkpoints.py::" in result.stdout
     assert "tests/model/test_attention.py::" in result.stdout
     assert "could not import 'zstandard'" in result.stdout  # skipped modules, not errors
+
+
+def test_a_timed_out_step_leaves_no_process_behind(tmp_path):
+    """Past its limit a step's whole process group is killed: its children too."""
+    pid_file = tmp_path / "child.pid"
+    parent = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    with pytest.raises(gpu_check.StepTimeout):
+        gpu_check._run([sys.executable, "-c", parent], tmp_path / "log", time.perf_counter() + 3)
+    child = int(pid_file.read_text())
+    deadline = time.perf_counter() + 10
+    while time.perf_counter() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        stat = Path(f"/proc/{child}/stat")
+        if stat.exists() and ") Z " in stat.read_text():
+            break  # killed, not yet reaped
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"child {child} still runs")

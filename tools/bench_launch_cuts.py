@@ -11,6 +11,9 @@ package's:
     xpos     the same under xPos in a stack of 12 layers: before, each layer scaled the
              tables again (four (N, D/2) passes); now once per set of tables
     rmsnorm  RMSNorm over (1, N, 768) float32: five ops against torch's rms_norm
+    model    (--model) a training step (loss, backward) of a small xPos LongNetTransformer
+             (dim 256, depth 4, 4 heads of 64, N tokens), the old side with the old position
+             and norm code patched in
 
 For each: aten operations per call, forward and backward (counted with a dispatch mode: a
 machine-independent figure of the kernels launched; gradient accumulation into q and k across
@@ -30,6 +33,7 @@ from collections.abc import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from longnet_cli.model import layers
 from longnet_cli.model.layers import RMSNorm
 from longnet_cli.model.positions import XPos, apply_positions
 
@@ -147,17 +151,47 @@ def cases(n: int) -> dict[str, dict[str, Callable[[], None]]]:
     }
 
 
+def model_case(n: int) -> dict[str, Callable[[], None]]:
+    from longnet_cli.model.transformer import LongNetTransformer
+
+    torch.manual_seed(0)
+    model = LongNetTransformer(
+        256, dim=256, depth=4, heads=4, dim_head=64, segment_lengths=[512, 1024, 2048],
+        dilation_rates=[1, 2, 4], positions="xpos",
+    )  # fmt: skip
+    tokens = torch.randint(0, 256, (1, n))
+    new_norm = RMSNorm.forward
+
+    def step():
+        model.loss(tokens).backward()
+        model.zero_grad(set_to_none=True)
+
+    def old_step():
+        layers.apply_positions = old_apply_positions
+        RMSNorm.forward = lambda self, x: old_rms_norm(x, self.weight, self.eps)
+        try:
+            step()
+        finally:
+            layers.apply_positions, RMSNorm.forward = apply_positions, new_norm
+
+    return {"old": old_step, "new": step}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=8192, help="positions (default 8192)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as set)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--model", action="store_true", help="also a small model's train step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
-    for name, steps in cases(args.n).items():
+    all_cases = cases(args.n)
+    if args.model:
+        all_cases["model step"] = model_case(args.n)
+    for name, steps in all_cases.items():
         ops = {side: count_ops(step) for side, step in steps.items()}
         seconds = best_interleaved(steps, args.rounds)
         results.append({"case": name, "ops": ops, "seconds": seconds})

@@ -41,3 +41,14 @@ def test_the_copied_code_gives_the_package_values():
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     norm, x = RMSNorm(16), torch.randn(3, 16)
     torch.testing.assert_close(norm(x), bench.old_rms_norm(x, norm.weight, norm.eps))
+
+
+def test_the_model_case_patches_the_old_code_in_and_out():
+    from longnet_cli.model import layers
+    from longnet_cli.model.layers import RMSNorm
+
+    steps = bench.model_case(64)
+    forward, apply = RMSNorm.forward, layers.apply_positions
+    old, new = bench.count_ops(steps["old"]), bench.count_ops(steps["new"])
+    assert new < old
+    assert (RMSNorm.forward, layers.apply_positions) == (forward, apply)  # restored

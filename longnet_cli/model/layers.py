@@ -36,6 +36,10 @@ class RMSNorm(nn.Module):
         # kernel where x and the gain share a dtype, the same values as the five-op formula
         # x * rsqrt(mean(x^2) + eps) * weight. A gain of another dtype (bfloat16 q under
         # autocast, float32 gains) multiplies after the cast, promoting as it always did.
+        if not hasattr(F, "rms_norm"):  # torch < 2.4 (pyproject allows 2.3): the formula
+            x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+            normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+            return normed.to(x.dtype) * self.weight
         shape = (x.shape[-1],)
         if x.dtype == self.weight.dtype:
             return F.rms_norm(x, shape, self.weight, self.eps)

@@ -249,6 +249,15 @@ def test_position_tables_applied_once_per_forward_and_shared_by_slices(monkeypat
         torch.testing.assert_close(piece, whole[10:20], atol=0, rtol=0)
 
 
+def test_rms_norm_without_torchs_rms_norm_is_the_formula(monkeypatch):
+    """torch < 2.4 (which pyproject still allows) has no F.rms_norm: the formula runs."""
+    norm = RMSNorm(12)
+    x = torch.randn(3, 5, 12)
+    want = norm(x)
+    monkeypatch.delattr(F, "rms_norm")
+    torch.testing.assert_close(norm(x), want, atol=1e-6, rtol=1e-6)
+
+
 def old_rms_norm(x, weight, eps=1e-6):
     """RMSNorm as computed before the launch cuts (five kernels)."""
     x32 = x.to(torch.promote_types(x.dtype, torch.float32))

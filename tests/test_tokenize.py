@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sentencepiece
-import zstandard
 from helpers import (
     check_output,
     files_of,
@@ -35,6 +34,9 @@ from longnet_cli.data import sources
 from longnet_cli.data.format.reader import TokenizedCorpus
 from longnet_cli.data.format.writer import ShardWriter
 from longnet_cli.data.tokenizer import train_tokenizer
+
+# a GPU machine's image may lack zstandard: skip this module there, not a collection error
+zstandard = pytest.importorskip("zstandard")
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 

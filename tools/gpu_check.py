@@ -7,18 +7,30 @@ What it measures on, it makes here: a long corpus and a tiny recipe (``write_cor
 ``tiny_recipe``); its own tests live in ``tests/tools/``.
 
 Steps, each a ``longnet`` command or a pytest run in its own process (a failure is a row of the
-table, not the end of the check), all inside about 8 minutes on an H100/H200-class GPU:
+table, not the end of the check). Each step has a time limit, and the whole check a budget
+(``--budget-s``, default 180 s): a step that runs past its limit is a FAILED row saying so,
+and a step the budget no longer covers is a "skipped: budget" row. Sizes are set by the figures
+they give, estimated for an H200 (~990 bf16 TFLOP/s dense peak; each step also pays ~5-10 s
+of process start and CUDA initialisation):
 
-    gpu tests      pytest -m gpu (the CUDA kernels against the dense reference); skipped where
-                   pytest is not installed
-    attention      longnet bench attention, CUDA, bf16, D = 64, fwd+bwd at 32K, 256K and 1M,
-                   beside dense SDPA (flash) where it fits: attained TFLOP/s and their ratio
-    layer 1M       one paper_base block, fwd+bwd at 1M tokens under bf16 autocast: time, peak
-    paper_base     longnet bench train recipes/paper_base.yaml, 20 steps, against the bf16
-                   matmul peak measured in the same run
-    eval 1M        a tiny model whose reach is 1M, trained a few steps on a corpus made here,
-                   scored by longnet eval at a 1M-token context
+    step        what                                                        estimate  limit
+    tests       pytest -m gpu over tests/ (every gpu test); skipped where   20-40 s   60 s
+                pytest is not installed
+    attention   longnet bench attention, CUDA, bf16, 8 heads, D = 64,        15-25 s   45 s
+                fwd+bwd at 32K, 256K and 1M; dense SDPA (flash) beside it
+                up to 256K (dense at 1M alone would cost ~1 min: ~4e15
+                FLOP a run, a warm-up and 3 repeats), so the ratio at 32K
+                (the target) and 256K
+    layer       one paper_base block, fwd+bwd at 1M tokens under bf16        10-15 s   30 s
+                autocast: time, peak memory (~1e14 FLOP a step)
+    train       longnet bench train recipes/paper_base.yaml, 10 steps of     20-30 s   45 s
+                64K tokens (~5e13 FLOP each), against the bf16 matmul peak
+                measured in the same run
+    eval        a tiny model whose reach is 1M, trained 4 steps on a         30-45 s   60 s
+                corpus made here (tokenizer trained on a 2 MB sample),
+                scored by longnet eval at a 1M-token context
 
+Estimated ~100-155 s in all; the limits add up to 240 s, and the budget caps the total.
 Targets printed beside the figures: dilated fwd+bwd >= 0.5x dense TFLOP/s at 32K; paper_base
 training >= 0.35 of the bf16 peak. Without CUDA: exit 2 with one line.
 """
@@ -30,6 +42,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +51,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ATTENTION_LENGTHS = (1 << 15, 1 << 18, 1 << 20)
+DENSE_MAX = 1 << 18  # dense SDPA up to 256K: the ratio at 32K and 256K, not ~1 min at 1M
+TRAIN_STEPS = 10
+TOKENIZER_SAMPLE = "2M"  # bytes of the corpus the tokenizer trains on
+BUDGET_S = 180.0  # the whole check, by default
+MIN_STEP_S = 10.0  # a step with less of the budget left is skipped, not started
 ATTENTION_TARGET = 0.5  # dilated / dense attained TFLOP/s, fwd+bwd, at 32K
 TRAIN_TARGET = 0.35  # paper_base model FLOP/s / bf16 matmul peak
 CORPUS_BYTES = 8 << 20  # one document of about 2-3M tokens: more than the 1M context
@@ -52,7 +70,7 @@ class Row:
     check: str
     figure: str
     target: str = ""
-    status: str = "ok"  # "ok", "below", "FAILED", "skipped"
+    status: str = "ok"  # "ok", "below", "FAILED", "skipped", "skipped: budget"
 
 
 def no_cuda_message() -> str | None:
@@ -81,10 +99,48 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def _run(args: Sequence[str], log: Path, timeout: float) -> subprocess.CompletedProcess:
-    """Run a command, its output appended to ``log``; raise RuntimeError naming its last line."""
+class StepTimeout(RuntimeError):
+    """A step ran past its time limit."""
+
+
+def _timeout(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (a ``time.perf_counter()`` value; None: no limit)."""
+    return None if deadline is None else max(1.0, deadline - time.perf_counter())
+
+
+def _call(
+    args: Sequence[str], timeout: float | None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a session of its own: past ``timeout`` the whole process group is
+    killed (a test or a launcher's children too, so none keeps the GPU), then TimeoutExpired."""
+    with subprocess.Popen(
+        list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+        start_new_session=True,
+    ) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise subprocess.TimeoutExpired(args, timeout, stdout, stderr) from None
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
+def _run(
+    args: Sequence[str], log: Path, deadline: float | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command until ``deadline`` (a ``time.perf_counter()`` value), its output appended
+    to ``log``; raise StepTimeout past the deadline, RuntimeError naming its last line if it
+    fails."""
     started = time.perf_counter()
-    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    timeout = _timeout(deadline)
+    try:
+        result = _call(args, timeout)
+    except subprocess.TimeoutExpired as err:
+        with log.open("a") as out:
+            out.write(f"$ {' '.join(args)}  (killed after {timeout:.0f} s)\n")
+            out.write(_text(err.stdout) + _text(err.stderr) + "\n")
+        raise StepTimeout(f"timed out after {timeout:.0f} s") from None
     with log.open("a") as out:
         out.write(
             f"$ {' '.join(args)}  ({time.perf_counter() - started:.1f} s, rc {result.returncode})\n"
@@ -96,6 +152,12 @@ def _run(args: Sequence[str], log: Path, timeout: float) -> subprocess.Completed
     return result
 
 
+def _text(output: str | bytes | None) -> str:
+    if isinstance(output, bytes):
+        return output.decode("utf-8", "replace")
+    return output or ""
+
+
 def _longnet(*args: str) -> list[str]:
     return [sys.executable, "-m", "longnet_cli", *args]
 
@@ -103,16 +165,23 @@ def _longnet(*args: str) -> list[str]:
 # -- the steps ------------------------------------------------------------------------------------
 
 
-def check_gpu_tests(work: Path, log: Path) -> list[Row]:
+def gpu_tests_command() -> list[str]:
+    """pytest over every ``-m gpu`` test of tests/; a module that cannot be imported here is an
+    error of the summary, not the end of the run (``--continue-on-collection-errors``)."""
+    return [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+            "--continue-on-collection-errors", str(ROOT / "tests")]  # fmt: skip
+
+
+def check_gpu_tests(work: Path, log: Path, deadline: float | None = None) -> list[Row]:
     if importlib.util.find_spec("pytest") is None:  # a GPU image without the test extra
         return [Row("pytest -m gpu", "pytest is not installed here", "all pass", "skipped")]
-    # tests/model holds every gpu test; other test modules import packages (zstandard) that a
-    # GPU image may lack.
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-         "tests/model"],
-        capture_output=True, text=True, cwd=ROOT, timeout=240,
-    )  # fmt: skip
+    timeout = _timeout(deadline)
+    try:
+        result = _call(gpu_tests_command(), timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as err:
+        with log.open("a") as out:
+            out.write(_text(err.stdout) + _text(err.stderr))
+        raise StepTimeout(f"timed out after {timeout:.0f} s") from None
     with log.open("a") as out:
         out.write(result.stdout + result.stderr)
     summary = (result.stdout.strip().splitlines() or [""])[-1].strip("= ")
@@ -142,22 +211,20 @@ def attention_rows(report: dict) -> list[Row]:
     return rows
 
 
-def check_attention(work: Path, log: Path) -> list[Row]:
+def check_attention(work: Path, log: Path, deadline: float | None = None) -> list[Row]:
     lengths = ",".join(_length(n) for n in ATTENTION_LENGTHS)
     result = _run(
         _longnet("bench", "attention", "--device", "cuda", "--dtype", "bfloat16", "--heads", "8",
-                 "--dim-head", "64", "--lengths", lengths, "--dense-max", "1M", "--mode",
-                 "fwd+bwd", "--repeats", "3", "--json"),
-        log, timeout=240,
+                 "--dim-head", "64", "--lengths", lengths, "--dense-max", _length(DENSE_MAX),
+                 "--mode", "fwd+bwd", "--repeats", "3", "--json"),
+        log, deadline,
     )  # fmt: skip
     return attention_rows(json.loads(result.stdout))
 
 
-def check_layer(work: Path, log: Path) -> list[Row]:
+def check_layer(work: Path, log: Path, deadline: float | None = None) -> list[Row]:
     result = _run(
-        [sys.executable, str(Path(__file__).resolve()), "--layer", str(TINY_REACH)],
-        log,
-        timeout=180,
+        [sys.executable, str(Path(__file__).resolve()), "--layer", str(TINY_REACH)], log, deadline
     )
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     figure = (
@@ -206,11 +273,11 @@ def layer_step(n: int, device: str = "cuda") -> dict:
     return {"n": n, "seconds": seconds, "tokens_per_s": n / seconds, "peak_bytes": peak}
 
 
-def check_train(work: Path, log: Path) -> list[Row]:
+def check_train(work: Path, log: Path, deadline: float | None = None) -> list[Row]:
     result = _run(
-        _longnet("bench", "train", str(ROOT / "recipes" / "paper_base.yaml"), "--steps", "20",
-                 "--vocab-size", "32000", "--json"),
-        log, timeout=300,
+        _longnet("bench", "train", str(ROOT / "recipes" / "paper_base.yaml"), "--steps",
+                 str(TRAIN_STEPS), "--vocab-size", "32000", "--json"),
+        log, deadline,
     )  # fmt: skip
     report = json.loads(result.stdout)
     fraction = report["fraction_of_peak"]
@@ -219,7 +286,8 @@ def check_train(work: Path, log: Path) -> list[Row]:
         f"bf16 peak {report['matmul_peak_gflops']['bf16'] / 1e3:.0f}: {fraction:.2f}"
     )
     status = "ok" if fraction >= TRAIN_TARGET else "below"
-    return [Row("paper_base train, 20 steps", figure, f">= {TRAIN_TARGET} of peak", status)]
+    target = f">= {TRAIN_TARGET} of peak"
+    return [Row(f"paper_base train, {TRAIN_STEPS} steps", figure, target, status)]
 
 
 def write_corpus(directory: Path, size: int = CORPUS_BYTES) -> Path:
@@ -262,22 +330,22 @@ def tiny_recipe(shards: Path) -> dict:
     }  # fmt: skip
 
 
-def check_eval(work: Path, log: Path) -> list[Row]:
+def check_eval(work: Path, log: Path, deadline: float | None = None) -> list[Row]:
     import yaml
 
     corpus = write_corpus(work / "corpus")
     shards = work / "data"
     _run(_longnet("tokenize", str(corpus), "--out", str(shards), "--vocab-size", "1024",
-                  "--holdout", "0"), log, timeout=240)  # fmt: skip
+                  "--sample-bytes", TOKENIZER_SAMPLE, "--holdout", "0"), log, deadline)  # fmt: skip
     recipe = work / "tiny_1m.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(shards)))
     run = work / "runs" / "tiny_1m"
     shutil.rmtree(run, ignore_errors=True)  # a fresh run each time
-    _run(_longnet("train", str(recipe), "--out", str(run), "--quiet"), log, timeout=240)
+    _run(_longnet("train", str(recipe), "--out", str(run), "--quiet"), log, deadline)
     result = _run(
         _longnet("eval", str(run), "--context", str(TINY_REACH), "--docs", "1", "--split", "all",
                  "--json", "-", "--quiet"),
-        log, timeout=240,
+        log, deadline,
     )  # fmt: skip
     report = json.loads(result.stdout)
     figure = (
@@ -288,29 +356,53 @@ def check_eval(work: Path, log: Path) -> list[Row]:
     return [Row("eval 1M context (tiny model, reach 1M)", figure)]
 
 
-STEPS: dict[str, tuple[str, Callable[[Path, Path], list[Row]]]] = {
-    "tests": ("pytest -m gpu", check_gpu_tests),
-    "attention": ("attention", check_attention),
-    "layer": ("1 layer 1M fwd+bwd", check_layer),
-    "train": ("paper_base train", check_train),
-    "eval": ("eval 1M context", check_eval),
+@dataclass(frozen=True)
+class Step:
+    """One step of the check: its row label, its function and its time limit in seconds."""
+
+    label: str
+    check: Callable[[Path, Path, float], list[Row]]
+    limit_s: float
+
+
+STEPS: dict[str, Step] = {
+    "tests": Step("pytest -m gpu", check_gpu_tests, 60.0),
+    "attention": Step("attention", check_attention, 45.0),
+    "layer": Step("1 layer 1M fwd+bwd", check_layer, 30.0),
+    "train": Step("paper_base train", check_train, 45.0),
+    "eval": Step("eval 1M context", check_eval, 60.0),
 }
 
 
-def run_checks(work: Path, steps: Sequence[str], on_row: Callable[[Row], None]) -> list[Row]:
-    """Every step in turn; a failing step is a FAILED row naming its last error line."""
+def run_checks(
+    work: Path,
+    steps: Sequence[str],
+    on_row: Callable[[Row], None],
+    budget_s: float = BUDGET_S,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[Row]:
+    """Every step in turn, each until its limit or the end of the budget, whichever is first;
+    a failing step is a FAILED row naming its last error line, a step started with less than
+    ``MIN_STEP_S`` of the budget left is a "skipped: budget" row."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / "gpu_check.log"
+    end = clock() + budget_s
     rows = []
     for name in steps:
-        label, check = STEPS[name]
-        started = time.perf_counter()
-        try:
-            new = check(work, log)
-        except Exception as err:  # one step's failure is a row; the others still run
-            new = [Row(label, f"{type(err).__name__}: {err}"[:160], status="FAILED")]
+        step = STEPS[name]
+        started = clock()
+        if end - started < MIN_STEP_S:
+            new = [Row(step.label, f"{budget_s:.0f} s budget spent", status="skipped: budget")]
+        else:
+            try:
+                new = step.check(work, log, min(started + step.limit_s, end))
+            except StepTimeout as err:
+                limit = min(step.limit_s, end - started)
+                new = [Row(step.label, f"{err} (limit {limit:.0f} s)", status="FAILED")]
+            except Exception as err:  # one step's failure is a row; the others still run
+                new = [Row(step.label, f"{type(err).__name__}: {err}"[:160], status="FAILED")]
+            new[-1].figure += f" [{clock() - started:.0f} s]"
         for row in new:
-            row.figure += f" [{time.perf_counter() - started:.0f} s]" if row is new[-1] else ""
             rows.append(row)
             on_row(row)
     return rows
@@ -329,6 +421,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--steps", default=",".join(STEPS), help="comma list of " + ", ".join(STEPS)
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=BUDGET_S,
+        help=f"time for the whole check in seconds (default {BUDGET_S:.0f}); steps it no longer "
+        "covers are 'skipped: budget' rows",
     )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.add_argument("--layer", type=int, help=argparse.SUPPRESS)  # the layer step's process
@@ -359,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.work,
         steps,
         lambda row: print(f"  {row.check}: {row.figure} {row.status}", file=sys.stderr),
+        budget_s=args.budget_s,
     )
     print(
         f"\n# gpu_check: {name}, torch {torch.__version__}, {time.perf_counter() - started:.0f} s"

@@ -32,9 +32,18 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # at least float32
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
+        # torch's rms_norm computes in (at least) float32 and returns x's dtype: one fused
+        # kernel where x and the gain share a dtype, the same values as the five-op formula
+        # x * rsqrt(mean(x^2) + eps) * weight. A gain of another dtype (bfloat16 q under
+        # autocast, float32 gains) multiplies after the cast, promoting as it always did.
+        if not hasattr(F, "rms_norm"):  # torch < 2.4 (pyproject allows 2.3): the formula
+            x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+            normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+            return normed.to(x.dtype) * self.weight
+        shape = (x.shape[-1],)
+        if x.dtype == self.weight.dtype:
+            return F.rms_norm(x, shape, self.weight, self.eps)
+        return F.rms_norm(x, shape, None, self.eps) * self.weight
 
 
 class SwiGLU(nn.Module):

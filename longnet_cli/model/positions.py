@@ -32,7 +32,7 @@ of the sequence (t = p - N/2), which only doubles that range; 1M positions would
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,38 +45,84 @@ _CHUNK = 1 << 16  # positions per float64 angle chunk: bounds the temporary
 
 @dataclass(frozen=True)
 class PositionTables:
-    """Per-position tables for N tokens: cos, sin and (xPos) the scale of q; k gets 1/scale."""
+    """Per-position tables for N tokens: cos, sin and (xPos) the scale of q; k gets 1/scale.
+
+    ``applied`` derives from them, once per set of tables (so once per forward, shared by every
+    layer: the model computes one set of tables per forward), the full-width tables that
+    ``apply_positions`` multiplies q and k with.
+    """
 
     cos: torch.Tensor  # (N, D/2) float32
     sin: torch.Tensor  # (N, D/2) float32
     scale: torch.Tensor | None = None  # (N, D/2) float32, xPos only
+    # (parent tables, start): a slice derives its applied tables from its parent's
+    parent: tuple[PositionTables, int] | None = field(default=None, compare=False, repr=False)
+    _applied: dict = field(default_factory=dict, compare=False, repr=False)
 
     def slice(self, start: int, stop: int) -> PositionTables:
         """The tables of positions [start, stop) of these."""
         scale = None if self.scale is None else self.scale[start:stop]
-        return PositionTables(self.cos[start:stop], self.sin[start:stop], scale)
+        root, base = self.parent if self.parent is not None else (self, 0)
+        return PositionTables(
+            self.cos[start:stop], self.sin[start:stop], scale, parent=(root, base + start)
+        )
+
+    def applied(self, limit: float = XPOS_MAX_EXPONENT) -> AppliedTables:
+        """(q_cos, q_sin, k_cos, k_sin), each (N, 1, D) float32: the cos of pair c repeated in
+        channels c and c + D/2, the sin negated in channel c (so that ``rotate`` needs one
+        rotate-half), xPos's scale (clamped to e^+-limit) folded into q's and divided out of k's.
+        Computed on first use and kept with these tables. A slice takes views of its parent's
+        where the parent has them; else it computes its own, for its positions only (chunked
+        inference at long N slices the tables chunk by chunk and never holds full-width tables
+        for the whole sequence: 2-4 x (N, D) float32 would weigh as much as the hidden states).
+        """
+        key = None if self.scale is None else float(limit)
+        cached = self._applied.get(key)
+        if cached is None:
+            whole = None if self.parent is None else self.parent[0]._applied.get(key)
+            if whole is not None:
+                start = self.parent[1]
+                cached = tuple(t[start : start + self.cos.shape[0]] for t in whole)
+            else:
+                cached = _full_width(self.cos, self.sin, self.scale, limit)
+            self._applied[key] = cached
+        return cached
+
+
+AppliedTables = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _full_width(cos, sin, scale, limit: float) -> AppliedTables:
+    """The tables of ``PositionTables.applied`` from the (N, D/2) ones."""
+
+    def widen(c: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat((c, c), dim=-1)[:, None], torch.cat((-s, s), dim=-1)[:, None]
+
+    if scale is None:
+        q_cos, q_sin = widen(cos, sin)
+        return q_cos, q_sin, q_cos, q_sin
+    if limit < XPOS_MAX_EXPONENT:  # float16: keep q * scale and k / scale inside its range
+        scale = scale.clamp(math.exp(-limit), math.exp(limit))
+    return (*widen(cos * scale, sin * scale), *widen(cos / scale, sin / scale))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (c, c + D/2) of x (B, N, H, D) by angles given as cos/sin (N, D/2)."""
-    x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)  # 2 x (B,N,H,D/2)
-    cos, sin = cos[:, None], sin[:, None]  # (N, D/2) -> (N, 1, D/2): broadcast over heads
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+    """Rotate channel pairs (c, c + D/2) of x (B, N, H, D) by full-width tables (N, 1, D) of
+    ``PositionTables.applied``: x * cos + rotate_half(x) * sin, in float32 (or x's wider dtype),
+    returned in x's dtype. One copy (the rotate-half) and two elementwise passes: x's low
+    precision values are read as they are and widened inside the multiplies."""
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, N, H, D/2)
+    half_turned = torch.cat((x2, x1), dim=-1)  # the sign of x2 sits in sin's first half
+    return torch.addcmul(x * cos, half_turned, sin).to(x.dtype)
 
 
 def apply_positions(
     q: torch.Tensor, k: torch.Tensor, tables: PositionTables
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode q and k (B, N, H, D) with tables for their N positions; float32 math, input dtype."""
-    if tables.scale is None:
-        return rotate(q, tables.cos, tables.sin), rotate(k, tables.cos, tables.sin)
-    scale = tables.scale
     limit = min(XPOS_MAX_EXPONENT, 0.5 * math.log(torch.finfo(q.dtype).max) - 1.0)
-    if limit < XPOS_MAX_EXPONENT:  # float16: keep q * scale and k / scale inside its range
-        scale = scale.clamp(math.exp(-limit), math.exp(limit))
-    q = rotate(q, tables.cos * scale, tables.sin * scale)
-    k = rotate(k, tables.cos / scale, tables.sin / scale)
-    return q, k
+    q_cos, q_sin, k_cos, k_sin = tables.applied(limit)
+    return rotate(q, q_cos, q_sin), rotate(k, k_cos, k_sin)
 
 
 class RotaryEmbedding:

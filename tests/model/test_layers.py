@@ -177,6 +177,118 @@ def test_xpos_relative_within_blocks_and_decays_with_distance():
     assert abs(float(far[0] @ far[1])) <= 2 * decay * 1.001
 
 
+def six_pass_positions(q, k, tables):
+    """Positions as computed before the launch cuts: widen to float32, rotate each half with
+    four multiplies, a subtraction, an addition and a concatenation, the xPos scale folded into
+    the tables of every layer. The launch-cut code must give these values."""
+
+    def rotate(x, cos, sin):
+        x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
+        cos, sin = cos[:, None], sin[:, None]
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+    if tables.scale is None:
+        return rotate(q, tables.cos, tables.sin), rotate(k, tables.cos, tables.sin)
+    scale = tables.scale
+    limit = min(40.0, 0.5 * math.log(torch.finfo(q.dtype).max) - 1.0)
+    if limit < 40.0:
+        scale = scale.clamp(math.exp(-limit), math.exp(limit))
+    return (
+        rotate(q, tables.cos * scale, tables.sin * scale),
+        rotate(k, tables.cos / scale, tables.sin / scale),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("encoding", [RotaryEmbedding(32), XPos(32), XPos(32, block_size=256)])
+def test_positions_equal_the_six_pass_formula(encoding, dtype):
+    """One rotate-half and two passes (a multiply, a multiply-add) per tensor: the same values
+    as before within one rounding of the result (the multiply-add rounds once, not twice)."""
+    q, k = torch.randn(2, 300, 3, 32).to(dtype), torch.randn(2, 300, 3, 32).to(dtype)
+    tables = encoding.tables(300, 700)
+    got, want = apply_positions(q, k, tables), six_pass_positions(q, k, tables)
+    tolerance = {torch.float32: 1e-6, torch.float64: 1e-6}.get(dtype, 1e-2)  # bf16 / fp16 ulp
+    for g, w in zip(got, want):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), w.double(), atol=tolerance, rtol=tolerance)
+
+
+def test_position_tables_applied_once_per_forward_and_shared_by_slices(monkeypatch):
+    from longnet_cli.model import positions as positions_module
+    from longnet_cli.model.transformer import LongNetTransformer
+
+    computed = []
+    full_width = positions_module._full_width
+
+    def counting(*args):
+        computed.append(args[0].shape)
+        return full_width(*args)
+
+    monkeypatch.setattr(positions_module, "_full_width", counting)
+    model = LongNetTransformer(
+        64, dim=32, depth=3, heads=2, segment_lengths=[8, 16], dilation_rates=[1, 2],
+        positions="xpos",
+    )  # fmt: skip
+    model.loss(torch.randint(0, 64, (1, 40)))
+    half = model.config.dim_head // 2
+    assert computed == [(39, half)]  # one set of tables for three layers, not one per layer
+    tables = model.position_encoding.tables(39, 0, "cpu")
+    part = tables.slice(10, 20).slice(2, 5)  # positions 12..14
+    for whole, piece in zip(tables.applied(), part.applied()):
+        assert piece.data_ptr() == whole[12:15].data_ptr() and piece.shape == whole[12:15].shape
+    assert len(computed) == 1
+    tables.applied(4.0)  # float16's clamp: its own tables, computed once
+    tables.applied(4.0)
+    assert len(computed) == 2
+    # a slice of tables that have none computed (chunked inference) computes its own, for its
+    # positions only, with the values of the whole's
+    fresh = model.position_encoding.tables(39, 1, "cpu")
+    own = fresh.slice(10, 20).applied()
+    assert computed[-1] == (10, half) and not fresh._applied
+    for whole, piece in zip(fresh.applied(), own):
+        torch.testing.assert_close(piece, whole[10:20], atol=0, rtol=0)
+
+
+def test_rms_norm_without_torchs_rms_norm_is_the_formula(monkeypatch):
+    """torch < 2.4 (which pyproject still allows) has no F.rms_norm: the formula runs."""
+    norm = RMSNorm(12)
+    x = torch.randn(3, 5, 12)
+    want = norm(x)
+    monkeypatch.delattr(F, "rms_norm")
+    torch.testing.assert_close(norm(x), want, atol=1e-6, rtol=1e-6)
+
+
+def old_rms_norm(x, weight, eps=1e-6):
+    """RMSNorm as computed before the launch cuts (five kernels)."""
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+@pytest.mark.parametrize(
+    ("dtype", "weight_dtype"),
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+     (torch.bfloat16, torch.bfloat16), (torch.float64, torch.float64)],
+)  # fmt: skip
+def test_rms_norm_equals_the_unfused_formula_with_its_gradients(dtype, weight_dtype):
+    """torch's rms_norm (one fused kernel where x and the gain share a dtype) gives the values,
+    dtype and gradients of the five-op formula it replaced (bf16 q of qk_norm under autocast
+    with float32 gains: the output is promoted to float32, as before)."""
+    norm = RMSNorm(48, dtype=weight_dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48))
+    x = torch.randn(3, 7, 48).to(dtype).requires_grad_()
+    x_old = x.detach().clone().requires_grad_()
+    w_old = norm.weight.detach().clone().requires_grad_()
+    got, want = norm(x), old_rms_norm(x_old, w_old)
+    assert got.dtype == want.dtype
+    grad = torch.randn(got.shape).to(got.dtype)
+    got.backward(grad)
+    want.backward(grad)
+    tolerance = 1e-6 if dtype != torch.bfloat16 else 1e-2
+    for g, w in [(got, want), (x.grad, x_old.grad), (norm.weight.grad, w_old.grad)]:
+        torch.testing.assert_close(g.double(), w.double(), atol=tolerance, rtol=tolerance)
+
+
 # --------------------------------------------------------------------------- norms, ff
 
 

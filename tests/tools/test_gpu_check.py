@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,125 @@ def test_the_tool_is_not_shipped_in_the_package():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'include = ["longnet_cli*"]' in pyproject  # setuptools ships longnet_cli alone
     assert "from tests" not in TOOL.read_text() and "import pytest" not in TOOL.read_text()
+
+
+# --------------------------------------------------------------------------- time limits
+
+
+def _fake_step(label, seconds, clock, rows=None):
+    def check(work, log, deadline):
+        clock.now += seconds
+        return rows or [Row(label, f"{seconds} s of work")]
+
+    return gpu_check.Step(label, check, 60.0)
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_budget_skips_the_steps_it_no_longer_covers(tmp_path, monkeypatch):
+    clock = _Clock()
+    steps = {name: _fake_step(name, 70.0, clock) for name in ("a", "b", "c", "d")}
+    monkeypatch.setattr(gpu_check, "STEPS", steps)
+    seen = []
+    rows = gpu_check.run_checks(tmp_path, list(steps), seen.append, budget_s=180, clock=clock)
+    assert [r.status for r in rows] == ["ok", "ok", "ok", "skipped: budget"]
+    assert rows == seen and "180 s budget spent" in rows[-1].figure
+    assert rows[0].figure.endswith("[70 s]")
+
+
+def test_each_step_gets_its_limit_or_what_is_left_of_the_budget(tmp_path, monkeypatch):
+    clock, deadlines = _Clock(), []
+
+    def check(work, log, deadline):
+        deadlines.append(deadline - clock.now)
+        clock.now += 50.0
+        return [Row("x", "")]
+
+    steps = {"a": gpu_check.Step("a", check, 60.0), "b": gpu_check.Step("b", check, 60.0)}
+    monkeypatch.setattr(gpu_check, "STEPS", steps)
+    gpu_check.run_checks(tmp_path, ["a", "b"], lambda row: None, budget_s=80, clock=clock)
+    assert deadlines == [60.0, 30.0]
+
+
+def test_a_step_past_its_limit_is_a_failed_row_and_the_next_still_runs(tmp_path, monkeypatch):
+    def slow(work, log, deadline):
+        gpu_check._run([sys.executable, "-c", "import time; time.sleep(60)"], log, deadline)
+        return [Row("slow", "never")]
+
+    def quick(work, log, deadline):
+        return [Row("quick", "done")]
+
+    steps = {"slow": gpu_check.Step("slow", slow, 1.0), "quick": gpu_check.Step("q", quick, 5)}
+    monkeypatch.setattr(gpu_check, "STEPS", steps)
+    rows = gpu_check.run_checks(tmp_path, ["slow", "quick"], lambda row: None)
+    assert rows[0].status == "FAILED" and "timed out after 1 s (limit 1 s)" in rows[0].figure
+    assert rows[1].status == "ok"
+    assert "killed after 1 s" in (tmp_path / "gpu_check.log").read_text()
+
+
+def test_the_planned_limits_fit_three_minutes():
+    """Every step has a limit; the default budget is the 3 minutes of an H200 slot; dense
+    attention stops at 256K (at 1M it alone would take about a minute)."""
+    assert gpu_check.BUDGET_S <= 180
+    assert all(0 < step.limit_s <= gpu_check.BUDGET_S for step in gpu_check.STEPS.values())
+    assert gpu_check.ATTENTION_LENGTHS[-1] > gpu_check.DENSE_MAX
+    assert gpu_check.ATTENTION_LENGTHS[0] in (1 << 15,)  # the ratio's target length runs dense
+
+
+# --------------------------------------------------------------------------- every gpu test
+
+# a package the GPU machine's image lacks, as python reports it there
+_MISSING = "raise ModuleNotFoundError(\"No module named 'zstandard'\", name='zstandard')\n"
+
+
+def test_every_gpu_test_collects_without_zstandard(tmp_path):
+    """The check runs ``pytest -m gpu`` over all of tests/ (the fp16 loss-scale resume test of
+    tests/artifacts too), and that collects on a machine without zstandard."""
+    (tmp_path / "zstandard.py").write_text(_MISSING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    command = gpu_check.gpu_tests_command()
+    assert command[-1] == str(ROOT / "tests") and "gpu" in command
+    blocked = subprocess.run(
+        [sys.executable, "-c", "import zstandard"], capture_output=True, text=True, env=env
+    )
+    assert "No module named 'zstandard'" in blocked.stderr  # the blocker works
+    result = subprocess.run(
+        [*command[:3], "--collect-only", *command[3:]],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "error" not in result.stdout.splitlines()[-1].lower(), result.stdout[-3000:]
+    assert "tests/artifacts/test_checkpoints.py::" in result.stdout
+    assert "tests/model/test_attention.py::" in result.stdout
+    assert "could not import 'zstandard'" in result.stdout  # skipped modules, not errors
+
+
+def test_a_timed_out_step_leaves_no_process_behind(tmp_path):
+    """Past its limit a step's whole process group is killed: its children too."""
+    pid_file = tmp_path / "child.pid"
+    parent = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    with pytest.raises(gpu_check.StepTimeout):
+        gpu_check._run([sys.executable, "-c", parent], tmp_path / "log", time.perf_counter() + 3)
+    child = int(pid_file.read_text())
+    deadline = time.perf_counter() + 10
+    while time.perf_counter() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        stat = Path(f"/proc/{child}/stat")
+        if stat.exists() and ") Z " in stat.read_text():
+            break  # killed, not yet reaped
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"child {child} still runs")

@@ -221,15 +221,25 @@ def scatter_view(result: torch.Tensor, g: Group, target: torch.Tensor):
 def merge_into(
     out_acc: torch.Tensor, lse_acc: torch.Tensor, out_g: torch.Tensor, lse_g: torch.Tensor
 ) -> None:
-    """Fold one call's (output, lse) into the running pair, in place, by log-sum-exp."""
-    lse_new = torch.logaddexp(lse_acc, lse_g)
-    out_acc.mul_(torch.exp(lse_acc - lse_new).unsqueeze(-1))
-    out_acc.add_(out_g * torch.exp(lse_g - lse_new).unsqueeze(-1))
-    lse_acc.copy_(lse_new)
+    """Fold one call's (output, lse) into the running pair, in place, by log-sum-exp.
+
+    The two merge weights exp(lse_acc - lse_new) and exp(lse_g - lse_new) sum to one, so the
+    new output is ``out_acc + w * (out_g - out_acc)`` with w = sigmoid(lse_g - lse_acc): one
+    full-size pass over out_acc (lerp), or two without a temporary (mul, addcmul) when out_g
+    has a lower precision than the accumulator. The weights are (B, ..., H) sized, D times
+    smaller than the outputs.
+    """
+    diff = lse_g - lse_acc
+    if out_g.dtype == out_acc.dtype:
+        out_acc.lerp_(out_g, torch.sigmoid(diff).unsqueeze(-1))
+    else:
+        out_acc.mul_(torch.sigmoid(diff.neg()).unsqueeze(-1))
+        out_acc.addcmul_(out_g, torch.sigmoid(diff).unsqueeze(-1))
+    torch.logaddexp(lse_acc, lse_g, out=lse_acc)
 
 
 def attend_calls(q, k, v, calls, causal, scale, kernel, out, lse) -> None:
-    """Run ``calls`` on q, k, v (B, N, H, D) and merge them into ``out`` / ``lse`` (float32)."""
+    """Run ``calls`` on q, k, v (B, N, H, D) and merge them into ``out`` / ``lse``."""
     for g in calls:
         out_g, lse_g = kernel.forward(gather(q, g), gather(k, g), gather(v, g), causal, scale)
         out_acc, out_g = scatter_view(out_g, g, out)  # (B, S, L, J, R, D)
@@ -241,28 +251,54 @@ def attend_calls(q, k, v, calls, causal, scale, kernel, out, lse) -> None:
             merge_into(out_acc, lse_acc, out_g, lse_g)
 
 
-def differentiate_calls(dout, q, k, v, out, lse, calls, causal, scale, kernel, grads) -> None:
+def first_branch_covers(calls: Sequence[Group]) -> bool:
+    """True when branch 0's calls select every (position, head) of their range once: rate 1
+    (branch 0's calls never overlap, and segments tile the range)."""
+    first = [g for g in calls if g.branch == 0]
+    return bool(first) and all(g.step == 1 for g in first)
+
+
+def differentiate_calls(
+    dout, q, k, v, out, lse, calls, causal, scale, kernel, grads, *, overwrite_first=False
+) -> None:
     """Add every call's dq, dk, dv into ``grads``; each call differentiates against the merged
-    output and lse, which makes the sum the exact gradient of the merged attention."""
+    output and lse, which makes the sum the exact gradient of the merged attention.
+
+    ``overwrite_first``: branch 0's calls write their gradients instead of adding them, for
+    buffers left uninitialised because those calls cover them (``first_branch_covers``).
+    """
     for g in calls:
         inputs = (gather(x, g) for x in (dout, q, k, v, out, lse))
+        write = overwrite_first and g.branch == 0
         for total, grad in zip(grads, kernel.backward(*inputs, causal, scale)):
             acc, part = scatter_view(grad, g, total)
-            acc.add_(part)
+            if write:
+                acc.copy_(part)
+            else:
+                acc.add_(part)
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the merge accumulates in: float32, or float64 for float64 inputs (whose
+    kernels take and return a float64 lse)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def new_accumulators(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A zero float32 output (B, N, H, D) and an all -inf lse (B, N, H)."""
+    """A zero output (B, N, H, D) and an all -inf lse (B, N, H), in ``accumulator_dtype``."""
     b, n, h, d = q.shape
-    out = q.new_zeros(b, n, h, d, dtype=torch.float32)
-    return out, q.new_full((b, n, h), float("-inf"), dtype=torch.float32)
+    dtype = accumulator_dtype(q.dtype)
+    out = q.new_zeros(b, n, h, d, dtype=dtype)
+    return out, q.new_full((b, n, h), float("-inf"), dtype=dtype)
 
 
-def new_gradients(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Zero gradient accumulators, float32 for half-precision inputs."""
+def new_gradients(*tensors: torch.Tensor, zero: bool = True) -> list[torch.Tensor]:
+    """Gradient accumulators, float32 for half-precision inputs: zero-filled, or left
+    uninitialised (``zero=False``) when the first calls write every element."""
     low = (torch.float16, torch.bfloat16)
+    make = torch.zeros if zero else torch.empty
     return [
-        torch.zeros(x.shape, dtype=torch.float32 if x.dtype in low else x.dtype, device=x.device)
+        make(x.shape, dtype=torch.float32 if x.dtype in low else x.dtype, device=x.device)
         for x in tensors
     ]
 
@@ -276,7 +312,8 @@ def _forward(
     scale: float,
     kernel: AttentionKernel,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merged output (B, N, H, D) in q's dtype and merged lse (B, N, H) float32."""
+    """Merged output (B, N, H, D) in q's dtype and merged lse (B, N, H) in
+    ``accumulator_dtype`` (float32; float64 for float64 inputs)."""
     out, lse = new_accumulators(q)
     attend_calls(q, k, v, calls, causal, scale, kernel, out, lse)
     return out.to(q.dtype), lse
@@ -295,8 +332,12 @@ def _backward(
     kernel: AttentionKernel,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact dq, dk, dv: every call differentiates against the merged output and lse."""
-    grads = new_gradients(q, k, v)
-    differentiate_calls(dout.to(q.dtype), q, k, v, out, lse, calls, causal, scale, kernel, grads)
+    covered = first_branch_covers(calls)
+    grads = new_gradients(q, k, v, zero=not covered)
+    differentiate_calls(
+        dout.to(q.dtype), q, k, v, out, lse, calls, causal, scale, kernel, grads,
+        overwrite_first=covered,
+    )  # fmt: skip
     return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
 
 

@@ -8,7 +8,8 @@ log-sum-exp (the merged ones; see ``attention.py``). Every backend here provides
     backward(dout, q, k, v, out, lse, causal, scale) -> dq, dk, dv
 
 Shapes (legend: B batch, L length, H heads, D head dim):
-    q, k, v, out, dout: (B, L, H, D), any strides;  lse: (B, L, H) float32.
+    q, k, v, out, dout: (B, L, H, D), any strides;  lse: (B, L, H) float32 (float64 for
+    float64 inputs: the merge accumulates in float64 then, and the CPU kernel wants it so).
 Causal masking is top-left aligned (query i sees keys j <= i; q and k have the same length).
 
 Backends:
@@ -149,9 +150,14 @@ def _flash_attn_backward(dout, q, k, v, out, lse, causal, scale):
 _MATH_BLOCK = 1024  # queries per block: bounds the (block x L) score matrix
 
 
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _math_scores(q_blk, k, start, causal, scale):
-    """Scores of a query block against all keys, (B, H, bq, Lk), causal-masked in float32."""
-    s = torch.matmul(q_blk.float(), k.float().transpose(-1, -2)) * scale
+    """Scores of a query block against all keys, (B, H, bq, Lk), causal-masked; q_blk and k
+    come in the accumulation dtype (float32, float64 for float64 inputs)."""
+    s = torch.matmul(q_blk, k.transpose(-1, -2)) * scale
     if causal:
         rows = torch.arange(start, start + q_blk.shape[2], device=q_blk.device)[:, None]
         cols = torch.arange(k.shape[2], device=q_blk.device)[None, :]
@@ -160,20 +166,22 @@ def _math_scores(q_blk, k, start, causal, scale):
 
 
 def _math_forward(q, k, v, causal, scale):
-    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
-    out = torch.empty(qh.shape, dtype=torch.float32, device=q.device)
-    lse = torch.empty(qh.shape[:3], dtype=torch.float32, device=q.device)
+    acc = _math_dtype(q.dtype)
+    qh, kh, vh = (x.transpose(1, 2).to(acc) for x in (q, k, v))  # (B, H, L, D)
+    out = torch.empty(qh.shape, dtype=acc, device=q.device)
+    lse = torch.empty(qh.shape[:3], dtype=acc, device=q.device)
     for i in range(0, qh.shape[2], _MATH_BLOCK):
         s = _math_scores(qh[:, :, i : i + _MATH_BLOCK], kh, i, causal, scale)
         lse_blk = torch.logsumexp(s, dim=-1)
         lse[:, :, i : i + _MATH_BLOCK] = lse_blk
-        out[:, :, i : i + _MATH_BLOCK] = torch.matmul(torch.exp(s - lse_blk[..., None]), vh.float())
+        out[:, :, i : i + _MATH_BLOCK] = torch.matmul(torch.exp(s - lse_blk[..., None]), vh)
     return out.to(q.dtype).transpose(1, 2), lse.transpose(1, 2)
 
 
 def _math_backward(dout, q, k, v, out, lse, causal, scale):
-    qh, kh, vh, oh, doh = (x.transpose(1, 2).float() for x in (q, k, v, out, dout))
-    lseh = lse.transpose(1, 2)
+    acc = _math_dtype(q.dtype)
+    qh, kh, vh, oh, doh = (x.transpose(1, 2).to(acc) for x in (q, k, v, out, dout))
+    lseh = lse.transpose(1, 2).to(acc)
     dq, dk, dv = torch.zeros_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
     for i in range(0, qh.shape[2], _MATH_BLOCK):
         blk = slice(i, i + _MATH_BLOCK)

@@ -274,9 +274,10 @@ def test_merge_into_matches_the_log_sum_exp_formula():
     for dtype in (torch.float32, torch.bfloat16):
         g = out_g.to(dtype)
         new = torch.logaddexp(lse_acc, lse_g)
-        want = out_acc * torch.exp(lse_acc - new)[..., None] + g.float() * torch.exp(
-            lse_g - new
-        )[..., None]
+        want = (
+            out_acc * torch.exp(lse_acc - new)[..., None]
+            + g.float() * torch.exp(lse_g - new)[..., None]
+        )
         got_out, got_lse = out_acc.clone(), lse_acc.clone()
         merge_into(got_out, got_lse, g, lse_g)
         torch.testing.assert_close(got_out, want, atol=1e-6, rtol=1e-5)

@@ -385,7 +385,8 @@ def dilated_attention(
     Branch i cuts the sequence into segments of ``segment_lengths[i]`` tokens and keeps every
     ``dilation_rates[i]``-th one, starting at offset ``h mod r`` for head h; branches are merged
     by their softmax denominators. Positions that no branch selects for a head get 0.
-    ``backend`` picks the attention kernel ("auto", "torch", "flash-attn", "math").
+    ``backend`` picks the attention kernel ("auto", "torch", "efficient", "flash-attn", "math";
+    see ``kernels.choose_kernel``).
     """
     validate_inputs(q, k, v, segment_lengths, dilation_rates)
     b, n, h, d = q.shape

@@ -284,23 +284,48 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def new_accumulators(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A zero output (B, N, H, D) and an all -inf lse (B, N, H), in ``accumulator_dtype``."""
+def new_accumulators(q: torch.Tensor, *, fill: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero output (B, N, H, D) and an all -inf lse (B, N, H), in ``accumulator_dtype``;
+    left uninitialised (``fill=False``) when branch 0 writes every element."""
     b, n, h, d = q.shape
     dtype = accumulator_dtype(q.dtype)
+    if not fill:
+        return q.new_empty(b, n, h, d, dtype=dtype), q.new_empty(b, n, h, dtype=dtype)
     out = q.new_zeros(b, n, h, d, dtype=dtype)
     return out, q.new_full((b, n, h), float("-inf"), dtype=dtype)
 
 
+def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype gradients accumulate in: float32 for half-precision inputs, else their own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def new_gradients(*tensors: torch.Tensor, zero: bool = True) -> list[torch.Tensor]:
-    """Gradient accumulators, float32 for half-precision inputs: zero-filled, or left
-    uninitialised (``zero=False``) when the first calls write every element."""
-    low = (torch.float16, torch.bfloat16)
+    """Gradient accumulators in ``gradient_dtype``: zero-filled, or left uninitialised
+    (``zero=False``) when the first calls write every element."""
     make = torch.zeros if zero else torch.empty
-    return [
-        make(x.shape, dtype=torch.float32 if x.dtype in low else x.dtype, device=x.device)
-        for x in tensors
-    ]
+    return [make(x.shape, dtype=gradient_dtype(x.dtype), device=x.device) for x in tensors]
+
+
+def whole_first_call(calls: Sequence[Group], shape: Sequence[int]) -> Group | None:
+    """Branch 0's call when it is the only one of its branch and selects every (position,
+    head) of tensors of ``shape`` (B, N, H, D) at rate 1: its results, laid out (B*S, L, H, D),
+    are then the (B, N, H, D) tensors themselves, and become the accumulators (no fill, no
+    copy)."""
+    if not calls:
+        return None
+    g, n, h = calls[0], shape[1], shape[2]
+    alone = all(c.branch != 0 for c in calls[1:])
+    whole = (g.start, g.step, g.offsets, g.heads) == (0, 1, 1, h) and g.length == g.segment_stride
+    return g if g.branch == 0 and alone and whole and g.segments * g.length == n else None
+
+
+def _adopt(result: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A whole call's result as a (B, N, H, ...) tensor of ``dtype``: itself when it is laid
+    out so (a view), else one copy."""
+    if result.dtype == dtype and result.is_contiguous():
+        return result.view(*shape)
+    return result.reshape(*shape).to(dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def _forward(
@@ -314,7 +339,15 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merged output (B, N, H, D) in q's dtype and merged lse (B, N, H) in
     ``accumulator_dtype`` (float32; float64 for float64 inputs)."""
-    out, lse = new_accumulators(q)
+    first = whole_first_call(calls, q.shape)
+    if first is None:
+        out, lse = new_accumulators(q, fill=not first_branch_covers(calls))
+    else:
+        out_g, lse_g = kernel.forward(gather(q, first), gather(k, first), gather(v, first),
+                                      causal, scale)  # fmt: skip
+        dtype = accumulator_dtype(q.dtype)
+        out, lse = _adopt(out_g, q.shape, dtype), _adopt(lse_g, q.shape[:3], dtype)
+        calls = calls[1:]
     attend_calls(q, k, v, calls, causal, scale, kernel, out, lse)
     return out.to(q.dtype), lse
 
@@ -332,12 +365,19 @@ def _backward(
     kernel: AttentionKernel,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact dq, dk, dv: every call differentiates against the merged output and lse."""
-    covered = first_branch_covers(calls)
-    grads = new_gradients(q, k, v, zero=not covered)
+    dout = dout.to(q.dtype)
+    first = whole_first_call(calls, q.shape)
+    if first is None:
+        covered = first_branch_covers(calls)
+        grads = new_gradients(q, k, v, zero=not covered)
+    else:
+        inputs = (gather(x, first) for x in (dout, q, k, v, out, lse))
+        results = kernel.backward(*inputs, causal, scale)
+        grads = [_adopt(g, x.shape, gradient_dtype(x.dtype)) for g, x in zip(results, (q, k, v))]
+        calls, covered = calls[1:], False
     differentiate_calls(
-        dout.to(q.dtype), q, k, v, out, lse, calls, causal, scale, kernel, grads,
-        overwrite_first=covered,
-    )  # fmt: skip
+        dout, q, k, v, out, lse, calls, causal, scale, kernel, grads, overwrite_first=covered
+    )
     return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
 
 

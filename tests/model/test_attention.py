@@ -283,3 +283,28 @@ def test_merge_into_matches_the_log_sum_exp_formula():
         torch.testing.assert_close(got_out, want, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(got_lse, new)
         assert torch.equal(got_out[0, 0, 0], g[0, 0, 0].float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("n", "segments", "rates"), [(48, [16, 48], [1, 2]), (37, [8, 16], [1, 2]), (32, [32], [1])]
+)
+def test_reused_first_branch_results_change_nothing(monkeypatch, dtype, n, segments, rates):
+    """Branch 0's results taken as the accumulators (one whole rate-1 call), unfilled buffers
+    (rate-1 branch 0) and the filled ones give bit-identical outputs and gradients."""
+    import longnet_cli.model.attention as attention
+
+    q, k, v = _inputs((2, n, 4, 8), dtype=dtype)
+    grad = torch.randn(2, n, 4, 8, dtype=dtype)
+
+    def run():
+        out = dilated_attention(q, k, v, segments, rates, causal=True)
+        return out, torch.autograd.grad(out, (q, k, v), grad)
+
+    fast = run()
+    monkeypatch.setattr(attention, "whole_first_call", lambda calls, shape: None)
+    unfilled = run()
+    monkeypatch.setattr(attention, "first_branch_covers", lambda calls: False)
+    filled = run()
+    for a, b, c in zip([fast[0], *fast[1]], [unfilled[0], *unfilled[1]], [filled[0], *filled[1]]):
+        assert torch.equal(a, b) and torch.equal(b, c)

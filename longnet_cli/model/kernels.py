@@ -459,6 +459,8 @@ def choose_kernel(
         raise ValueError(f"attention backend {requested!r} does not run on device {device_type!r}")
     if device_type != "cuda":
         return candidates[0]
+    if capability is None:
+        raise ValueError(f"attention backend {requested!r} needs a CUDA compute capability")
     for name in candidates:
         needs = _REFUSALS[name](capability, dtype, head_dim)
         if needs is None:

@@ -18,6 +18,7 @@ NEEDS_FLASH_ATTN = pytest.mark.skipif(
 )
 BACKEND_PARAMS = [pytest.param("cpu", b, id=f"cpu-{b}") for b in CPU_BACKENDS] + [
     pytest.param("cuda", "torch", id="cuda-torch", marks=pytest.mark.gpu),
+    pytest.param("cuda", "efficient", id="cuda-efficient", marks=pytest.mark.gpu),
     pytest.param(
         "cuda", "flash-attn", id="cuda-flash-attn", marks=[pytest.mark.gpu, NEEDS_FLASH_ATTN]
     ),

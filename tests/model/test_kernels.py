@@ -362,3 +362,28 @@ def test_select_kernel_off_cuda_never_reads_a_cuda_schema():
     assert select_kernel("torch", torch.empty(1, 8, 2, 16)).name == "torch-cpu"
     with pytest.raises(ValueError, match="does not run on device 'cpu'"):
         select_kernel("efficient", torch.empty(1, 8, 2, 16))
+
+
+@pytest.mark.gpu
+def test_auto_runs_torchs_flash_kernel_on_this_gpu():
+    """On the GPU machine: bf16, D = 64 runs torch's FlashAttention-2 (or the flash-attn
+    package when installed), and it matches the memory-efficient kernel."""
+    from longnet_cli.model.attention import dilated_attention
+    from longnet_cli.model.kernels import flash_attn_available, select_kernel
+
+    capability = torch.cuda.get_device_capability()
+    q, k, v = (
+        torch.randn(2, 4096, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(3)
+    )
+    name = select_kernel("auto", q).name
+    if flash_attn_available():
+        assert name == "flash-attn"
+    elif (8, 0) <= capability <= (12, 1):
+        assert name == "torch-flash"
+    results = {}
+    for backend in ("torch", "efficient"):
+        out = dilated_attention(q, k, v, [1024, 4096], [1, 4], causal=True, backend=backend)
+        results[backend] = (out, *torch.autograd.grad(out.float().square().sum(), (q, k, v)))
+    for a, b in zip(results["torch"], results["efficient"]):
+        torch.testing.assert_close(a.float(), b.float(), atol=3e-2, rtol=3e-2)

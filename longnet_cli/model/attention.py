@@ -36,6 +36,8 @@ from longnet_cli.model.kernels import AttentionKernel, default_scale, select_ker
 ROWS_PER_CALL = 1 << 16
 MAX_ROWS_PER_CALL = 1 << 24
 CALL_MEMORY_FRACTION = 1 / 32  # of a GPU's memory, for one call's temporaries
+# On a CPU, plan kernel calls whose inputs are views (no gather copies), see ``plan_calls``.
+VIEWS_ONLY = True
 # CUDA kernels put the batch on grid dimension z, which holds at most 65,535 blocks.
 MAX_CALL_BATCH = (1 << 16) - 1
 
@@ -66,7 +68,12 @@ class Group:
 
 
 def _offset_runs(
-    piece_start: int, piece_end: int, segment_start: int, rate: int, num_heads: int
+    piece_start: int,
+    piece_end: int,
+    segment_start: int,
+    rate: int,
+    num_heads: int,
+    views_only: bool = False,
 ) -> list[tuple[int, int, int, int, int]]:
     """Runs of consecutive offsets that select alike in one piece of a segment.
 
@@ -74,6 +81,8 @@ def _offset_runs(
     A run holds offsets whose first selected positions follow each other (+1 each) with equal
     (length, head count), so that one strided view covers them. Returns (first offset, number of
     offsets, first position, length, heads); offsets selecting nothing are left out.
+    ``views_only``: offsets with more than one head each stay one per run (a run of them is a
+    strided view that a kernel input needs copied; one offset alone is a plain view).
     """
     runs: list[tuple[int, int, int, int, int]] = []
     for o in range(min(rate, num_heads)):
@@ -84,7 +93,7 @@ def _offset_runs(
             continue
         length = -(-(piece_end - first) // rate)
         heads = len(range(o, num_heads, rate))
-        if runs:
+        if runs and not (views_only and heads > 1):
             offset, count, position, last_length, last_heads = runs[-1]
             if (position + count, last_length, last_heads) == (first, length, heads) and (
                 offset + count == o
@@ -159,13 +168,15 @@ def plan_calls(
     *,
     start: int = 0,
     end: int | None = None,
+    views_only: bool = False,
 ) -> list[Group]:
     """The kernel calls to make, branch by branch, for the positions [start, end) of a sequence
     of ``seq_len`` tokens (all of it by default; a rank's chunk in sequence parallelism), with
     every segment clipped to that range. Group starts are relative to ``start``. Within a branch
     calls never overlap, which lets the forward write branch 0 without merging. Each call
     holds at most ``rows_per_call`` rows (default ``ROWS_PER_CALL``) unless one segment has
-    more."""
+    more. ``views_only`` (a CPU, where a call costs little): calls whose inputs are views of
+    q, k, v rather than copies, at the price of more calls (see ``_offset_runs``)."""
     end = seq_len if end is None else end
     rows_per_call = ROWS_PER_CALL if rows_per_call is None else rows_per_call
     calls = []
@@ -175,7 +186,7 @@ def plan_calls(
             start, end, seq_len, w
         ):
             segment_start = first_segment * w
-            runs = _offset_runs(piece_start, piece_end, segment_start, r, num_heads)
+            runs = _offset_runs(piece_start, piece_end, segment_start, r, num_heads, views_only)
             for offset, offsets, position, length, heads in runs:
                 per_call = min(
                     max(1, rows_per_call // (batch * length * heads * offsets)),
@@ -435,8 +446,9 @@ def dilated_attention(
     if n == 0:
         return torch.zeros_like(q)
     calls = plan_calls(
-        n, h, segment_lengths, dilation_rates, batch=b, rows_per_call=rows_per_call_for(q)
-    )
+        n, h, segment_lengths, dilation_rates, batch=b, rows_per_call=rows_per_call_for(q),
+        views_only=VIEWS_ONLY and q.device.type == "cpu",
+    )  # fmt: skip
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if needs_grad:
         return _DilatedAttentionFunction.apply(q, k, v, calls, causal, scale, kernel)

@@ -36,6 +36,8 @@ from longnet_cli.model.kernels import AttentionKernel, default_scale, select_ker
 ROWS_PER_CALL = 1 << 16
 MAX_ROWS_PER_CALL = 1 << 24
 CALL_MEMORY_FRACTION = 1 / 32  # of a GPU's memory, for one call's temporaries
+# On a CPU, plan kernel calls whose inputs are views (no gather copies), see ``plan_calls``.
+VIEWS_ONLY = True
 # CUDA kernels put the batch on grid dimension z, which holds at most 65,535 blocks.
 MAX_CALL_BATCH = (1 << 16) - 1
 
@@ -66,7 +68,12 @@ class Group:
 
 
 def _offset_runs(
-    piece_start: int, piece_end: int, segment_start: int, rate: int, num_heads: int
+    piece_start: int,
+    piece_end: int,
+    segment_start: int,
+    rate: int,
+    num_heads: int,
+    views_only: bool = False,
 ) -> list[tuple[int, int, int, int, int]]:
     """Runs of consecutive offsets that select alike in one piece of a segment.
 
@@ -74,6 +81,8 @@ def _offset_runs(
     A run holds offsets whose first selected positions follow each other (+1 each) with equal
     (length, head count), so that one strided view covers them. Returns (first offset, number of
     offsets, first position, length, heads); offsets selecting nothing are left out.
+    ``views_only``: offsets with more than one head each stay one per run (a run of them is a
+    strided view that a kernel input needs copied; one offset alone is a plain view).
     """
     runs: list[tuple[int, int, int, int, int]] = []
     for o in range(min(rate, num_heads)):
@@ -84,7 +93,7 @@ def _offset_runs(
             continue
         length = -(-(piece_end - first) // rate)
         heads = len(range(o, num_heads, rate))
-        if runs:
+        if runs and not (views_only and heads > 1):
             offset, count, position, last_length, last_heads = runs[-1]
             if (position + count, last_length, last_heads) == (first, length, heads) and (
                 offset + count == o
@@ -159,13 +168,15 @@ def plan_calls(
     *,
     start: int = 0,
     end: int | None = None,
+    views_only: bool = False,
 ) -> list[Group]:
     """The kernel calls to make, branch by branch, for the positions [start, end) of a sequence
     of ``seq_len`` tokens (all of it by default; a rank's chunk in sequence parallelism), with
     every segment clipped to that range. Group starts are relative to ``start``. Within a branch
     calls never overlap, which lets the forward write branch 0 without merging. Each call
     holds at most ``rows_per_call`` rows (default ``ROWS_PER_CALL``) unless one segment has
-    more."""
+    more. ``views_only`` (a CPU, where a call costs little): calls whose inputs are views of
+    q, k, v rather than copies, at the price of more calls (see ``_offset_runs``)."""
     end = seq_len if end is None else end
     rows_per_call = ROWS_PER_CALL if rows_per_call is None else rows_per_call
     calls = []
@@ -175,7 +186,7 @@ def plan_calls(
             start, end, seq_len, w
         ):
             segment_start = first_segment * w
-            runs = _offset_runs(piece_start, piece_end, segment_start, r, num_heads)
+            runs = _offset_runs(piece_start, piece_end, segment_start, r, num_heads, views_only)
             for offset, offsets, position, length, heads in runs:
                 per_call = min(
                     max(1, rows_per_call // (batch * length * heads * offsets)),
@@ -221,15 +232,25 @@ def scatter_view(result: torch.Tensor, g: Group, target: torch.Tensor):
 def merge_into(
     out_acc: torch.Tensor, lse_acc: torch.Tensor, out_g: torch.Tensor, lse_g: torch.Tensor
 ) -> None:
-    """Fold one call's (output, lse) into the running pair, in place, by log-sum-exp."""
-    lse_new = torch.logaddexp(lse_acc, lse_g)
-    out_acc.mul_(torch.exp(lse_acc - lse_new).unsqueeze(-1))
-    out_acc.add_(out_g * torch.exp(lse_g - lse_new).unsqueeze(-1))
-    lse_acc.copy_(lse_new)
+    """Fold one call's (output, lse) into the running pair, in place, by log-sum-exp.
+
+    The two merge weights exp(lse_acc - lse_new) and exp(lse_g - lse_new) sum to one, so the
+    new output is ``out_acc + w * (out_g - out_acc)`` with w = sigmoid(lse_g - lse_acc): one
+    full-size pass over out_acc (lerp), or two without a temporary (mul, addcmul) when out_g
+    has a lower precision than the accumulator. The weights are (B, ..., H) sized, D times
+    smaller than the outputs.
+    """
+    diff = lse_g - lse_acc
+    if out_g.dtype == out_acc.dtype:
+        out_acc.lerp_(out_g, torch.sigmoid(diff).unsqueeze(-1))
+    else:
+        out_acc.mul_(torch.sigmoid(diff.neg()).unsqueeze(-1))
+        out_acc.addcmul_(out_g, torch.sigmoid(diff).unsqueeze(-1))
+    torch.logaddexp(lse_acc, lse_g, out=lse_acc)
 
 
 def attend_calls(q, k, v, calls, causal, scale, kernel, out, lse) -> None:
-    """Run ``calls`` on q, k, v (B, N, H, D) and merge them into ``out`` / ``lse`` (float32)."""
+    """Run ``calls`` on q, k, v (B, N, H, D) and merge them into ``out`` / ``lse``."""
     for g in calls:
         out_g, lse_g = kernel.forward(gather(q, g), gather(k, g), gather(v, g), causal, scale)
         out_acc, out_g = scatter_view(out_g, g, out)  # (B, S, L, J, R, D)
@@ -241,30 +262,81 @@ def attend_calls(q, k, v, calls, causal, scale, kernel, out, lse) -> None:
             merge_into(out_acc, lse_acc, out_g, lse_g)
 
 
-def differentiate_calls(dout, q, k, v, out, lse, calls, causal, scale, kernel, grads) -> None:
+def first_branch_covers(calls: Sequence[Group]) -> bool:
+    """True when branch 0's calls select every (position, head) of their range once: rate 1
+    (branch 0's calls never overlap, and segments tile the range)."""
+    first = [g for g in calls if g.branch == 0]
+    return bool(first) and all(g.step == 1 for g in first)
+
+
+def differentiate_calls(
+    dout, q, k, v, out, lse, calls, causal, scale, kernel, grads, *, overwrite_first=False
+) -> None:
     """Add every call's dq, dk, dv into ``grads``; each call differentiates against the merged
-    output and lse, which makes the sum the exact gradient of the merged attention."""
+    output and lse, which makes the sum the exact gradient of the merged attention.
+
+    ``overwrite_first``: branch 0's calls write their gradients instead of adding them, for
+    buffers left uninitialised because those calls cover them (``first_branch_covers``).
+    """
     for g in calls:
         inputs = (gather(x, g) for x in (dout, q, k, v, out, lse))
+        write = overwrite_first and g.branch == 0
         for total, grad in zip(grads, kernel.backward(*inputs, causal, scale)):
             acc, part = scatter_view(grad, g, total)
-            acc.add_(part)
+            if write:
+                acc.copy_(part)
+            else:
+                acc.add_(part)
 
 
-def new_accumulators(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A zero float32 output (B, N, H, D) and an all -inf lse (B, N, H)."""
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the merge accumulates in: float32, or float64 for float64 inputs (whose
+    kernels take and return a float64 lse)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def new_accumulators(q: torch.Tensor, *, fill: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero output (B, N, H, D) and an all -inf lse (B, N, H), in ``accumulator_dtype``;
+    left uninitialised (``fill=False``) when branch 0 writes every element."""
     b, n, h, d = q.shape
-    out = q.new_zeros(b, n, h, d, dtype=torch.float32)
-    return out, q.new_full((b, n, h), float("-inf"), dtype=torch.float32)
+    dtype = accumulator_dtype(q.dtype)
+    if not fill:
+        return q.new_empty(b, n, h, d, dtype=dtype), q.new_empty(b, n, h, dtype=dtype)
+    out = q.new_zeros(b, n, h, d, dtype=dtype)
+    return out, q.new_full((b, n, h), float("-inf"), dtype=dtype)
 
 
-def new_gradients(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Zero gradient accumulators, float32 for half-precision inputs."""
-    low = (torch.float16, torch.bfloat16)
-    return [
-        torch.zeros(x.shape, dtype=torch.float32 if x.dtype in low else x.dtype, device=x.device)
-        for x in tensors
-    ]
+def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype gradients accumulate in: float32 for half-precision inputs, else their own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def new_gradients(*tensors: torch.Tensor, zero: bool = True) -> list[torch.Tensor]:
+    """Gradient accumulators in ``gradient_dtype``: zero-filled, or left uninitialised
+    (``zero=False``) when the first calls write every element."""
+    make = torch.zeros if zero else torch.empty
+    return [make(x.shape, dtype=gradient_dtype(x.dtype), device=x.device) for x in tensors]
+
+
+def whole_first_call(calls: Sequence[Group], shape: Sequence[int]) -> Group | None:
+    """Branch 0's call when it is the only one of its branch and selects every (position,
+    head) of tensors of ``shape`` (B, N, H, D) at rate 1: its results, laid out (B*S, L, H, D),
+    are then the (B, N, H, D) tensors themselves, and become the accumulators (no fill, no
+    copy)."""
+    if not calls:
+        return None
+    g, n, h = calls[0], shape[1], shape[2]
+    alone = all(c.branch != 0 for c in calls[1:])
+    whole = (g.start, g.step, g.offsets, g.heads) == (0, 1, 1, h) and g.length == g.segment_stride
+    return g if g.branch == 0 and alone and whole and g.segments * g.length == n else None
+
+
+def _adopt(result: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A whole call's result as a (B, N, H, ...) tensor of ``dtype``: itself when it is laid
+    out so (a view), else one copy."""
+    if result.dtype == dtype and result.is_contiguous():
+        return result.view(*shape)
+    return result.reshape(*shape).to(dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def _forward(
@@ -276,8 +348,17 @@ def _forward(
     scale: float,
     kernel: AttentionKernel,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merged output (B, N, H, D) in q's dtype and merged lse (B, N, H) float32."""
-    out, lse = new_accumulators(q)
+    """Merged output (B, N, H, D) in q's dtype and merged lse (B, N, H) in
+    ``accumulator_dtype`` (float32; float64 for float64 inputs)."""
+    first = whole_first_call(calls, q.shape)
+    if first is None:
+        out, lse = new_accumulators(q, fill=not first_branch_covers(calls))
+    else:
+        out_g, lse_g = kernel.forward(gather(q, first), gather(k, first), gather(v, first),
+                                      causal, scale)  # fmt: skip
+        dtype = accumulator_dtype(q.dtype)
+        out, lse = _adopt(out_g, q.shape, dtype), _adopt(lse_g, q.shape[:3], dtype)
+        calls = calls[1:]
     attend_calls(q, k, v, calls, causal, scale, kernel, out, lse)
     return out.to(q.dtype), lse
 
@@ -295,8 +376,19 @@ def _backward(
     kernel: AttentionKernel,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact dq, dk, dv: every call differentiates against the merged output and lse."""
-    grads = new_gradients(q, k, v)
-    differentiate_calls(dout.to(q.dtype), q, k, v, out, lse, calls, causal, scale, kernel, grads)
+    dout = dout.to(q.dtype)
+    first = whole_first_call(calls, q.shape)
+    if first is None:
+        covered = first_branch_covers(calls)
+        grads = new_gradients(q, k, v, zero=not covered)
+    else:
+        inputs = (gather(x, first) for x in (dout, q, k, v, out, lse))
+        results = kernel.backward(*inputs, causal, scale)
+        grads = [_adopt(g, x.shape, gradient_dtype(x.dtype)) for g, x in zip(results, (q, k, v))]
+        calls, covered = calls[1:], False
+    differentiate_calls(
+        dout, q, k, v, out, lse, calls, causal, scale, kernel, grads, overwrite_first=covered
+    )
     return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
 
 
@@ -344,7 +436,8 @@ def dilated_attention(
     Branch i cuts the sequence into segments of ``segment_lengths[i]`` tokens and keeps every
     ``dilation_rates[i]``-th one, starting at offset ``h mod r`` for head h; branches are merged
     by their softmax denominators. Positions that no branch selects for a head get 0.
-    ``backend`` picks the attention kernel ("auto", "torch", "flash-attn", "math").
+    ``backend`` picks the attention kernel ("auto", "torch", "efficient", "flash-attn", "math";
+    see ``kernels.choose_kernel``).
     """
     validate_inputs(q, k, v, segment_lengths, dilation_rates)
     b, n, h, d = q.shape
@@ -353,8 +446,9 @@ def dilated_attention(
     if n == 0:
         return torch.zeros_like(q)
     calls = plan_calls(
-        n, h, segment_lengths, dilation_rates, batch=b, rows_per_call=rows_per_call_for(q)
-    )
+        n, h, segment_lengths, dilation_rates, batch=b, rows_per_call=rows_per_call_for(q),
+        views_only=VIEWS_ONLY and q.device.type == "cpu",
+    )  # fmt: skip
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if needs_grad:
         return _DilatedAttentionFunction.apply(q, k, v, calls, causal, scale, kernel)

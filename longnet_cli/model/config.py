@@ -26,7 +26,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 POSITION_KINDS = ("rotary", "xpos", "none")
-BACKENDS = ("auto", "torch", "flash-attn", "math")
+BACKENDS = ("auto", "torch", "efficient", "flash-attn", "math")
 VOCABULARY = "num_tokens"  # the one option a recipe names ``vocab_size`` (None: the corpus's)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ NEEDS_FLASH_ATTN = pytest.mark.skipif(
 )
 BACKEND_PARAMS = [pytest.param("cpu", b, id=f"cpu-{b}") for b in CPU_BACKENDS] + [
     pytest.param("cuda", "torch", id="cuda-torch", marks=pytest.mark.gpu),
+    pytest.param("cuda", "efficient", id="cuda-efficient", marks=pytest.mark.gpu),
     pytest.param(
         "cuda", "flash-attn", id="cuda-flash-attn", marks=[pytest.mark.gpu, NEEDS_FLASH_ATTN]
     ),
@@ -219,3 +222,90 @@ def test_kernel_selection():
         select_kernel("torch", torch.empty(1, 8, 2, 16, device="meta"))
     assert select_kernel("auto", torch.empty(1, 8, 2, 16, device="meta")).name == "math"
     assert ("flash-attn" in available_backends("cuda")) == flash_attn_available()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    ("segments", "rates", "causal"),
+    [([4, 8], [1, 2], True), ([6, 12], [2, 3], False), ([5, 12], [1, 4], False)],
+)
+def test_float64_gradcheck(backend, segments, rates, causal):
+    """Users check gradients in float64: the merged lse stays float64 for the CPU kernel."""
+    q, k, v = _inputs((1, 12, 3, 4), dtype=torch.float64)
+
+    def fn(q, k, v):
+        return dilated_attention(q, k, v, segments, rates, causal=causal, backend=backend)
+
+    assert fn(q, k, v).dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float64_transformer_backward(backend):
+    from longnet_cli.model.transformer import LongNetTransformer
+
+    torch.manual_seed(0)
+    model = LongNetTransformer(
+        num_tokens=20, dim=16, depth=1, dim_head=4, heads=4, ff_mult=2,
+        segment_lengths=(8, 16), dilation_rates=(1, 2), backend=backend,
+    ).double()  # fmt: skip
+    tokens = torch.randint(0, 20, (2, 19))
+    model.loss(tokens).backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == torch.float64 for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads)
+    # the same model in float32 gives the same gradients to float32 precision
+    single = copy.deepcopy(model).float()
+    single.zero_grad()
+    single.loss(tokens).backward()
+    for p, s in zip(model.parameters(), single.parameters()):
+        torch.testing.assert_close(s.grad.double(), p.grad, atol=1e-4, rtol=1e-3)
+
+
+def test_merge_into_matches_the_log_sum_exp_formula():
+    """The one-pass merge (lerp by sigmoid of the lse difference) against the textbook
+    formula, for float32 and a bfloat16 call output, with a never-merged (-inf) row."""
+    from longnet_cli.model.attention import merge_into
+
+    torch.manual_seed(0)
+    out_acc, out_g = torch.randn(2, 5, 3, 8), torch.randn(2, 5, 3, 8)
+    lse_acc, lse_g = torch.randn(2, 5, 3) * 4, torch.randn(2, 5, 3) * 4
+    lse_acc[0, 0, 0] = float("-inf")
+    out_acc[0, 0, 0] = 0
+    for dtype in (torch.float32, torch.bfloat16):
+        g = out_g.to(dtype)
+        new = torch.logaddexp(lse_acc, lse_g)
+        want = (
+            out_acc * torch.exp(lse_acc - new)[..., None]
+            + g.float() * torch.exp(lse_g - new)[..., None]
+        )
+        got_out, got_lse = out_acc.clone(), lse_acc.clone()
+        merge_into(got_out, got_lse, g, lse_g)
+        torch.testing.assert_close(got_out, want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got_lse, new)
+        assert torch.equal(got_out[0, 0, 0], g[0, 0, 0].float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("n", "segments", "rates"), [(48, [16, 48], [1, 2]), (37, [8, 16], [1, 2]), (32, [32], [1])]
+)
+def test_reused_first_branch_results_change_nothing(monkeypatch, dtype, n, segments, rates):
+    """Branch 0's results taken as the accumulators (one whole rate-1 call), unfilled buffers
+    (rate-1 branch 0) and the filled ones give bit-identical outputs and gradients."""
+    import longnet_cli.model.attention as attention
+
+    q, k, v = _inputs((2, n, 4, 8), dtype=dtype)
+    grad = torch.randn(2, n, 4, 8, dtype=dtype)
+
+    def run():
+        out = dilated_attention(q, k, v, segments, rates, causal=True)
+        return out, torch.autograd.grad(out, (q, k, v), grad)
+
+    fast = run()
+    monkeypatch.setattr(attention, "whole_first_call", lambda calls, shape: None)
+    unfilled = run()
+    monkeypatch.setattr(attention, "first_branch_covers", lambda calls: False)
+    filled = run()
+    for a, b, c in zip([fast[0], *fast[1]], [unfilled[0], *unfilled[1]], [filled[0], *filled[1]]):
+        assert torch.equal(a, b) and torch.equal(b, c)

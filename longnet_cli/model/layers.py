@@ -120,7 +120,8 @@ class DilatedAttention(nn.Module):
             kernels, so this is where the community argument takes effect.
         use_rel_pos_bias: not supported (raises): a relative position bias is an N x N additive
             term, which fused dilated kernels cannot take; use use_xpos or rotary instead.
-        backend: attention kernel ("auto", "torch", "flash-attn", "math"), see ``kernels.py``.
+        backend: attention kernel (``model.config.BACKENDS``: "auto", "torch", "efficient",
+            "flash-attn", "math"), see ``kernels.py``.
         dtype, device: of the parameters.
     """
 

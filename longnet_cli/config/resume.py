@@ -14,6 +14,7 @@ SAFE_ON_RESUME = (
     "train.threads",
     "train.deterministic",  # kernel choice, not the math: bit-exact on a CPU either way
     "train.init_from",  # read at step 0 only: a resumed run continues from its checkpoint
+    "train.compile",  # how the blocks run, not what they compute: same parameters, same state
     "checkpoint.every",
     "checkpoint.keep_last",
     "log",

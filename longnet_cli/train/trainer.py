@@ -53,6 +53,7 @@ from longnet_cli.train.resume import (
     prepare_run_dir,
     restore_training_state,
     resume_point,
+    saved_precision,
     window_scheme,
 )
 from longnet_cli.train.schedule import build_optimizer
@@ -141,7 +142,9 @@ def _train(
     started = time.perf_counter()
     corpus, vocab_size = check_inputs(recipe)
     init_source = _init_source(recipe, corpus)
+    recipe, precision_record = _resolve_precision(recipe, run_dir, resume)
     accelerator = _start(recipe, run_dir)
+    agree_on_precision(accelerator, recipe.train.precision, precision_record)
     take_run_lock(accelerator, run_dir, held)
     check_shared_run_dir(accelerator, run_dir)
     corpus = same_corpus_version(accelerator, corpus)
@@ -173,6 +176,8 @@ def _train(
         say_once(accelerator, f"warning: {evaluation.warning}")
     windows = _windows(recipe, corpus, scheme, evaluation)
     metrics = _metrics_log(accelerator, recipe, run_dir, start)
+    if precision_record is not None and start == 0:
+        metrics.note(step=0, precision=precision_record)
     _note_origin(accelerator, metrics, recipe, point, init_source, init_record)
     tokens_per_step = recipe.train.tokens_per_step * layout.dp_size  # all ranks together
     run_record = RunRecord(
@@ -229,6 +234,50 @@ def _init_source(recipe: Recipe, corpus):
     source = resolve_init_source(recipe.train.init_from)
     check_tokenizer(source, corpus.manifest["tokenizer_sha256"], Path(recipe.data.shards))
     return source
+
+
+def _resolve_precision(recipe: Recipe, run_dir: Path, resume: bool):
+    """``train.precision: auto`` resolved, once: a resumed run keeps its checkpoint's precision
+    (no new measurement that could switch it); a new run measures fp32's and bf16's matmul
+    peaks on its device (``runtime.measure_auto_precision``). Returns the recipe with the
+    resolved precision (what checkpoints record) and the measurement (None: none was made)."""
+    import dataclasses
+
+    from longnet_cli.runtime import measure_auto_precision
+
+    if recipe.train.precision != "auto":
+        return recipe, None
+    resolved = saved_precision(run_dir) if resume else None
+    record = None
+    if resolved is None:
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)  # the peaks at the run's thread count
+        record = measure_auto_precision(_own_device())
+        resolved = record["resolved"]
+    train = dataclasses.replace(recipe.train, precision=resolved)
+    return dataclasses.replace(recipe, train=train), record
+
+
+def _own_device() -> torch.device:
+    """The device this process will train on (accelerate's choice: its local GPU, else CPU)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def agree_on_precision(accelerator, precision: str, record: dict | None) -> None:
+    """Every rank of a run must train in one precision: ranks that each resolved
+    ``train.precision: auto`` from their own measurement and disagree stop the run (exit 2)."""
+    if record is None or accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    chosen = sorted(set(gather_object([precision])))
+    if len(chosen) > 1:
+        raise InputError(
+            f"train.precision: auto resolved to {' and '.join(chosen)} on different ranks "
+            "(their matmul peaks differ); set train.precision to one of them"
+        )
 
 
 def _start(recipe: Recipe, run_dir: Path):

@@ -71,6 +71,7 @@ class TrainResult:
     tokens_per_s: float | None
     seconds: float
     checkpoint: str | None
+    compile_s: float | None = None  # train.compile: compiling the blocks, before the first step
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,6 +170,7 @@ def _train(
     loss_module, optimizer = _prepare(accelerator, model, recipe.train, layout)
     if existing is not None:
         restore_training_state(accelerator, existing, optimizer)
+    compile_s = _compiled(recipe.train, model, loss_module, vocab_size, accelerator.device)
     start = point.step
     scheme = window_scheme(existing.state if existing is not None else None, corpus)
     evaluation = Evaluation.plan(recipe, corpus, scheme)
@@ -179,6 +181,8 @@ def _train(
     if precision_record is not None and start == 0:
         metrics.note(step=0, precision=precision_record)
     _note_origin(accelerator, metrics, recipe, point, init_source, init_record)
+    if compile_s is not None:
+        metrics.note(step=start, compile_s=compile_s)
     tokens_per_step = recipe.train.tokens_per_step * layout.dp_size  # all ranks together
     run_record = RunRecord(
         recipe, layout, accelerator.num_processes, record, scheme, point.schedule, init_record
@@ -224,6 +228,7 @@ def _train(
         tokens_per_s=loop.tokens_per_s,
         seconds=time.perf_counter() - started,
         checkpoint=str(checkpointer.path(recipe.train.steps)),
+        compile_s=compile_s,
     )
 
 
@@ -328,6 +333,18 @@ def _prepare(accelerator, model, train: TrainConfig, layout: Layout):
         model, train.loss_chunk, layout.sequence_rank, layout.sequence_size
     )
     return accelerator.prepare(loss_module, build_optimizer(model, train))
+
+
+def _compiled(train: TrainConfig, model, loss_module, vocab_size: int, device) -> float | None:
+    """``train.compile``: the blocks compiled and warmed up on one window's shape before the
+    first step (``compiled.warm_up``); the seconds it took, or None when not compiling."""
+    if not train.compile:
+        return None
+    from longnet_cli.train.compiled import compile_blocks, warm_up
+
+    compile_blocks(model)
+    shape = (train.micro_batch_size, train.seq_len + 1)
+    return warm_up(loss_module, shape, vocab_size, device)
 
 
 def _windows(recipe: Recipe, corpus, scheme: str, evaluation: Evaluation | None):

@@ -37,6 +37,18 @@ def compile_blocks(model: nn.Module) -> nn.Module:
     return model
 
 
+def compile_for_decoding(model: nn.Module) -> nn.Module:
+    """Compile what generation runs (``longnet generate --compile``), in place: the prefill and
+    decode paths call each block's norms and feed-forward as modules, not the block's
+    ``forward``, so those are compiled (one new position at a time: one shape, compiled once);
+    the attention over the decoding cache stays eager. Returns ``model``."""
+    for block in model.blocks:
+        for module in (block.attn_norm, block.ff_norm, block.ff):
+            if module is not None and getattr(module, "_compiled_call_impl", None) is None:
+                module.compile()
+    return model
+
+
 def warm_up(loss_module: nn.Module, shape: tuple[int, int], vocab_size: int, device) -> float:
     """Compile by running one forward and backward of ``loss_module`` on random tokens of the
     training windows' ``shape`` (B, N+1); the seconds it took (``compile_s``).

@@ -96,3 +96,23 @@ def test_compiled_sequence_parallel_training_matches_one_eager_process(corpus, t
     for (_, a), (_, b) in zip(_losses(tmp_path / "one"), _losses(tmp_path / "two")):
         assert b == pytest.approx(a, abs=1e-4)
     assert [s for s, _ in _losses(tmp_path / "two")] == [1, 2, 3]
+
+
+def test_eval_compile_gives_the_eager_figures(reference_run, corpus, capsys):
+    figures = []
+    for flags in ((), ("--compile",)):
+        args = ("eval", str(reference_run), "--data", str(corpus), "--split", "all")
+        assert exit_code(*args, "--docs", "2", "--json", "-", "--quiet", *flags) == 0
+        figures.append(json.loads(capsys.readouterr().out))
+    eager, compiled = (f["runs"][0]["contexts"][0] for f in figures)
+    assert compiled["overall"]["tokens"] == eager["overall"]["tokens"]
+    assert compiled["overall"]["loss"] == pytest.approx(eager["overall"]["loss"], rel=1e-5)
+
+
+def test_generate_compile_gives_the_eager_tokens(reference_run, capsys):
+    tokens = []
+    for flags in ((), ("--compile",)):
+        args = ("generate", str(reference_run), "--prompt", "def main(", "--temperature", "0")
+        assert exit_code(*args, "--max-new-tokens", "8", "--json", "-", "--quiet", *flags) == 0
+        tokens.append(json.loads(capsys.readouterr().out)["tokens"])
+    assert tokens[1] == tokens[0]

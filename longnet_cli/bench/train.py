@@ -81,6 +81,10 @@ def bench_train(recipe: Recipe, vocab_size: int, steps: int = 4) -> TrainBenchRe
     )
     torch.manual_seed(cfg.seed)
     model = recipe.model.build(vocab_size)
+    if cfg.compile:  # compiled in the warm-up step, which is not timed
+        from longnet_cli.train.compiled import compile_blocks
+
+        compile_blocks(model)
     loss_module, optimizer = accelerator.prepare(
         LanguageModelLoss(model, cfg.loss_chunk), build_optimizer(model, cfg)
     )

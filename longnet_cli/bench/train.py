@@ -10,7 +10,7 @@ so no tokenized corpus is needed.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -144,6 +144,7 @@ class SettingResult:
     model_gflops: float = 0.0
     fraction_of_peak: float = 0.0  # over the matmul peak of this setting's dtype
     speedup: float = 0.0  # tokens/s over eager fp32's
+    losses: list[float] = field(default_factory=list)  # every step's, the first one included
 
     @property
     def name(self) -> str:
@@ -246,6 +247,7 @@ def bench_compare(recipe: Recipe, vocab_size: int, steps: int = 4) -> CompareRes
     for (precision, compiled), (_, _, _, timings) in zip(COMPARED, runs):
         best = min(seconds for seconds, _ in timings[1:])
         result = SettingResult(precision, compiled, best, timings[0][0], timings[-1][1])
+        result.losses = [loss for _, loss in timings]
         result.tokens_per_s = tokens_per_step / best
         result.model_gflops = flops_per_token * result.tokens_per_s / 1e9
         result.fraction_of_peak = result.model_gflops / peaks[precision]

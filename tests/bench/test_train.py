@@ -27,6 +27,7 @@ def test_compare_reports_every_setting_on_the_corpus_windows(corpus, tmp_path, c
     for setting in report["settings"]:
         assert setting["tokens_per_s"] > 0 and setting["fraction_of_peak"] > 0
         assert setting["model_gflops"] > 0 and setting["first_step_s"] > 0
+        assert len(setting["losses"]) == 3 and setting["losses"][-1] == setting["loss"]
     assert report["chosen"] in [s["name"] for s in report["settings"]]
 
 

@@ -47,6 +47,7 @@ class GenerateOptions:
     device: str = "auto"
     tokenizer: Path | None = None
     runs_dir: Path = Path("runs")
+    compile: bool = False  # torch.compile the per-layer modules (train.compiled)
 
 
 @dataclass
@@ -188,6 +189,10 @@ def generate(
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
     model = _load_model(checkpoint, recipe, device)
+    if options.compile:
+        from longnet_cli.train.compiled import compile_for_decoding
+
+        compile_for_decoding(model)
     precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -153,11 +153,14 @@ def measure_peak_flops(
     dtype: torch.dtype | None = None,
     size: int | None = None,
     seconds: float = 0.25,
+    half_on_cpu: bool = False,
 ) -> PeakFlops:
     """The best rate of ``size`` x ``size`` matmuls over about ``seconds`` (after a warm-up).
 
     Square matmuls large enough to be compute-bound: 1,024 on a CPU (about 2 GFLOP each),
     8,192 on a GPU. The best repetition is kept: the peak is what the device can do.
+    On a CPU, float16 and bfloat16 are measured as float32 (the floor of what autocast runs)
+    unless ``half_on_cpu``: the real half-precision rate (``choose_precision`` compares it).
     """
     import torch
 
@@ -165,7 +168,7 @@ def measure_peak_flops(
     device = torch.device(device)
     if size is None:
         size = 8192 if device.type == "cuda" else 1024
-    if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+    if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16) and not half_on_cpu:
         dtype = torch.float32  # CPU autocast runs the matmuls it can in bf16; fp32 is the floor
     generator = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
@@ -197,3 +200,34 @@ def _sync(device: torch.device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# -- train.precision: auto -------------------------------------------------------------------
+
+TRAIN_PRECISION_NAMES = (*PRECISION_NAMES, "auto")  # train.precision: "auto" resolves at start
+
+# bf16 must beat fp32's matmul peak by this much: a clear win, not measurement noise (so that
+# identical ranks of one run, each measuring, decide alike).
+AUTO_BF16_MARGIN = 1.2
+
+
+def choose_precision(fp32_flops_per_s: float, bf16_flops_per_s: float) -> str:
+    """``train.precision: auto``'s rule: "bf16" where its measured matmul peak is at least
+    ``AUTO_BF16_MARGIN`` times fp32's on this device, else "fp32"."""
+    return "bf16" if bf16_flops_per_s >= AUTO_BF16_MARGIN * fp32_flops_per_s else "fp32"
+
+
+def measure_auto_precision(device: torch.device | str) -> dict:
+    """Measure fp32's and bf16's real matmul peaks on ``device`` and choose between them:
+    {"asked": "auto", "resolved": ..., "peak_flops": {"fp32": ..., "bf16": ...}, "device": ...}."""
+    import torch
+
+    fp32 = device_peak_flops(device, torch.float32)
+    bf16 = measure_peak_flops(device, torch.bfloat16, half_on_cpu=True)
+    return {
+        "asked": "auto",
+        "resolved": choose_precision(fp32.flops_per_s, bf16.flops_per_s),
+        "peak_flops": {"fp32": fp32.flops_per_s, "bf16": bf16.flops_per_s},
+        "device": fp32.device,
+        "threads": fp32.threads,
+    }

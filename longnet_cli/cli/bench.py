@@ -26,6 +26,7 @@ from longnet_cli.cli.common import (
 )
 from longnet_cli.core.errors import InputError
 from longnet_cli.core.lengths import format_length, parse_lengths
+from longnet_cli.model.config import BACKENDS
 
 
 @click.group(context_settings=CONTEXT)
@@ -50,7 +51,7 @@ def bench() -> None:
 @dtype_option()
 @shown_option(
     "--backend",
-    type=click.Choice(["auto", "torch", "flash-attn", "math"]),
+    type=click.Choice(BACKENDS),
     default="auto",
     help="Attention kernel for dilated attention.",
 )
@@ -179,19 +180,33 @@ def bench_tokenize_command(paths, tokenizer, workers, exclude, repeats, as_json)
     type=click.IntRange(min=1),
     help="Timed optimizer steps (best is kept), after one warm-up step.",
 )
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Eager and compiled, fp32 and bf16 autocast, side by side in one run, with the loss "
+    "each reaches after the same steps (the recipe's corpus windows where it exists).",
+)
 @json_flag()
-def bench_train_command(recipe, overrides, vocab_size, steps, as_json) -> None:
+def bench_train_command(recipe, overrides, vocab_size, steps, compare, as_json) -> None:
     """Tokens/s of RECIPE's training step and its fraction of this machine's matmul peak.
 
     Model FLOPs per token (6 per weight a token passes through, plus the dilated attention's
     own FLOPs) times tokens/s, over the fp32 or bf16 matmul peak measured in the same run.
-    Uses random tokens: no corpus needed.
+    Uses random tokens: no corpus needed. With --compare: every setting (eager fp32, compiled
+    fp32, bf16 eager and compiled), interleaved step by step, and which to choose here.
     """
-    from longnet_cli.bench.train import bench_train
+    from longnet_cli.bench.train import bench_compare, bench_train
     from longnet_cli.config import load_recipe
 
     loaded = load_recipe(recipe, list(overrides))
     vocab_size = vocab_size or loaded.model.vocab_size or _corpus_vocab(loaded) or 8192
+    if compare:
+        compared = bench_compare(loaded, vocab_size, steps=steps)
+        if as_json:
+            click.echo(json.dumps(compared.to_dict(), indent=2))
+        else:
+            _show_comparison(recipe, compared, vocab_size)
+        return
     result = bench_train(loaded, vocab_size, steps=steps)
     report = result.to_dict()
     if as_json:
@@ -206,6 +221,28 @@ def bench_train_command(recipe, overrides, vocab_size, steps, as_json) -> None:
         f"matmul peak (GFLOP/s): {peaks}\n"
         f"fraction of {result.precision} peak: {result.fraction_of_peak:.2f}; "
         f"peak RSS {result.peak_rss_bytes / 2**20:,.0f} MiB"
+    )
+
+
+def _show_comparison(recipe, result, vocab_size: int) -> None:
+    """``bench train --compare``'s table: one row per setting, then the choice."""
+    peaks = ", ".join(f"{k} {v:,.0f}" for k, v in result.matmul_peak_gflops.items())
+    click.echo(
+        f"{recipe}: {result.parameters / 1e6:.2f}M parameters, seq_len {result.seq_len}, "
+        f"{result.device}, {result.threads} threads, vocab {vocab_size}, {result.steps} steps "
+        f"on {result.data} (the first untimed)\nmatmul peak (GFLOP/s): {peaks}"
+    )
+    click.echo(f"{'setting':<14} {'tokens/s':>9} {'vs fp32':>7} {'GFLOP/s':>8} "
+               f"{'of peak':>7} {'loss':>8} {'1st step':>8}")  # fmt: skip
+    for s in result.settings:
+        click.echo(
+            f"{s.name:<14} {s.tokens_per_s:>9,.0f} {s.speedup:>6.2f}x {s.model_gflops:>8.1f} "
+            f"{s.fraction_of_peak:>7.3f} {s.loss:>8.4f} {s.first_step_s:>7.1f}s"
+        )
+    chosen = result.chosen
+    click.echo(
+        f"fastest within 1% of eager fp32's loss: {chosen.name} "
+        f"(train.precision: {chosen.precision}, train.compile: {str(chosen.compiled).lower()})"
     )
 
 

@@ -110,10 +110,17 @@ class LengthsParam(click.ParamType):
     "Score under this precision (bf16/fp16: autocast, the loss in float32). Default: each "
     "run's train.precision (fp16 on a CPU: fp32)."
 )
+@click.option(
+    "--compile",
+    "compile_blocks",
+    is_flag=True,
+    help="torch.compile each block first (as train.compile; the first documents of each "
+    "length pay for compiling).",
+)
 @quiet_flag("No progress bar and no notes on stderr (warnings stay).")
 def eval_command(
     checkpoints, data, split, contexts, docs, min_tokens, windows, buckets, probe, distances,
-    json_file, plot_file, runs_dir, device, precision, quiet,
+    json_file, plot_file, runs_dir, device, precision, compile_blocks, quiet,
 ) -> None:  # fmt: skip
     """Score documents as single long sequences and report the loss by position.
 
@@ -152,6 +159,7 @@ def eval_command(
         runs_dir=runs_dir,
         device=device,
         precision=precision,
+        compile=compile_blocks,
         progress=not quiet,
     )
     result = evaluate(

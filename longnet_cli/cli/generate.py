@@ -68,10 +68,17 @@ from longnet_cli.cli.common import (
     "stdout instead of the streamed text."
 )
 @runs_dir_option()
+@click.option(
+    "--compile",
+    "compile_model",
+    is_flag=True,
+    help="torch.compile what decoding runs per layer as modules (norms, feed-forward; the "
+    "attention over the cache stays eager); the first tokens pay for compiling.",
+)
 @quiet_flag("No notes and figures on stderr.")
 def generate_command(
     checkpoint, prompt, prompt_file, doc, data, prompt_tokens, max_new_tokens, temperature,
-    top_k, top_p, seed, stop, device, tokenizer, json_file, runs_dir, quiet,
+    top_k, top_p, seed, stop, device, tokenizer, json_file, runs_dir, compile_model, quiet,
 ) -> None:  # fmt: skip
     """Continue a prompt with a trained model and stream the continuation to stdout.
 
@@ -93,7 +100,7 @@ def generate_command(
         checkpoint=checkpoint, prompt=prompt, prompt_file=prompt_file, doc=doc, data=data,
         prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, temperature=temperature,
         top_k=top_k, top_p=top_p, seed=seed, stop=stop, device=device, tokenizer=tokenizer,
-        runs_dir=runs_dir,
+        runs_dir=runs_dir, compile=compile_model,
     )  # fmt: skip
     to_stdout = json_file != "-"
     out = sys.stdout.buffer

@@ -182,8 +182,13 @@ def _train_here(
         )
     else:
         resumed = f" (resumed at step {result.start_step})" if result.start_step else ""
+        compiled = (
+            f" (blocks compiled in {result.compile_s:.1f} s, not counted)"
+            if result.compile_s is not None
+            else ""
+        )
         click.echo(
             f"trained {run_dir} to step {result.final_step}{resumed}: loss "
-            f"{result.loss:.4f}, {result.tokens_per_s:,.0f} tokens/s, "
+            f"{result.loss:.4f}, {result.tokens_per_s:,.0f} tokens/s{compiled}, "
             f"{result.seconds:.1f} s; checkpoint {result.checkpoint}"
         )

@@ -14,6 +14,8 @@ SAFE_ON_RESUME = (
     "train.threads",
     "train.deterministic",  # kernel choice, not the math: bit-exact on a CPU either way
     "train.init_from",  # read at step 0 only: a resumed run continues from its checkpoint
+    "train.compile",  # how the blocks run, not what they compute: same parameters, same state
+    "train.tf32",  # CUDA fp32 matmul rounding of later steps; nothing stored depends on it
     "checkpoint.every",
     "checkpoint.keep_last",
     "log",
@@ -32,8 +34,9 @@ def safe_to_change_on_resume(old: Recipe, new: Recipe) -> list[str]:
 
     An empty list means the run may resume with ``new``. Safe to change (they do not alter
     what has been trained or how the next step computes): ``train.steps`` (train longer or
-    stop earlier), ``train.threads``, ``checkpoint.every``, ``checkpoint.keep_last``, every
-    ``log.*`` and ``eval.*`` key, and ``data.eval_shards`` (evaluation data only). Everything
+    stop earlier), ``train.threads``, ``train.compile``, ``checkpoint.every``,
+    ``checkpoint.keep_last``, every ``log.*`` and ``eval.*`` key, and ``data.eval_shards``
+    (evaluation data only). Everything
     else (data, model, optimizer, schedule, precision, seed, ``parallel.sequence``) is unsafe.
     """
     old_values, new_values = old.to_dict(), new.to_dict()

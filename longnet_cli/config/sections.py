@@ -14,7 +14,7 @@ from typing import ClassVar
 from longnet_cli.config.errors import RecipeError
 from longnet_cli.config.kinds import normalise
 from longnet_cli.model.config import option
-from longnet_cli.runtime import PRECISION_NAMES
+from longnet_cli.runtime import TRAIN_PRECISION_NAMES
 
 # Mirror of data.windows.SAMPLING_MODES (that module needs numpy; loading a recipe must not);
 # tests/config/test_sections.py checks it.
@@ -88,7 +88,8 @@ class TrainConfig(Section):
     )
     # max global grad norm; 0 disables clipping
     grad_clip: float = field(default=1.0, metadata=option("float"))
-    precision: str = field(default="fp32", metadata=option("choice", choices=PRECISION_NAMES))
+    # "auto": bf16 where its measured matmul peak beats fp32's, resolved once at start
+    precision: str = field(default="fp32", metadata=option("choice", choices=TRAIN_PRECISION_NAMES))
     seed: int = field(default=0, metadata=option("int", minimum=0))
     # positions per head + cross-entropy chunk
     loss_chunk: int = field(default=1024, metadata=option("length"))
@@ -102,6 +103,8 @@ class TrainConfig(Section):
     # on CUDA, float32 matmuls and convolutions in TF32 (several times true fp32's rate, 10-bit
     # mantissa products); false: true fp32. No effect on a CPU
     tf32: bool = field(default=True, metadata=option("bool"))
+    # torch.compile each block (inductor; its C++ backend on a CPU); compile_s reported apart
+    compile: bool = field(default=False, metadata=option("bool"))
 
     def _check(self) -> None:
         if self.lr <= 0:

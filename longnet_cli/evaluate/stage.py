@@ -94,6 +94,7 @@ class EvalOptions:
     device: str | None = None  # None: cuda when available, else cpu
     precision: str | None = None  # "fp32", "bf16", "fp16"; None: each run's train.precision
     chunk_size: int = 1024  # positions per head + cross-entropy chunk
+    compile: bool = False  # torch.compile each block (train.compiled.compile_blocks)
     progress: bool = False  # a tqdm bar over documents on stderr
 
 
@@ -333,6 +334,10 @@ def evaluate(
         if backend != model.config.backend:
             note(f"eval: {run.name}: backend {backend} ({model.config.backend} does not run here)")
             use_backend(model, backend)
+        if options.compile:
+            from longnet_cli.train.compiled import compile_blocks
+
+            compile_blocks(model)
         scorer = Scorer(model, contexts, boundaries, token_bytes, options.chunk_size, precision)
         results.append(_score_run(run, scorer, corpus, selection.doc_ids, options, len(runs) > 1))
         del scorer, model

@@ -201,6 +201,21 @@ def restore_scaler(accelerator, existing) -> None:
         )
 
 
+def saved_precision(run_dir: Path) -> str | None:
+    """The precision the newest readable checkpoint of ``run_dir`` trained in (its recipe's
+    resolved ``train.precision``), or None: no checkpoint to resume from. A resumed
+    ``train.precision: auto`` run keeps it rather than measuring again and switching; the
+    checkpoint is verified later, by ``intact_checkpoint``, as for every resume."""
+    for path in reversed(ckpt.list_checkpoints(run_dir)):
+        try:
+            precision = ckpt.read_checkpoint(path).state["recipe"]["train"]["precision"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: intact_checkpoint sets it aside, or refuses
+        if isinstance(precision, str) and precision != "auto":
+            return precision
+    return None
+
+
 def corpus_record(corpus) -> dict:
     """Which corpus a run trains on, by content: the manifest's sha256 of every shard, of the
     tokenizer, and the held-out fraction (which documents are trained on), with ``sha256``

@@ -53,6 +53,7 @@ from longnet_cli.train.resume import (
     prepare_run_dir,
     restore_training_state,
     resume_point,
+    saved_precision,
     window_scheme,
 )
 from longnet_cli.train.schedule import build_optimizer
@@ -70,6 +71,7 @@ class TrainResult:
     tokens_per_s: float | None
     seconds: float
     checkpoint: str | None
+    compile_s: float | None = None  # train.compile: compiling the blocks, before the first step
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,7 +143,9 @@ def _train(
     started = time.perf_counter()
     corpus, vocab_size = check_inputs(recipe)
     init_source = _init_source(recipe, corpus)
+    recipe, precision_record = _resolve_precision(recipe, run_dir, resume)
     accelerator = _start(recipe, run_dir)
+    agree_on_precision(accelerator, recipe.train.precision, precision_record)
     take_run_lock(accelerator, run_dir, held)
     check_shared_run_dir(accelerator, run_dir)
     corpus = same_corpus_version(accelerator, corpus)
@@ -166,6 +170,7 @@ def _train(
     loss_module, optimizer = _prepare(accelerator, model, recipe.train, layout)
     if existing is not None:
         restore_training_state(accelerator, existing, optimizer)
+    compile_s = _compiled(recipe.train, model, loss_module, vocab_size, accelerator.device)
     start = point.step
     scheme = window_scheme(existing.state if existing is not None else None, corpus)
     evaluation = Evaluation.plan(recipe, corpus, scheme)
@@ -173,7 +178,11 @@ def _train(
         say_once(accelerator, f"warning: {evaluation.warning}")
     windows = _windows(recipe, corpus, scheme, evaluation)
     metrics = _metrics_log(accelerator, recipe, run_dir, start)
+    if precision_record is not None and start == 0:
+        metrics.note(step=0, precision=precision_record)
     _note_origin(accelerator, metrics, recipe, point, init_source, init_record)
+    if compile_s is not None:
+        metrics.note(step=start, compile_s=compile_s)
     tokens_per_step = recipe.train.tokens_per_step * layout.dp_size  # all ranks together
     run_record = RunRecord(
         recipe, layout, accelerator.num_processes, record, scheme, point.schedule, init_record
@@ -219,6 +228,7 @@ def _train(
         tokens_per_s=loop.tokens_per_s,
         seconds=time.perf_counter() - started,
         checkpoint=str(checkpointer.path(recipe.train.steps)),
+        compile_s=compile_s,
     )
 
 
@@ -229,6 +239,50 @@ def _init_source(recipe: Recipe, corpus):
     source = resolve_init_source(recipe.train.init_from)
     check_tokenizer(source, corpus.manifest["tokenizer_sha256"], Path(recipe.data.shards))
     return source
+
+
+def _resolve_precision(recipe: Recipe, run_dir: Path, resume: bool):
+    """``train.precision: auto`` resolved, once: a resumed run keeps its checkpoint's precision
+    (no new measurement that could switch it); a new run measures fp32's and bf16's matmul
+    peaks on its device (``runtime.measure_auto_precision``). Returns the recipe with the
+    resolved precision (what checkpoints record) and the measurement (None: none was made)."""
+    import dataclasses
+
+    from longnet_cli.runtime import measure_auto_precision
+
+    if recipe.train.precision != "auto":
+        return recipe, None
+    resolved = saved_precision(run_dir) if resume else None
+    record = None
+    if resolved is None:
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)  # the peaks at the run's thread count
+        record = measure_auto_precision(_own_device())
+        resolved = record["resolved"]
+    train = dataclasses.replace(recipe.train, precision=resolved)
+    return dataclasses.replace(recipe, train=train), record
+
+
+def _own_device() -> torch.device:
+    """The device this process will train on (accelerate's choice: its local GPU, else CPU)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def agree_on_precision(accelerator, precision: str, record: dict | None) -> None:
+    """Every rank of a run must train in one precision: ranks that each resolved
+    ``train.precision: auto`` from their own measurement and disagree stop the run (exit 2)."""
+    if record is None or accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    chosen = sorted(set(gather_object([precision])))
+    if len(chosen) > 1:
+        raise InputError(
+            f"train.precision: auto resolved to {' and '.join(chosen)} on different ranks "
+            "(their matmul peaks differ); set train.precision to one of them"
+        )
 
 
 def _start(recipe: Recipe, run_dir: Path):
@@ -279,6 +333,18 @@ def _prepare(accelerator, model, train: TrainConfig, layout: Layout):
         model, train.loss_chunk, layout.sequence_rank, layout.sequence_size
     )
     return accelerator.prepare(loss_module, build_optimizer(model, train))
+
+
+def _compiled(train: TrainConfig, model, loss_module, vocab_size: int, device) -> float | None:
+    """``train.compile``: the blocks compiled and warmed up on one window's shape before the
+    first step (``compiled.warm_up``); the seconds it took, or None when not compiling."""
+    if not train.compile:
+        return None
+    from longnet_cli.train.compiled import compile_blocks, warm_up
+
+    compile_blocks(model)
+    shape = (train.micro_batch_size, train.seq_len + 1)
+    return warm_up(loss_module, shape, vocab_size, device)
 
 
 def _windows(recipe: Recipe, corpus, scheme: str, evaluation: Evaluation | None):

@@ -131,7 +131,10 @@ def test_round_trip_to_dict_and_yaml(minimal, write):
             "model.positions in mine.yaml: must be one of 'rotary', 'xpos', 'none'; got 'alibi'",
         ),
         ({"model": {"backend": "cuda"}}, "model.backend in mine.yaml: must be one of 'auto'"),
-        ({"train": {"precision": "fp8"}}, "must be one of 'fp32', 'bf16', 'fp16'; got 'fp8'"),
+        (
+            {"train": {"precision": "fp8"}},
+            "must be one of 'fp32', 'bf16', 'fp16', 'auto'; got 'fp8'",
+        ),
         ({"data": {"sampling": "random"}}, "must be one of 'stream', 'document'"),
         # lengths
         ({"train": {"seq_len": "32Q"}}, "train.seq_len in mine.yaml: '32Q' is not a length"),

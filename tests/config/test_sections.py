@@ -25,8 +25,9 @@ def test_recipe_error_is_an_input_error():
 
 def test_choices_are_those_of_the_modules_that_use_them():
     from longnet_cli.data.windows import SAMPLING_MODES as WINDOW_MODES
-    from longnet_cli.runtime import PRECISION_NAMES
+    from longnet_cli.runtime import PRECISION_NAMES, TRAIN_PRECISION_NAMES
 
     assert SAMPLING_MODES == WINDOW_MODES  # a mirror: data.windows imports numpy
     choices = {spec.name: spec.metadata.get("choices") for spec in fields(TrainConfig)}
-    assert choices["precision"] is PRECISION_NAMES
+    assert choices["precision"] is TRAIN_PRECISION_NAMES  # the runtime's, with "auto"
+    assert (*PRECISION_NAMES, "auto") == TRAIN_PRECISION_NAMES

@@ -190,3 +190,85 @@ def test_lowering_steps_below_the_checkpoint_exits_2(reference_run, corpus, tmp_
     recipe = write_train_recipe(tmp_path, corpus, train__steps=12)
     assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0  # finished: a no-op
     assert "already finished" in capsys.readouterr().out
+
+
+# -- train.precision: auto -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fp32", "bf16", "chosen"),
+    [(1e11, 8e11, "bf16"), (1e11, 1.2e11, "bf16"), (1e11, 1.19e11, "fp32"), (1e11, 5e10, "fp32")],
+)
+def test_auto_precision_takes_bf16_only_where_its_peak_is_clearly_higher(fp32, bf16, chosen):
+    from longnet_cli.runtime import choose_precision
+
+    assert choose_precision(fp32, bf16) == chosen
+
+
+def test_auto_precision_measures_the_real_bf16_rate_on_a_cpu():
+    from longnet_cli.runtime import measure_auto_precision
+
+    record = measure_auto_precision("cpu")
+    assert record["asked"] == "auto" and record["resolved"] in ("fp32", "bf16")
+    assert set(record["peak_flops"]) == {"fp32", "bf16"}
+    assert all(value > 0 for value in record["peak_flops"].values())
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one mixed-precision setting per process: runs here change it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def _fake_measurement(resolved: str):
+    def measure(device):
+        peaks = {"fp32": 1e11, "bf16": 8e11 if resolved == "bf16" else 5e10}
+        return {"asked": "auto", "resolved": resolved, "peak_flops": peaks, "device": str(device),
+                "threads": 1}  # fmt: skip
+
+    return measure
+
+
+def test_auto_precision_is_resolved_once_recorded_and_kept_on_resume(
+    corpus, tmp_path, monkeypatch, fresh_accelerate_state
+):
+    import longnet_cli.runtime as runtime
+
+    monkeypatch.setattr(runtime, "measure_auto_precision", _fake_measurement("bf16"))
+    whole = tmp_path / "whole"
+    recipe = write_train_recipe(tmp_path, corpus, train__precision="auto", train__steps=8)
+    assert exit_code("train", str(recipe), "--out", str(whole), "--quiet") == 0
+    records = metrics_of(whole)
+    assert records[0]["step"] == 0 and records[0]["precision"]["resolved"] == "bf16"
+    assert records[0]["precision"]["peak_flops"] == {"fp32": 1e11, "bf16": 8e11}
+    assert _state(whole, 8)["recipe"]["train"]["precision"] == "bf16"  # the resolved value
+
+    # Half of it, then resumed where the device would now measure fp32 as the faster: the
+    # resumed run keeps the checkpoint's bf16 and reproduces the uninterrupted run's losses.
+    half = tmp_path / "half"
+    shutil.copytree(whole, half)
+    shutil.rmtree(half / "checkpoints" / "step-0000008")
+    monkeypatch.setattr(runtime, "measure_auto_precision", _fake_measurement("fp32"))
+    assert exit_code("train", str(recipe), "--out", str(half), "--quiet") == 0
+    assert _state(half, 8)["recipe"]["train"]["precision"] == "bf16"
+    losses = [(r["step"], r["loss"]) for r in metrics_of(half) if "loss" in r]
+    assert losses == [(r["step"], r["loss"]) for r in records if "loss" in r]
+    assert sum("precision" in r for r in metrics_of(half)) == 1  # measured once, at the start
+
+
+def test_auto_precision_resumes_a_run_started_with_explicit_fp32(
+    corpus, tmp_path, monkeypatch, fresh_accelerate_state
+):
+    import longnet_cli.runtime as runtime
+
+    run = tmp_path / "run"
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=4)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
+    monkeypatch.setattr(runtime, "measure_auto_precision", _fake_measurement("bf16"))
+    recipe = write_train_recipe(tmp_path, corpus, train__precision="auto", train__steps=8)
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 0
+    assert _state(run, 8)["recipe"]["train"]["precision"] == "fp32"

@@ -1,0 +1,56 @@
+"""``longnet bench train``: one setting, or ``--compare``'s four side by side in one run (the
+same initial weights and windows for each, so their losses are comparable)."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import exit_code, write_train_recipe
+
+from longnet_cli.bench.train import COMPARED, CompareResult, SettingResult
+
+
+def test_compare_reports_every_setting_on_the_corpus_windows(corpus, tmp_path, capsys):
+    recipe = write_train_recipe(tmp_path, corpus)
+    assert exit_code("bench", "train", str(recipe), "--compare", "--steps", "2", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in report["settings"]] == [
+        "fp32 eager", "fp32 compiled", "bf16 eager", "bf16 compiled"
+    ]  # fmt: skip
+    assert report["data"] == "corpus" and report["steps"] == 3
+    assert set(report["matmul_peak_gflops"]) == {"fp32", "bf16"}
+    eager, compiled, bf16, bf16_compiled = report["settings"]
+    assert eager["speedup"] == 1.0
+    # Compiling changes how the blocks run, not what they compute.
+    assert abs(compiled["loss"] - eager["loss"]) <= 1e-4 * eager["loss"]
+    assert abs(bf16_compiled["loss"] - bf16["loss"]) <= 2e-2 * bf16["loss"]
+    for setting in report["settings"]:
+        assert setting["tokens_per_s"] > 0 and setting["fraction_of_peak"] > 0
+        assert setting["model_gflops"] > 0 and setting["first_step_s"] > 0
+        assert len(setting["losses"]) == 3 and setting["losses"][-1] == setting["loss"]
+    assert report["chosen"] in [s["name"] for s in report["settings"]]
+
+
+def test_compare_text_table_names_the_choice(corpus, tmp_path, capsys):
+    recipe = write_train_recipe(tmp_path, corpus)
+    assert exit_code("bench", "train", str(recipe), "--compare", "--steps", "1") == 0
+    out = capsys.readouterr().out
+    for name in ("fp32 eager", "fp32 compiled", "bf16 eager", "bf16 compiled", "vs fp32"):
+        assert name in out
+    assert "fastest within 1% of eager fp32's loss" in out
+
+
+def _setting(precision, compiled, tokens_per_s, loss) -> SettingResult:
+    return SettingResult(precision, compiled, 1.0, 1.0, loss, tokens_per_s=tokens_per_s)
+
+
+def test_the_choice_is_the_fastest_within_one_percent_of_eager_fp32():
+    def chosen(*settings) -> str:
+        result = CompareResult("r", "cpu", 1, 1, 8, 8, 2, "corpus", 1.0, {}, list(settings))
+        return result.chosen.name
+
+    base = _setting("fp32", False, 100, 5.0)
+    assert chosen(base, _setting("fp32", True, 120, 5.0), _setting("bf16", False, 200, 5.04),
+                  _setting("bf16", True, 210, 5.06)) == "bf16 eager"  # fmt: skip
+    assert chosen(base, _setting("fp32", True, 90, 5.0)) == "fp32 eager"
+    assert COMPARED[0] == ("fp32", False)  # the baseline comes first

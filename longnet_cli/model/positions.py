@@ -120,9 +120,13 @@ def apply_positions(
     q: torch.Tensor, k: torch.Tensor, tables: PositionTables
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode q and k (B, N, H, D) with tables for their N positions; float32 math, input dtype."""
-    limit = min(XPOS_MAX_EXPONENT, 0.5 * math.log(torch.finfo(q.dtype).max) - 1.0)
-    q_cos, q_sin, k_cos, k_sin = tables.applied(limit)
+    q_cos, q_sin, k_cos, k_sin = tables.applied(xpos_limit(q.dtype))
     return rotate(q, q_cos, q_sin), rotate(k, k_cos, k_sin)
+
+
+def xpos_limit(dtype: torch.dtype) -> float:
+    """The bound on xPos's |log scale| for q and k of ``dtype`` (float16's range is smaller)."""
+    return min(XPOS_MAX_EXPONENT, 0.5 * math.log(torch.finfo(dtype).max) - 1.0)
 
 
 class RotaryEmbedding:

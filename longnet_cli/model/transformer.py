@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from longnet_cli.model import decode as decoding
 from longnet_cli.model.config import LongNetConfig
 from longnet_cli.model.layers import DilatedAttention, RMSNorm, SwiGLU
-from longnet_cli.model.positions import PositionTables, build_position_encoding
+from longnet_cli.model.positions import PositionTables, build_position_encoding, xpos_limit
 
 INIT_STD = 0.02
 DEFAULT_LOSS_CHUNK = 1024  # positions per head + cross-entropy chunk
@@ -237,6 +237,11 @@ class LongNetTransformer(nn.Module):
         recompute = (
             self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         )
+        if recompute and tables is not None:
+            # Derive the applied tables before the first checkpointed block: inside it, the
+            # forward would derive them and its recomputation find them cached, and a compiled
+            # block would then save other tensors the second time (torch.utils.checkpoint refuses).
+            tables.applied(xpos_limit(_compute_dtype(x)))
         long_inference = not torch.is_grad_enabled() and x.shape[1] > CHUNK
         for block in self.blocks:
             if recompute:
@@ -405,3 +410,10 @@ class LongNetTransformer(nn.Module):
         out = torch.stack(new, dim=1) if new else batch.new_empty((batch.shape[0], 0))
         out = out[0] if single else out
         return (out, cache) if return_cache else out
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype q and k are projected in: autocast's where it is on for ``x``'s device."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype

@@ -248,9 +248,9 @@ def test_resume_refuses_another_world_size(corpus, tmp_path, capsys):
     assert "2 data-parallel processes" in capsys.readouterr().err
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(
-    corpus, tmp_path, capsys, monkeypatch
-):
+def _nan_loss_from_step(monkeypatch, step: int, micro_steps: int = 2) -> dict[str, int]:
+    """Make the training loss NaN from optimizer step ``step`` on (``micro_steps`` per step);
+    returns the counter of loss forwards (``calls["n"]``)."""
     from longnet_cli.train import loss as loss_module
 
     calls = {"n": 0}
@@ -259,9 +259,16 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(
     def forward(self, window):
         calls["n"] += 1
         loss = real_forward(self, window)
-        return loss * float("nan") if calls["n"] > 4 * 2 else loss  # step 5 on (2 micro-steps)
+        return loss * float("nan") if calls["n"] > (step - 1) * micro_steps else loss
 
     monkeypatch.setattr(loss_module.LanguageModelLoss, "forward", forward)
+    return calls
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    _nan_loss_from_step(monkeypatch, 5)
     recipe = write_train_recipe(tmp_path, corpus)
     run = tmp_path / "run"
     assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 1
@@ -305,17 +312,7 @@ def test_non_finite_loss_between_logging_steps_stops_before_the_next_checkpoint(
 ):
     """Logging every 5 steps and saving every 4: a NaN from step 6 on is read back before the
     save after step 8, which never happens; the error names step 6 and the step-4 checkpoint."""
-    from longnet_cli.train import loss as loss_module
-
-    calls = {"n": 0}
-    real_forward = loss_module.LanguageModelLoss.forward
-
-    def forward(self, window):
-        calls["n"] += 1
-        loss = real_forward(self, window)
-        return loss * float("nan") if calls["n"] > 5 * 2 else loss  # step 6 on (2 micro-steps)
-
-    monkeypatch.setattr(loss_module.LanguageModelLoss, "forward", forward)
+    calls = _nan_loss_from_step(monkeypatch, 6)
     recipe = write_train_recipe(tmp_path, corpus, log__every=5)
     run = tmp_path / "run"
     assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 1

@@ -200,10 +200,13 @@ def generate(
     from longnet_cli.model.decode import prefill_start
 
     tokens = torch.tensor(prompt, dtype=torch.long, device=device)[None]  # (1, n)
-    prefill_tokens = len(prompt) - prefill_start(model.config.segment_lengths, len(prompt))
+    prefill_tokens = len(prompt) - prefill_start(
+        model.config.segment_lengths, len(prompt), model.config.smeared_keys
+    )
+    which = "all of it: smeared keys" if model.config.smeared_keys else "its last token's block"
     note(
-        f"generate: prompt {len(prompt):,} tokens, prefill {prefill_tokens:,} (the block of "
-        f"its last token), up to {options.max_new_tokens:,} new tokens"
+        f"generate: prompt {len(prompt):,} tokens, prefill {prefill_tokens:,} ({which}), "
+        f"up to {options.max_new_tokens:,} new tokens"
     )
     eos_id = processor.eos_id()
     token_bytes, text = TokenBytes(processor), TextStream(options.stop)

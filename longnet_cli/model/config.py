@@ -80,6 +80,8 @@ class LongNetConfig:
     parallel_blocks: bool = field(default=False, metadata=option("bool"))
     tie_embeddings: bool = field(default=True, metadata=option("bool"))
     qk_norm: bool = field(default=False, metadata=option("bool"))
+    # Smeared keys: each head's key mixes in the previous position's (a learned gate per head)
+    smeared_keys: bool = field(default=False, metadata=option("bool"))
     dropout: float = field(default=0.0, metadata=option("float"))
     activation_checkpointing: bool = field(default=False, metadata=option("bool"))
     backend: str = field(default="auto", metadata=option("choice", choices=BACKENDS))

@@ -20,6 +20,11 @@ again by any later position in any layer. The prompt's tail from there runs thro
 model's (chunked) forward at its global offset, and each layer's keys and values of the
 current segments are copied into the cache as it goes.
 
+Smeared keys make every key depend on the previous position's projected key, and so every layer's
+hidden state at a position on the whole stream before it: a prefill then runs the whole prompt
+(still chunked, still linear in its length), and the cache also keeps each layer's last projected
+key (``previous_keys``, (depth, B, H, D)), which the next decoding step smears with.
+
 Legend: B batch, H heads, D head dim, C model dim, V vocabulary, S cache slots of a branch.
 """
 
@@ -54,11 +59,15 @@ class DecodeCache:
     position: int = 0
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    # smeared keys: each layer's last projected key (B, H, D); None without smearing
+    previous_keys: list[torch.Tensor | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.keys:
             self.keys = [self._new(0) for _ in self.segment_lengths]
             self.values = [self._new(0) for _ in self.segment_lengths]
+        if not self.previous_keys:
+            self.previous_keys = [None] * self.depth
 
     def _new(self, slots: int) -> torch.Tensor:
         shape = (self.depth, self.batch, self.heads, slots, self.dim_head)
@@ -89,7 +98,8 @@ class DecodeCache:
 
     def nbytes(self) -> int:
         """Bytes of the keys and values held (allocated) for all layers."""
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        held = (*self.keys, *self.values, *(k for k in self.previous_keys if k is not None))
+        return sum(t.numel() * t.element_size() for t in held)
 
     def _reserve(self, branch: int, slots: int) -> None:
         """Room for ``slots`` slots in branch ``branch`` (doubling, up to the bound)."""
@@ -173,9 +183,12 @@ def new_cache(model, batch: int, device: torch.device, dtype: torch.dtype) -> De
     )  # fmt: skip
 
 
-def prefill_start(segment_lengths: tuple[int, ...], length: int) -> int:
+def prefill_start(segment_lengths: tuple[int, ...], length: int, smeared_keys: bool = False) -> int:
     """First position a prompt of ``length`` tokens must prefill: the start of the block of
-    lcm(segment lengths) tokens holding its last position (nothing earlier is read again)."""
+    lcm(segment lengths) tokens holding its last position (nothing earlier is read again);
+    0 with smeared keys (every position depends on the whole stream before it)."""
+    if smeared_keys:
+        return 0
     block = math.lcm(*segment_lengths)
     return (length - 1) // block * block
 
@@ -189,7 +202,7 @@ def prefill(model, tokens: torch.Tensor) -> tuple[torch.Tensor, DecodeCache]:
     b, n = tokens.shape
     if n < 1:
         raise ValueError("prefill needs at least one prompt token")
-    start = prefill_start(model.config.segment_lengths, n)
+    start = prefill_start(model.config.segment_lengths, n, model.config.smeared_keys)
     x = model.token_embedding(tokens[:, start:])  # (B, n', C)
     cache = new_cache(model, b, tokens.device, x.dtype)
     tables = None
@@ -197,8 +210,9 @@ def prefill(model, tokens: torch.Tensor) -> tuple[torch.Tensor, DecodeCache]:
         tables = model.position_encoding.tables(n - start, start, tokens.device)
     for layer, block in enumerate(model.blocks):
 
-        def keep(k: torch.Tensor, v: torch.Tensor, layer: int = layer) -> None:
+        def keep(k: torch.Tensor, v: torch.Tensor, last_key, layer: int = layer) -> None:
             cache.fill(layer, k, v, start, n)
+            cache.previous_keys[layer] = last_key
 
         x = block.prefill(x, start, tables, keep)
     hidden = model.norm(x[:, -1:])  # (B, 1, C)
@@ -213,7 +227,12 @@ def decode(model, tokens: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
     if model.position_encoding is not None:
         tables = model.position_encoding.tables(1, p, tokens.device)
     for layer, block in enumerate(model.blocks):
-        x = block.decode(x, tables, lambda q, k, v, layer=layer: cache.attend(layer, q, k, v))
+        x, cache.previous_keys[layer] = block.decode(
+            x,
+            tables,
+            lambda q, k, v, layer=layer: cache.attend(layer, q, k, v),
+            cache.previous_keys[layer],
+        )
     cache.position = p + 1
     return model.head(model.norm(x))[:, 0]  # (B, 1, C) -> (B, V)
 

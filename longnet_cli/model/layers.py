@@ -14,6 +14,7 @@ from torch import nn
 from longnet_cli.model.attention import dilated_attention
 from longnet_cli.model.config import validate_branches
 from longnet_cli.model.positions import PositionTables, apply_positions, build_position_encoding
+from longnet_cli.model.smeared_keys import INITIAL_LOGIT, previous_rank_key, smear_keys
 
 
 class RMSNorm(nn.Module):
@@ -115,6 +116,8 @@ class DilatedAttention(nn.Module):
         causal: each query sees only keys at positions <= its own.
         use_xpos / rotary: encode q and k with xPos or rotary at global positions (``offset``).
         qk_norm: RMSNorm over the head dim (learnable) of q and k, not v, before positions.
+        smeared_keys: each head's key mixes in the previous position's key by a learned gate
+            per head (``smeared_keys.py``), before qk-norm and positions.
         dropout: dropout on the attention *output* (before the out projection), in training only.
             Dropout of attention probabilities cannot be applied inside the fused dilated
             kernels, so this is where the community argument takes effect.
@@ -141,6 +144,7 @@ class DilatedAttention(nn.Module):
         dilation_rates: Sequence[int] | None = None,
         dim_head: int | None = None,
         rotary: bool = False,
+        smeared_keys: bool = False,
         backend: str = "auto",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -176,6 +180,10 @@ class DilatedAttention(nn.Module):
         self.out_proj = nn.Linear(inner, dim, bias=False, **factory)
         self.q_norm = RMSNorm(dim_head, **factory) if qk_norm else None
         self.k_norm = RMSNorm(dim_head, **factory) if qk_norm else None
+        # Smeared keys' gate logits a_h (H,): s_h = sigmoid(a_h) of each key is its own.
+        self.key_smear = (
+            nn.Parameter(torch.full((heads,), INITIAL_LOGIT, **factory)) if smeared_keys else None
+        )
         self.dropout = nn.Dropout(dropout)
         kind = "xpos" if use_xpos else "rotary" if rotary else "none"
         self.position_kind = kind
@@ -196,22 +204,36 @@ class DilatedAttention(nn.Module):
         return self.output(out)
 
     def project(
-        self, x: torch.Tensor, position_tables: PositionTables | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v (B, N, H, Dh) of x (B, N, C): projections, qk norm, positions (per position,
-        so it may run on a chunk of positions with the matching slice of the tables)."""
+        self,
+        x: torch.Tensor,
+        position_tables: PositionTables | None,
+        previous_key: torch.Tensor | None = None,
+        *,
+        return_last_key: bool = False,
+    ):
+        """q, k, v (B, N, H, Dh) of x (B, N, C): projections, smeared keys, qk norm, positions
+        (per position, so it may run on a chunk of positions with the matching slice of the
+        tables). ``previous_key`` (B, H, Dh): the projected key before x's first position, for
+        smeared keys (None: the previous rank's under sequence parallelism, else zeros: a
+        stream start). ``return_last_key``: also return x's last projected (unsmeared) key
+        (B, H, Dh), which the next piece of the stream takes as its ``previous_key``."""
         b, n, _ = x.shape
         shape = (b, n, self.heads, self.dim_head)
         q = self.q_proj(x).view(shape)  # (B, N, C) -> (B, N, H*Dh) -> (B, N, H, Dh)
         k = self.k_proj(x).view(shape)
         v = self.v_proj(x).view(shape)
+        last_key = k[:, -1] if return_last_key and self.key_smear is not None else None
+        if self.key_smear is not None:
+            if previous_key is None and self.sequence_group is not None:
+                previous_key = previous_rank_key(k[:, -1], self.sequence_group)
+            k = smear_keys(k, self.key_smear, previous_key)
         if self.q_norm is not None:
             # The norms compute in float32 and their float32 gains would promote q and k under
             # autocast (v stays bfloat16): give them back v's dtype, which the kernels need.
             q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         if self.position_encoding is not None:
             q, k = apply_positions(q, k, position_tables)
-        return q, k, v
+        return (q, k, v, last_key) if return_last_key else (q, k, v)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Dilated attention over the whole sequence: (B, N, H, Dh) -> (B, N, H, Dh).
@@ -253,4 +275,5 @@ class DilatedAttention(nn.Module):
             f"heads={self.heads}, dim_head={self.dim_head}, segment_lengths="
             f"{list(self.segment_lengths)}, dilation_rates={list(self.dilation_rates)}, "
             f"causal={self.causal}, positions={self.position_kind!r}"
+            + (", smeared_keys=True" if self.key_smear is not None else "")
         )

@@ -26,10 +26,14 @@ from longnet_cli.model import decode as decoding
 from longnet_cli.model.config import LongNetConfig
 from longnet_cli.model.layers import DilatedAttention, RMSNorm, SwiGLU
 from longnet_cli.model.positions import PositionTables, build_position_encoding, xpos_limit
+from longnet_cli.model.smeared_keys import INITIAL_LOGIT, previous_rank_key
 
 INIT_STD = 0.02
 DEFAULT_LOSS_CHUNK = 1024  # positions per head + cross-entropy chunk
 CHUNK = 1 << 14  # positions per chunk of per-position work in long inference
+# kv_sink(k, v, last_key): a layer's keys and values (B, N, H, Dh) and, with smeared keys, its
+# last position's projected key (B, H, Dh), else None; see ``Block.forward_in_chunks``.
+KVSink = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], None]
 
 
 class Block(nn.Module):
@@ -50,6 +54,7 @@ class Block(nn.Module):
             dilation_rates=config.dilation_rates,
             dim_head=config.dim_head,
             rotary=config.positions == "rotary",
+            smeared_keys=config.smeared_keys,
             backend=config.backend,
         )
         # GPT-J / PaLM parallel blocks share one norm between attention and feed-forward.
@@ -74,29 +79,33 @@ class Block(nn.Module):
         tables: PositionTables | None = None,
         *,
         out: torch.Tensor,
-        kv_sink: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+        kv_sink: KVSink | None = None,
     ) -> torch.Tensor:
         """Inference at long N (no autograd) into ``out`` (B, N, C), which may be x itself (the
         model's own loop updates x in place): everything but the attention itself runs on
         chunks of positions, so besides x and out only q, k, v and the attention output exist
         for the whole sequence (no normed copies, no ff_mult-wide hidden layer). Position
         tables are the layer's own for positions ``offset ..`` unless given. ``kv_sink`` (if
-        any) is handed the whole sequence's k and v (B, N, H, Dh): decoding caches keep some."""
+        any) is handed the whole sequence's k and v (B, N, H, Dh) and, with smeared keys, the
+        last position's projected key (B, H, Dh), else None: decoding caches keep some."""
         b, n, _ = x.shape
         if tables is None and self.attn.position_encoding is not None:
             tables = self.attn.position_encoding.tables(n, offset, x.device)
         shape = (b, n, self.attn.heads, self.attn.dim_head)
         qkv: list[torch.Tensor] = []  # in the projections' dtype (bfloat16 under autocast)
+        previous_key = self._previous_rank_key(x)  # smeared keys: carried from chunk to chunk
         for part in _chunks(n):
             chunk_tables = None if tables is None else tables.slice(part.start, part.stop)
-            projected = self.attn.project(self.attn_norm(x[:, part]), chunk_tables)
+            *projected, previous_key = self.attn.project(
+                self.attn_norm(x[:, part]), chunk_tables, previous_key, return_last_key=True
+            )
             qkv = qkv or [x.new_empty(shape, dtype=piece.dtype) for piece in projected]
             for whole, piece in zip(qkv, projected):
                 whole[:, part] = piece  # (B, c, H, Dh)
         q, k, v = qkv
         del qkv
         if kv_sink is not None:
-            kv_sink(k, v)
+            kv_sink(k, v, previous_key)
         attended = self.attn.attend(q, k, v)  # (B, N, H, Dh)
         del q, k, v
         for part in _chunks(n):
@@ -106,20 +115,31 @@ class Block(nn.Module):
             out[:, part] = y
         return out
 
+    def _previous_rank_key(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Under sequence parallelism with smeared keys, the projected key before x's first
+        position (the previous rank's last; zeros on rank 0), for a caller that projects x in
+        pieces; else None (the first piece of x is a stream start, or ``project`` fetches it)."""
+        attn = self.attn
+        if attn.key_smear is None or attn.sequence_group is None:
+            return None
+        last = attn.k_proj(self.attn_norm(x[:, -1]))  # (B, C) -> (B, H*Dh)
+        return previous_rank_key(last.view(-1, attn.heads, attn.dim_head), attn.sequence_group)
+
     def prefill(
         self,
         x: torch.Tensor,
         offset: int,
         tables: PositionTables | None,
-        kv_sink: Callable[[torch.Tensor, torch.Tensor], None],
+        kv_sink: KVSink,
     ) -> torch.Tensor:
         """Inference forward (as ``forward``) of x (B, N, C) at global ``offset`` that also
-        hands the layer's k and v (B, N, H, Dh) to ``kv_sink``; long N runs in chunks."""
+        hands the layer's k and v (B, N, H, Dh) and last projected key to ``kv_sink`` (as
+        ``forward_in_chunks`` does); long N runs in chunks. x starts a stream (smeared keys)."""
         if x.shape[1] > CHUNK:
             return self.forward_in_chunks(x, offset, tables, out=x, kv_sink=kv_sink)
         h = self.attn_norm(x)
-        q, k, v = self.attn.project(h, tables)  # (B, N, H, Dh)
-        kv_sink(k, v)
+        q, k, v, last_key = self.attn.project(h, tables, return_last_key=True)  # (B, N, H, Dh)
+        kv_sink(k, v, last_key)
         attended = self.attn.output(self.attn.attend(q, k, v))  # (B, N, C)
         if self.parallel:
             return x + attended + self.ff(h)
@@ -131,16 +151,19 @@ class Block(nn.Module):
         x: torch.Tensor,
         tables: PositionTables | None,
         attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> torch.Tensor:
+        previous_key: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One new position x (B, 1, C) whose attention ``attend(q, k, v)`` ((B, H, Dh) each
-        -> (B, H, Dh)) computes from a decoding cache (see ``decode.py``)."""
+        -> (B, H, Dh)) computes from a decoding cache (see ``decode.py``). With smeared keys
+        ``previous_key`` (B, H, Dh) is the previous position's projected key. Returns the
+        block's output (B, 1, C) and this position's projected key (None without smearing)."""
         h = self.attn_norm(x)
-        q, k, v = self.attn.project(h, tables)  # (B, 1, H, Dh)
+        q, k, v, last_key = self.attn.project(h, tables, previous_key, return_last_key=True)
         attended = self.attn.output(attend(q[:, 0], k[:, 0], v[:, 0])[:, None])  # (B, 1, C)
         if self.parallel:
-            return x + attended + self.ff(h)
+            return x + attended + self.ff(h), last_key
         x = x + attended
-        return x + self.ff(self.ff_norm(x))
+        return x + self.ff(self.ff_norm(x)), last_key
 
 
 def _chunks(n: int) -> list[slice]:
@@ -169,6 +192,7 @@ class LongNetTransformer(nn.Module):
         parallel_blocks: bool = False,
         tie_embeddings: bool = True,
         qk_norm: bool = False,
+        smeared_keys: bool = False,
         dropout: float = 0.0,
         activation_checkpointing: bool = False,
         backend: str = "auto",
@@ -179,7 +203,8 @@ class LongNetTransformer(nn.Module):
             ff_mult=ff_mult, segment_lengths=tuple(segment_lengths),
             dilation_rates=tuple(dilation_rates), positions=positions,
             parallel_blocks=parallel_blocks, tie_embeddings=tie_embeddings, qk_norm=qk_norm,
-            dropout=dropout, activation_checkpointing=activation_checkpointing, backend=backend,
+            smeared_keys=smeared_keys, dropout=dropout,
+            activation_checkpointing=activation_checkpointing, backend=backend,
         )  # fmt: skip
         self.token_embedding = nn.Embedding(num_tokens, dim)
         self.blocks = nn.ModuleList(Block(config) for _ in range(depth))
@@ -211,6 +236,8 @@ class LongNetTransformer(nn.Module):
         for block in self.blocks:
             nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.ff.down_proj.weight, mean=0.0, std=residual_std)
+            if block.attn.key_smear is not None:
+                nn.init.constant_(block.attn.key_smear, INITIAL_LOGIT)
 
     def use_sequence_parallel(self, group) -> None:
         """Split sequences across ``group`` (a torch.distributed process group; None: don't).

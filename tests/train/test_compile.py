@@ -45,11 +45,16 @@ def test_compiled_blocks_keep_the_eager_parameter_names():
     assert compile_blocks(compiled) is compiled  # a second call changes nothing
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_compiled_loss_and_gradients_match_eager(checkpointing):
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"activation_checkpointing": True}, {"smeared_keys": True}],
+    ids=["plain", "checkpointing", "smeared-keys"],
+)
+def test_compiled_loss_and_gradients_match_eager(options):
     """The chunked loss (16-position chunks: 4 per window) with and without activation
-    checkpointing: the same loss and gradients as the eager model, within float tolerance."""
-    eager = _tiny(activation_checkpointing=checkpointing)
+    checkpointing, and with smeared keys: the same loss and gradients as the eager model,
+    within float tolerance."""
+    eager = _tiny(**options)
     compiled = compile_blocks(copy.deepcopy(eager))
     tokens = torch.randint(0, 100, (2, 65), generator=torch.Generator().manual_seed(1))
     for model in (eager, compiled):

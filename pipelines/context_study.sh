@@ -26,7 +26,8 @@
 #                              per model on one modern GPU, ~1B tokens each; give it a corpus
 #                              larger than the standard library), or smoke (a minute: checks the
 #                              pipeline end to end, its figures mean nothing)
-#   LONGNET_STUDY_CORPUS       a corpus directory to use instead of the standard library
+#   LONGNET_STUDY_CORPUS       stdlib (default), site-packages (the installed packages' .py
+#                              source: ~200 MB, 62M training tokens) or a corpus directory
 #   LONGNET_STUDY_STEPS        train.steps of every model (same tokens per step for all three)
 #   LONGNET_STUDY_HOLDOUT      tokenize --holdout (default 0.2: on CPython 3.11's standard
 #                              library, 10 held-out files of at least 32K tokens)
@@ -104,15 +105,25 @@ study_main() {
     if [[ -n ${LONGNET_DEVICES:-} ]]; then
         TRAIN_ARGS+=(--devices "$LONGNET_DEVICES")
     fi
-    if [[ -n ${LONGNET_STUDY_CORPUS:-} ]]; then
+    # The corpus: a built-in one by name (stdlib, site-packages), else a directory as it is.
+    case ${LONGNET_STUDY_CORPUS:-stdlib} in
+    stdlib) SOURCE=(--stdlib "${INCLUDE[@]}") ;;
+    site-packages)
+        # smoke: two small packages pytest brings stand in for its standard-library files
+        if [[ $SCALE == smoke ]]; then
+            INCLUDE=(--include 'iniconfig/*.py' --include 'pluggy/*.py')
+        fi
+        SOURCE=(--site-packages "${INCLUDE[@]}")
+        ;;
+    *)
         if [[ ! -d $LONGNET_STUDY_CORPUS ]]; then
-            echo "$PIPELINE: LONGNET_STUDY_CORPUS is not a directory: $LONGNET_STUDY_CORPUS" >&2
+            echo "$PIPELINE: LONGNET_STUDY_CORPUS must be stdlib, site-packages or a corpus" \
+                "directory, got '$LONGNET_STUDY_CORPUS'" >&2
             exit 2
         fi
         SOURCE=("$LONGNET_STUDY_CORPUS")
-    else
-        SOURCE=(--stdlib "${INCLUDE[@]}")
-    fi
+        ;;
+    esac
 
     require_longnet
     batch_begin "$WORKDIR"

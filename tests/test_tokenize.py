@@ -855,3 +855,123 @@ def test_a_million_tiny_files_peak_memory(tmp_path, model_file):
         f"1,000,000 files: peak RSS {peak >> 20} MiB, {seconds:.0f} s (written in {written:.0f} s)"
     )
     assert peak < 1 << 30, f"peak RSS {peak >> 20} MiB"
+
+
+# --------------------------------------------------------------------------- --site-packages
+
+
+def installed(package: str) -> tuple[Path, str]:
+    """(directory, source-name prefix) of an installed package under ``--site-packages``: its
+    sources start with the prefix when this environment has several site-packages."""
+    import importlib.util
+
+    directory = Path(importlib.util.find_spec(package).origin).resolve().parent
+    roots = sources.site_packages_paths()
+    (name,) = [n for r, n in zip(roots, sources.input_names(roots)) if r in directory.parents]
+    return directory, f"{name}/" if name else ""
+
+
+def package_files(directory: Path) -> list[tuple[str, str]]:
+    """[(path inside the package, text)] of its .py files, in the walk's order."""
+    files = [p for p in directory.rglob("*.py") if "__pycache__" not in p.parts]
+    files.sort(key=lambda p: p.relative_to(directory).parts)
+    return [(p.relative_to(directory).as_posix(), p.read_text("utf-8")) for p in files]
+
+
+def expected_splits(texts: list[str], fraction: float) -> list[str]:
+    """The split of each text by the rule, the smallest-hash fallback included."""
+    held = [is_heldout(text, fraction) for text in texts]
+    if fraction > 0 and len(set(texts)) >= 2 and not any(held):
+        smallest = min(hashlib.sha256(text.encode()).hexdigest() for text in texts)
+        held = [hashlib.sha256(text.encode()).hexdigest() == smallest for text in texts]
+    return ["heldout" if h else "train" for h in held]
+
+
+def test_site_packages_is_exclusive_with_paths_and_stdlib(tmp_path, capsys):
+    write(tmp_path / "in" / "a.txt", "alpha\n")
+    out = tmp_path / "out"
+    for args in (["--site-packages", tmp_path / "in"], ["--site-packages", "--stdlib"],
+                 [tmp_path / "in", "--stdlib"], []):  # fmt: skip
+        capsys.readouterr()
+        assert run(["tokenize", *map(str, args), "--out", str(out), "--quiet"]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) <= 2, err
+        assert "PATHS, --stdlib or --site-packages" in err, err
+        assert not out.exists()
+
+
+def test_site_packages_one_small_package_split_by_content(tmp_path, model_file, processor):
+    """A real --site-packages run restricted to one small installed package (pluggy, which
+    pytest needs): every .py file one document, losslessly, split by its content hash."""
+    directory, prefix = installed("pluggy")
+    name = f"{prefix}{directory.name}"
+    files = package_files(directory)
+    expected = [(f"{name}/{inside}", text) for inside, text in files if text]
+    empty = len(files) - len(expected)
+    assert len(expected) >= 5
+    out = tmp_path / "out"
+    argv = ["--site-packages", "--include", f"{name}/*.py", "--holdout", "0.3", "-j", "2"]
+    assert tokenize([], out, *argv, model=model_file) == 0
+    skipped = {"empty": empty} if empty else {}
+    manifest = check_output(out, expected, skipped, processor, model_file.read_bytes())
+    rows = pq.read_table(out / "documents.parquet").to_pylist()
+    assert [row["split"] for row in rows] == expected_splits([t for _, t in expected], 0.3)
+    assert manifest["options"]["holdout"] == 0.3
+    assert tokenize([], out, *argv, model=model_file) == 0  # an unchanged environment
+    assert json.loads((out / "manifest.json").read_text()) == manifest  # is up to date
+
+
+def test_site_packages_group_repo_each_package_one_document(tmp_path, model_file, processor):
+    expected, empty = [], 0
+    argv = ["--site-packages", "--group", "repo"]
+    for package in ("iniconfig", "pluggy"):  # sorted, as the walk lists them
+        directory, prefix = installed(package)
+        parts = []
+        for inside, text in package_files(directory):
+            if not text:
+                empty += 1
+                continue
+            parts.append(f"==> {inside} <==\n{text}" + ("" if text.endswith("\n") else "\n"))
+        expected.append((f"{prefix}{directory.name}", "".join(parts)))
+        argv += ["--include", f"{prefix}{directory.name}/*.py"]
+    out = tmp_path / "out"
+    assert tokenize([], out, *argv, model=model_file) == 0
+    check_output(out, expected, {"empty": empty} if empty else {}, processor)
+
+
+def test_site_packages_vendored_copies_land_on_one_side(tmp_path, model_file, monkeypatch):
+    """Two identical files in two packages (a vendored copy) are two documents with one
+    content hash: always the same split, here the held-out one, so that a copy of a held-out
+    file never trains the model. Only .py files are read; --include replaces that default."""
+    site = tmp_path / "site-packages"
+    monkeypatch.setattr(sources, "site_packages_paths", lambda: [site])
+    revisions = [f"# vendored six, revision {i}\nX = {i}\n" for i in range(100)]
+    vendored = next(text for text in revisions if is_heldout(text, 0.3))
+    helpers = [f"def helper():\n    return {i}\n" for i in range(100)]
+    trained = next(text for text in helpers if not is_heldout(text, 0.3))
+    write(site / "alpha" / "_vendor" / "six.py", vendored)
+    write(site / "beta" / "vendor" / "six.py", vendored)
+    write(site / "alpha" / "util.py", trained)
+    write(site / "gamma" / "_util.py", trained)
+    for i in range(12):
+        write(site / f"pkg{i:02d}" / "__init__.py", f"VALUE = {i}\n")
+    write(site / "alpha" / "__pycache__" / "six.cpython-311.pyc", b"\x00\x01bytecode")
+    write(site / "alpha-1.0.dist-info" / "METADATA", "Name: alpha\n")
+    write(site / "alpha" / "py.typed", "partial\n")
+    out = tmp_path / "out"
+    assert tokenize([], out, "--site-packages", "--holdout", "0.3", model=model_file) == 0
+    rows = {row["source"]: row for row in pq.read_table(out / "documents.parquet").to_pylist()}
+    packages = [f"pkg{i:02d}/__init__.py" for i in range(12)]
+    assert list(rows) == ["alpha/_vendor/six.py", "alpha/util.py", "beta/vendor/six.py",
+                          "gamma/_util.py", *packages]  # fmt: skip
+    assert rows["alpha/_vendor/six.py"]["sha256"] == rows["beta/vendor/six.py"]["sha256"]
+    assert rows["alpha/_vendor/six.py"]["split"] == rows["beta/vendor/six.py"]["split"] == "heldout"
+    assert rows["alpha/util.py"]["split"] == rows["gamma/_util.py"]["split"] == "train"
+    assert all(len(split) == 1 for split in splits_by_content(out).values())
+    assert json.loads((out / "manifest.json").read_text())["skipped"]["counts"] == {}
+
+    wider = tmp_path / "wider"
+    argv = ["--site-packages", "--include", "*.py", "--include", "*.typed"]
+    assert tokenize([], wider, *argv, model=model_file) == 0
+    found = pq.read_table(wider / "documents.parquet").column("source").to_pylist()
+    assert "alpha/py.typed" in found and len(found) == len(rows) + 1  # metadata still out

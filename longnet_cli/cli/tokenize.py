@@ -30,6 +30,15 @@ from longnet_cli.cli.common import (
     "site-packages, bytecode and binaries left out) instead of PATHS: a built-in corpus.",
 )
 @click.option(
+    "--site-packages",
+    "site_packages",
+    is_flag=True,
+    help="Tokenize this environment's installed packages' Python source (its site-packages: "
+    "*.py files unless --include says otherwise; bytecode, binaries and .dist-info metadata "
+    "left out) instead of PATHS: the larger built-in corpus (about 200 MB in 12,300 files "
+    "with longnet's test extras).",
+)
+@click.option(
     "--out",
     "-o",
     required=True,
@@ -94,9 +103,9 @@ from longnet_cli.cli.common import (
 @force_flag("Rebuild even when the output is up to date.")
 @quiet_flag()
 @json_flag("the summary")
-def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, errors, tokenizer,
-             vocab_size, sample_bytes, seed, shard_tokens, holdout, workers, force,
-             quiet, as_json) -> None:  # fmt: skip
+def tokenize(paths, stdlib, site_packages, out, group, include, exclude, hidden, text_field,
+             errors, tokenizer, vocab_size, sample_bytes, seed, shard_tokens, holdout, workers,
+             force, quiet, as_json) -> None:  # fmt: skip
     """Tokenize corpus PATHS (directories walked recursively, or files) into --out.
 
     Reads text, markdown and source files (one document each), .jsonl and .parquet (one per
@@ -113,13 +122,31 @@ def tokenize(paths, stdlib, out, group, include, exclude, hidden, text_field, er
     --stdlib instead of PATHS: the built-in corpus, present wherever Python is. With
     --group repo each standard-library package is one long document (top-level modules stay
     documents of their own), e.g. --stdlib --group repo --include '*.py'.
+
+    --site-packages instead of PATHS: the installed packages' Python source, the larger
+    built-in corpus; --include replaces its default '*.py' (e.g. --include '*.py' --include
+    '*.pyi', or --include 'pluggy/*.py' for one package); with --group repo each package is
+    one document.
     """
     from longnet_cli.core.errors import InputError
-    from longnet_cli.data.sources import stdlib_excludes, stdlib_path
+    from longnet_cli.data.sources import (
+        SITE_PACKAGES_INCLUDES,
+        site_packages_excludes,
+        site_packages_paths,
+        stdlib_excludes,
+        stdlib_path,
+    )
     from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
-    if stdlib == bool(paths):
-        raise click.UsageError("give corpus PATHS or --stdlib (one of the two)")
+    if int(stdlib) + int(site_packages) + int(bool(paths)) != 1:
+        raise click.UsageError("give corpus PATHS, --stdlib or --site-packages (one of the three)")
+    if site_packages:
+        paths = tuple(site_packages_paths())
+        if not paths:
+            raise InputError("--site-packages: this interpreter has no site-packages directory; "
+                             "give corpus PATHS instead")  # fmt: skip
+        include = include or SITE_PACKAGES_INCLUDES
+        exclude = (*site_packages_excludes(), *exclude)
     if stdlib:
         paths = (stdlib_path(),)
         if not paths[0].is_dir():

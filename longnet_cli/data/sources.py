@@ -173,6 +173,40 @@ def stdlib_excludes() -> tuple[str, ...]:
             f"config-{version}*", "*.whl")  # fmt: skip
 
 
+def site_packages_paths() -> list[Path]:
+    """This environment's installed packages: the purelib and platlib directories of this
+    interpreter, then ``site.getsitepackages()`` (a venv's system packages when it includes
+    them), deduplicated by real path, existing only, none inside another (never walked twice).
+    The user site is left out: it belongs to a user, not to the environment."""
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    candidates = [paths.get("purelib"), paths.get("platlib"), *site.getsitepackages()]
+    found: list[Path] = []
+    for candidate in candidates:
+        if not candidate or not os.path.isdir(candidate):
+            continue
+        real = Path(os.path.realpath(candidate))
+        if any(real == kept or kept in real.parents for kept in found):
+            continue
+        found = [kept for kept in found if real not in kept.parents]
+        found.append(real)
+    return found
+
+
+SITE_PACKAGES_INCLUDES = ("*.py",)  # what --site-packages reads unless --include is given
+
+
+def site_packages_excludes() -> tuple[str, ...]:
+    """What ``longnet tokenize --site-packages`` leaves out, whatever --include says: bytecode,
+    compiled extensions and the shared libraries wheels bundle (``numpy.libs``), packaging
+    metadata (``*.dist-info``, ``*.egg-info``, ``*.pth``) and editable-install finders
+    (``__editable__*``: paths of a checkout elsewhere, not package source)."""
+    return ("__pycache__", "*.pyc", "*.so", "*.so.*", "*.pyd", "*.dll", "*.dylib", "*.libs",
+            "*.dist-info", "*.egg-info", "*.pth", "__editable__*", "*.whl")  # fmt: skip
+
+
 def _kind(name: str) -> tuple[str, bool]:
     """(kind, compressed) from a file name: x.jsonl, x.parquet, x.jsonl.zst, x.txt.zst, ..."""
     lower = name.lower()

@@ -823,3 +823,100 @@ def test_several_inputs_never_share_a_source_or_a_repository(tmp_path):
     assert [source for source, _ in texts] == ["corpus/repo", "corpus/top.txt", "top.txt"]
     texts, _ = read([inputs[0]])
     assert [source for source, _ in texts] == ["repo/f.py", "top.txt"]  # one input: no prefix
+
+
+# --------------------------------------------------------------------------- built-in corpora
+
+
+def by_directory(rels: list[str]) -> list[str]:
+    """Relative paths in the walk's order: sorted by name within each directory."""
+    return sorted(rels, key=lambda rel: rel.split("/"))
+
+
+def site_walk(paths, include=sources.SITE_PACKAGES_INCLUDES):
+    """What ``longnet tokenize --site-packages`` walks in ``paths`` (without --include)."""
+    return walk(paths, include=include, exclude=sources.site_packages_excludes())
+
+
+def test_site_packages_paths_are_this_environments_and_hold_pytest():
+    paths = sources.site_packages_paths()
+    assert paths and len(set(paths)) == len(paths)
+    assert all(path.is_dir() and path == path.resolve() for path in paths)
+    installed = Path(pytest.__file__).resolve()  # .../site-packages/pytest/__init__.py
+    (home,) = [path for path in paths if path in installed.parents]
+    rels, skips = site_walk([home])
+    assert skips == []
+    assert installed.relative_to(home).as_posix() in rels and "_pytest/python.py" in rels
+    assert all(rel.endswith(".py") for rel in rels)
+    for noise in ("__pycache__/", ".dist-info/", ".egg-info/"):
+        assert not any(noise in rel for rel in rels), noise
+    assert not any(rel.rsplit("/", 1)[-1].startswith("__editable__") for rel in rels)
+    assert rels == by_directory(rels)
+    assert site_walk([home]) == (rels, [])  # deterministic: the same walk twice
+
+
+def test_site_packages_never_pull_in_the_editable_checkout():
+    """An editable install of longnet is a .pth file and a finder module in site-packages that
+    point at its checkout: every file a --site-packages walk reads really lies in
+    site-packages, none in longnet's source, and the finder (this machine's paths) is out."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    packages = {Path(sources.__file__).resolve().parents[1]}  # the longnet_cli tests import
+    try:
+        direct_url = distribution("longnet-cli").read_text("direct_url.json") or "{}"
+    except PackageNotFoundError:
+        direct_url = "{}"
+    url = json.loads(direct_url).get("url", "")
+    if url.startswith("file://"):  # where the editable install points
+        packages.add(Path(url[len("file://") :]).resolve() / "longnet_cli")
+    paths = sources.site_packages_paths()
+    excludes = sources.site_packages_excludes()
+    entries = list(walk_corpus(paths, include=sources.SITE_PACKAGES_INCLUDES, exclude=excludes))
+    assert entries
+    for entry in entries:
+        real = Path(os.path.realpath(entry.path))
+        assert any(path in real.parents for path in paths), entry.path
+        assert not any(package in real.parents for package in packages), entry.path
+        assert not entry.rel.startswith("longnet_cli/"), entry.rel
+
+
+def test_site_packages_excludes_leave_out_bytecode_binaries_and_metadata(tmp_path):
+    python = ["pkg/__init__.py", "pkg/_vendor/six.py", "pkg/sub/mod.py", "top.py"]
+    other_text = ["pkg/data/table.txt", "pkg/py.typed", "pkg/stubs.pyi"]
+    noise = ["pkg/__pycache__/mod.cpython-311.pyc", "pkg/_speed.cpython-311-x86_64-linux-gnu.so",
+             "pkg.libs/libgfortran-1a2b.so.5.0.0", "pkg-1.0.dist-info/METADATA",
+             "pkg-1.0.dist-info/RECORD", "old-0.1.egg-info/PKG-INFO", "distutils-precedence.pth",
+             "__editable__.other-0.1.pth", "__editable___other_0_1_finder.py",
+             "pkg/__pycache__/stale.py", "top.pyc"]  # fmt: skip
+    for rel in [*python, *other_text, *noise]:
+        write(tmp_path / rel, f"# {rel}\n")
+    assert site_walk([tmp_path]) == (by_directory(python), [])
+    # --include replaces the default *.py; the excludes stay
+    assert site_walk([tmp_path], include=["*"]) == (by_directory(python + other_text), [])
+
+
+def test_site_packages_paths_deduplicated_existing_and_never_nested(tmp_path, monkeypatch):
+    import site
+    import sysconfig
+
+    root = tmp_path.resolve()
+    lib = root / "venv" / "lib" / "site-packages"
+    nested = lib / "inner"
+    system = root / "system" / "dist-packages"
+    for directory in (nested, system):
+        directory.mkdir(parents=True)
+    (root / "venv" / "lib64").symlink_to(root / "venv" / "lib")  # a venv's lib64 -> lib
+    platlib = root / "venv" / "lib64" / "site-packages"
+    monkeypatch.setattr(
+        sysconfig, "get_paths", lambda: {"purelib": str(lib), "platlib": str(platlib)}
+    )
+    monkeypatch.setattr(
+        site, "getsitepackages", lambda: [str(nested), str(root / "missing"), str(system)]
+    )
+    assert sources.site_packages_paths() == [lib, system]
+    # a later directory holding an earlier one replaces it (each file walked once)
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(root / "venv")])
+    assert sources.site_packages_paths() == [root / "venv"]
+    monkeypatch.setattr(site, "getsitepackages", lambda: [])
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"purelib": str(root / "missing")})
+    assert sources.site_packages_paths() == []

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from longnet_cli.core.errors import InputError
 from longnet_cli.core.files import sha256_bytes
 from longnet_cli.data.tokenizer import (
+    CHARACTER_COVERAGE,
     MAX_SENTENCE_BYTES,
+    RESERVED_PIECES,
     TRAIN_PIECE_CHARS,
+    character_frequencies,
+    characters_at,
+    encode_lossless,
     load_tokenizer,
     tokenizer_from_bytes,
     train_tokenizer,
@@ -176,3 +182,39 @@ def test_load_from_file_and_bytes_agree(model, tmp_path):
     text = PROSE + UNICODE
     assert from_file.encode(text) == from_bytes.encode(text)
     assert sha256_bytes(model) == hashlib.sha256(model).hexdigest()
+
+
+def characters_of(processor) -> list[str]:
+    """The single characters the model holds as pieces of their own (bytes and specials out)."""
+    return [piece for i in range(processor.vocab_size())
+            if not (processor.is_byte(i) or processor.is_control(i) or processor.is_unknown(i))
+            and len(piece := processor.id_to_piece(i)) == 1]  # fmt: skip
+
+
+def test_more_characters_than_a_small_vocabulary_holds_fall_back_to_bytes():
+    """Code with 600 rare characters (twice each, like the tables in installed packages): at
+    the default coverage it needs more characters than 400 ids hold, which SentencePiece
+    refused; trained again at a lower coverage, the rare ones are bytes, still lossless."""
+    rare = "".join(chr(0x4E00 + i) * 2 for i in range(600))
+    texts = [*stdlib_texts(), rare]
+    frequencies = character_frequencies(training_pieces(texts))
+    assert characters_at(frequencies, CHARACTER_COVERAGE) > 400 - RESERVED_PIECES
+    model = train_tokenizer(texts, 400)
+    assert train_tokenizer(texts, 400) == model  # deterministic
+    processor = tokenizer_from_bytes(model)
+    assert processor.vocab_size() == 400
+    kept = characters_of(processor)
+    assert len(kept) <= (400 - RESERVED_PIECES) // 2 + 2 and "e" in kept and "(" in kept
+    probe = [rare[:40], texts[0]]
+    for text, ids in zip(probe, encode_lossless(processor, probe)):
+        assert processor.decode(ids) == text
+    assert len(processor.encode(rare[:40])) == 3 * 40  # each a three-byte fallback
+
+
+def test_a_vocabulary_too_small_for_the_characters_names_the_size_that_fits():
+    texts = ["".join(chr(0x4E00 + i) for i in range(600)) * 3]  # 600 equally common characters
+    with pytest.raises(InputError, match="--vocab-size 400 cannot hold") as info:
+        train_tokenizer(texts, 400)
+    assert info.value.exit_code == 2
+    fits = int(str(info.value).rsplit("--vocab-size ", 1)[1].split()[0])
+    assert tokenizer_from_bytes(train_tokenizer(texts, fits)).vocab_size() <= fits

@@ -30,8 +30,11 @@ def test_the_recipes_differ_only_in_attention_and_length(recipes):
     assert tokens_per_step == {8192}
     for recipe in recipes.values():
         assert recipe.train.steps == dense_2k.train.steps and recipe.train.lr == dense_2k.train.lr
-        for key in ("dim", "depth", "heads", "dim_head", "positions"):
+        for key in ("dim", "depth", "heads", "dim_head", "positions", "smeared_keys"):
             assert getattr(recipe.model, key) == getattr(dense_2k.model, key), key
+        for key in ("precision", "compile"):  # one training setting for the three
+            assert getattr(recipe.train, key) == getattr(dense_2k.train, key), key
+    assert dense_2k.model.smeared_keys  # the study's one architecture (issue 21)
     for dense in (dense_2k, dense_8k):  # full attention past every evaluation context (32K)
         assert dense.model.dilation_rates == [1] and dense.model.segment_lengths[0] > 32768
     model = longnet_8k.model

@@ -183,6 +183,7 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
         "seq_len": run.get("seq_len"),
         "reach": run.get("reach"),
         "step": run.get("step"),
+        "target_steps": _target_steps(run),
         "ppl": {str(c["context"]): c["final"]["ppl"] for c in run.get("contexts", [])},
         "loss": {str(c["context"]): c["final"]["loss"] for c in run.get("contexts", [])},
         "probe": [
@@ -202,12 +203,7 @@ def run_role(run: dict[str, Any]) -> str | None:
     """A run's role in the study from its saved recipe: ``LONGNET`` (dilated attention),
     ``DENSE`` (one branch at rate 1: full causal attention), or None (another model, or no
     recipe to read)."""
-    from longnet_cli.artifacts.runs import saved_recipe
-
-    recipe = None
-    for place in (run.get("checkpoint"), run.get("run")):
-        if isinstance(place, str) and place and (recipe := saved_recipe(Path(place))):
-            break
+    recipe = _saved_recipe(run)
     model = recipe.get("model") if recipe else None
     rates = model.get("dilation_rates") if isinstance(model, dict) else None
     if not isinstance(rates, list) or not rates:
@@ -215,6 +211,25 @@ def run_role(run: dict[str, Any]) -> str | None:
     if any(isinstance(rate, int) and rate > 1 for rate in rates):
         return LONGNET
     return DENSE if rates == [1] else None
+
+
+def _saved_recipe(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe saved in the state.json of the checkpoint the evaluation names, else of its
+    run's latest checkpoint; None when neither reads."""
+    from longnet_cli.artifacts.runs import saved_recipe
+
+    for place in (run.get("checkpoint"), run.get("run")):
+        if isinstance(place, str) and place and (recipe := saved_recipe(Path(place))):
+            return recipe
+    return None
+
+
+def _target_steps(run: dict[str, Any]) -> int | None:
+    """The ``train.steps`` the run was to reach (from its saved recipe), when known."""
+    recipe = _saved_recipe(run)
+    train = recipe.get("train") if recipe else None
+    steps = train.get("steps") if isinstance(train, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 def _final_tokens(runs: list[dict[str, Any]]) -> int | None:
@@ -468,6 +483,9 @@ def curve_markdown(curve: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+_CURVE_STYLES = {LONGNET: "-", DENSE: "--"}  # a line style per role; other models dotted
+
+
 def plot_curve(curve: dict[str, Any], path: Path) -> None:
     """A PNG of the copy ratio against training tokens (log axis): a colour per distance, a
     line style per model, the target dotted; written atomically."""
@@ -484,15 +502,17 @@ def plot_curve(curve: dict[str, Any], path: Path) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     figure, axes = plt.subplots(figsize=(8, 5))
     try:
-        for order, name in enumerate(names):
+        for name in names:
             points = [p for p in curve["points"] if p["name"] == name and p["train_tokens"]]
+            style = _CURVE_STYLES.get(points[0]["role"] if points else None, ":")
             for index, distance in enumerate(curve["distances"]):
                 shown = [p for p in points if p["copy"].get(str(distance)) is not None]
                 xs = [p["train_tokens"] for p in shown]
                 ys = [p["copy"][str(distance)] for p in shown]
                 if xs:
+                    width = 2.5 if distance == (curve["onset"] or {}).get("distance") else 1.2
                     axes.plot(xs, ys, marker="o", color=colors[index % len(colors)],
-                              linestyle=("-", "--", ":", "-.")[order % 4],
+                              linestyle=style, linewidth=width,
                               label=f"{name}, d = {format_length(distance)}")  # fmt: skip
         axes.axhline(COPY_TARGET, color="gray", linestyle=":", linewidth=1)
         axes.set_xscale("log")
@@ -539,6 +559,13 @@ def markdown(study: dict[str, Any]) -> str:
             _minutes(row["train_seconds"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    for row in study["runs"]:
+        if row["step"] is not None and row["target_steps"] and row["step"] < row["target_steps"]:
+            lines += [
+                "",
+                f"`{row['name']}` stopped at step {row['step']:,} of {row['target_steps']:,} "
+                "(interrupted, or at its time cap): its figures are that checkpoint's.",
+            ]
     if any(row["reach"] and row["reach"] < contexts[-1] for row in study["runs"]):
         lines += [
             "",
@@ -634,7 +661,9 @@ def _length(value: int | None) -> str:
 def _millions(value: int | None) -> str:
     if value is None:
         return "-"
-    return f"{value / 1e6:.1f}M" if value >= 100_000 else f"{value:,}"
+    if value >= 1_000_000:
+        return f"{value / 1e6:.1f}M"
+    return f"{value / 1e6:.2f}M" if value >= 100_000 else f"{value:,}"
 
 
 def _minutes(seconds: float | None) -> str:

@@ -21,29 +21,34 @@
 # (Aoyama, Wilcox & Schneider 2025: about 10^5.7 x sqrt(tokens per step), ~45M tokens at 8K
 # tokens per step, ~128M at 64K); the scales are sized around that budget.
 #
-#   cpu (default)  the three models, 8.2M tokens each (1,000 steps of 8K tokens), the standard
-#                  library (8.9M training tokens). About 57 minutes on a quiet 2-core CPU,
-#                  estimated: 11 + 15 + 24 min of training at the 12.1K / 9.2K / 5.6K tokens/s
-#                  `longnet bench train` measured quiet (fp32 eager, as the recipes set), about
-#                  a minute to tokenize and 5 to evaluate. Shows LongNet holding 4x past its
-#                  training length while the dense models break, and the first copying at short
-#                  distances (d = 128, 512); copying from 2K back needs more tokens.
-#   long           longnet_8k then dense_2k only, 32.8M tokens each (4,000 steps of 8K), on the
-#                  installed packages' source (site-packages: the standard library would repeat
-#                  almost four times), a checkpoint every 500 steps, all kept, each probed (copy
-#                  probe and ppl at 2K and 8K on 8 held-out documents of at least 16K tokens).
-#                  About 2 hours on a quiet 2-core CPU, estimated: 59 + 45 min of training,
-#                  ~10 min probing 16 checkpoints, ~5 min tokenizing and the final evaluation.
-#                  Shows the curve of copy ratio against training tokens (study.md's table and
-#                  study_curve.png) toward the budget where LongNet's copy ratio at d = 2K
-#                  falls below 0.7, and the claims at 32.8M tokens. Its WORKDIR is outside the
-#                  work tree by default (LONGNET_STUDY_LONG_DIR, else
+#   cpu (default)  the three models, 11.5M tokens each (1,400 steps of 8K tokens), the standard
+#                  library (8.9M training tokens: 1.3 passes). About 55 minutes on a quiet 2-core
+#                  CPU, estimated: 10 + 13 + 25 min of training at ~18.7K / 15.1K / ~7.8K
+#                  tokens/s (longnet_8k's measured by `longnet bench train --compare`, quiet,
+#                  bf16 compiled as the recipes' train.precision auto and train.compile choose on
+#                  a CPU with fast bf16; the dense models' estimated from their fp32 speeds and
+#                  that profile), a minute to tokenize, one to compile and 4 to evaluate. On a
+#                  CPU where auto picks fp32, about 1.5x longer (LONGNET_STUDY_STEPS=1000: 8.2M).
+#                  Shows LongNet holding 4x past its training length while the dense models
+#                  break, and copying beginning at short distances (d = 128, 512); copying from
+#                  2K back needs more tokens.
+#   long           longnet_8k then dense_2k only, 49.2M tokens each (6,000 steps of 8K), on the
+#                  installed packages' source (site-packages, 62.2M training tokens: no token
+#                  seen twice), a checkpoint every 500 steps, all kept, each probed (copy probe
+#                  and ppl at 2K and 8K on 8 held-out documents of at least 16K tokens). About
+#                  2 hours on a quiet 2-core CPU, estimated: 54 + 44 min of training, ~9 min
+#                  probing 24 checkpoints, ~5 min tokenizing, compiling and the final
+#                  evaluation. Shows the curve of copy ratio against training tokens (study.md's
+#                  table and study_curve.png) up to and past the ~45M-token onset the fit
+#                  predicts, toward the budget where LongNet's copy ratio at d = 2K falls below
+#                  0.7, and the claims at 49.2M tokens. Its WORKDIR is outside the work tree by
+#                  default (LONGNET_STUDY_LONG_DIR, else
 #                  ${XDG_CACHE_HOME:-~/.cache}/longnet/context_study_long): a later run on the
 #                  same machine continues it where it stopped.
 #   gpu            the three models on one GPU in about 4 minutes, everything included, so that
 #                  ONE command of at most 7 minutes runs gpu_check (3 minutes) and then this
 #                  scale. The corpus (site-packages) is tokenized on the GPU machine itself;
-#                  64K tokens per step (32 x 2K, 8 x 8K), bf16; the steps, the same for all
+#                  64K tokens per step (32 x 2K, 8 x 8K), bf16 eager; the steps, the same for all
 #                  three, are sized to the time left for training from the throughput gpu_check
 #                  measured (LONGNET_STUDY_GPU_CHECK: its --json file; see
 #                  longnet_cli/evaluate/study_plan.py) or a previous run's study.json
@@ -65,10 +70,12 @@
 #   LONGNET_PYTHON             python that has longnet installed (default: python3)
 #   LONGNET_STUDY_SCALE        cpu (default), long, gpu or smoke (see above)
 #   LONGNET_STUDY_TINY         1: the scale's code path at a tiny size (tests; figures mean nothing)
-#   LONGNET_STUDY_CORPUS       stdlib, site-packages, or a corpus directory (default: stdlib at
-#                              the cpu scale, site-packages at the long and gpu scales)
+#   LONGNET_STUDY_CORPUS       stdlib, site-packages (the installed packages' .py source:
+#                              ~200 MB, 62M training tokens) or a corpus directory (default:
+#                              stdlib at the cpu scale, site-packages at the long and gpu ones)
 #   LONGNET_STUDY_STEPS        train.steps of every model (same tokens per step for all), instead
-#                              of the scale's (at the gpu scale: instead of the sizing)
+#                              of the scale's (gpu: instead of the sizing; long: its warm-up
+#                              stays, so that a later run with more steps trains the runs on)
 #   LONGNET_STUDY_HOLDOUT      tokenize --holdout (default 0.2: on CPython 3.11's standard
 #                              library, 10 held-out files of at least 32K tokens)
 #   LONGNET_STUDY_VOCAB_SIZE   tokenizer vocabulary (default 2048)
@@ -83,6 +90,8 @@
 #   LONGNET_STUDY_GPU_CHECK    the gpu scale: gpu_check's JSON (pipelines/gpu_check.sh --json F)
 #   LONGNET_STUDY_GPU_MEASURED the gpu scale: a previous gpu-scale study.json (its tokens/s)
 #   LONGNET_STUDY_GPU_BUDGET_S the gpu scale's seconds, tokenizing to report (default 240)
+#   LONGNET_STUDY_GPU_STARTUP_S the gpu scale: seconds a training process takes to start
+#                              (default 15: CUDA, the corpus, the first step)
 #   LONGNET_STUDY_TRAIN_ARGS   more train arguments for all, e.g. "--set train.threads=2"
 #   LONGNET_DEVICES            train --devices (processes per node: N, or auto = one per GPU);
 #                              unset: longnet train's default
@@ -141,20 +150,24 @@ study_main() {
     TOKENIZE_ARGS=()
     GPU_BUDGET_S=${LONGNET_STUDY_GPU_BUDGET_S:-240}
     GPU_RESERVE_S=60 # of the gpu scale's budget: the evaluations and the report
-    GPU_STARTUP_S=15 # per training process: start, CUDA, corpus, first step
+    GPU_STARTUP_S=${LONGNET_STUDY_GPU_STARTUP_S:-15} # per training process: start, CUDA, first step
     INCLUDE=(--include '*.py')
     case $SCALE in
+    cpu) COMMON_SET=(--set train.steps=1400 --set train.warmup_steps=70) ;;
     long)
         RECIPES=(longnet_8k dense_2k)
         CURVE_RECIPES=(longnet_8k dense_2k)
-        COMMON_SET=(--set train.steps=4000 --set train.warmup_steps=200 --set checkpoint.every=500
+        COMMON_SET=(--set train.steps=6000 --set train.warmup_steps=300 --set checkpoint.every=500
             --set checkpoint.keep_last=100)
         DOCS=16
         DEFAULT_CORPUS=site-packages
         ;;
     gpu)
         CURVE_RECIPES=(longnet_8k dense_2k)
-        COMMON_SET=(--set train.precision=bf16 --set checkpoint.keep_last=10)
+        # eager: compiling would cost each of the three models its start-up again (not measured
+        # on a GPU yet); LONGNET_STUDY_TRAIN_ARGS="--set train.compile=true" and a longer
+        # LONGNET_STUDY_GPU_STARTUP_S try it
+        COMMON_SET=(--set train.precision=bf16 --set train.compile=false --set checkpoint.keep_last=10)
         RECIPE_SET=([dense_2k]="train.micro_batch_size=32" [longnet_8k]="train.micro_batch_size=8"
             [dense_8k]="train.micro_batch_size=8")
         DOCS=16
@@ -170,11 +183,12 @@ study_main() {
         PROBE_DOCS=2
         DEFAULT_CORPUS=""
         GPU_RESERVE_S=20
-        GPU_STARTUP_S=10
+        GPU_STARTUP_S=${LONGNET_STUDY_GPU_STARTUP_S:-10}
         [[ -z $DOCS ]] || DOCS=4
         INCLUDE=(--include 'json/*.py' --include 'csv.py' --include 'email/_*.py' --include 'email/m*.py')
         COMMON_SET+=(--set model.dim=32 --set model.depth=1 --set model.heads=2 --set model.dim_head=16
-            --set train.warmup_steps=0 --set log.every=1 --set train.threads=1)
+            --set train.warmup_steps=0 --set log.every=1 --set train.threads=1
+            --set train.compile=false) # compiling would take longer than the tiny run
         case $SCALE in
         cpu) COMMON_SET+=(--set train.steps=3 --set checkpoint.every=3) ;;
         long) COMMON_SET+=(--set train.steps=4 --set checkpoint.every=2) ;;
@@ -191,7 +205,10 @@ study_main() {
     REPORT_DIR=${LONGNET_STUDY_REPORT_DIR:-}
     STEPS=${LONGNET_STUDY_STEPS:-}
     if [[ -n $STEPS ]]; then
-        COMMON_SET+=(--set "train.steps=$STEPS" --set "train.warmup_steps=$((STEPS / 20))")
+        COMMON_SET+=(--set "train.steps=$STEPS")
+        if [[ $SCALE != long ]]; then # the long scale keeps its warm-up: a later run trains on
+            COMMON_SET+=(--set "train.warmup_steps=$((STEPS / 20))")
+        fi
         if [[ $SCALE == gpu ]]; then
             COMMON_SET+=(--set "checkpoint.every=$(((STEPS + 3) / 4))")
         fi
@@ -204,15 +221,25 @@ study_main() {
     if [[ -n ${LONGNET_DEVICES:-} ]]; then
         TRAIN_ARGS+=(--devices "$LONGNET_DEVICES")
     fi
-    if [[ -n ${LONGNET_STUDY_CORPUS:-} ]]; then
+    # The corpus: a built-in one by name (stdlib, site-packages), else a directory as it is.
+    case ${LONGNET_STUDY_CORPUS:-stdlib} in
+    stdlib) SOURCE=(--stdlib "${INCLUDE[@]}") ;;
+    site-packages)
+        # tiny: two small packages pytest brings stand in for its standard-library files
+        if [[ $TINY == 1 ]]; then
+            INCLUDE=(--include 'iniconfig/*.py' --include 'pluggy/*.py')
+        fi
+        SOURCE=(--site-packages "${INCLUDE[@]}")
+        ;;
+    *)
         if [[ ! -d $LONGNET_STUDY_CORPUS ]]; then
-            echo "$PIPELINE: LONGNET_STUDY_CORPUS is not a directory: $LONGNET_STUDY_CORPUS" >&2
+            echo "$PIPELINE: LONGNET_STUDY_CORPUS must be stdlib, site-packages or a corpus" \
+                "directory, got '$LONGNET_STUDY_CORPUS'" >&2
             exit 2
         fi
         SOURCE=("$LONGNET_STUDY_CORPUS")
-    else
-        SOURCE=(--stdlib "${INCLUDE[@]}")
-    fi
+        ;;
+    esac
 
     require_longnet
     batch_begin "$WORKDIR"

@@ -319,6 +319,15 @@ def test_context_study_usage_errors(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_context_study_corpus_is_a_built_in_name_or_a_directory(tmp_path):
+    """LONGNET_STUDY_CORPUS: stdlib, site-packages, or a directory; anything else exits 2
+    naming the three before any work."""
+    env = {"LONGNET_STUDY_CORPUS": str(tmp_path / "missing")}
+    result, _ = _run("context_study.sh", tmp_path / "a", env=env)
+    assert result.returncode == 2 and "stdlib, site-packages or a corpus directory" in result.stderr
+    assert not (tmp_path / "a").exists()
+
+
 def _study_corpus(tmp_path: Path) -> Path:
     """A directory of a few standard-library files (LONGNET_STUDY_CORPUS), long enough for the
     tiny scales' contexts and distances, standing in for site-packages."""

@@ -92,7 +92,7 @@ class LengthsParam(click.ParamType):
 @click.option(
     "--distances",
     type=LengthsParam(),
-    default="512,2K,8K,16K",
+    default="128,512,2K,8K,16K",  # evaluate.probe.DEFAULT_DISTANCES
     show_default=True,
     help="Span lengths d of the copy probe (the copies are d tokens apart).",
 )

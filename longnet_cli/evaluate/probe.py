@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 PROBES = ("copy",)
-DEFAULT_DISTANCES = (512, 2048, 8192, 16384)
+DEFAULT_DISTANCES = (128, 512, 2048, 8192, 16384)  # 128 and 512: where copying first shows
 
 
 @dataclass

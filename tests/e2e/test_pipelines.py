@@ -272,7 +272,11 @@ def test_context_study_smoke_end_to_end_then_no_op(tmp_path):
     evaluation = json.loads((workdir / "eval.json").read_text())
     study = json.loads((workdir / "study.json").read_text())
     assert evaluation["split"] == study["split"] == "heldout"
-    assert study["contexts"] == [32, 128, 512] and study["distances"] == [8, 32, 128, 256]
+    assert study["contexts"] == [32, 128, 512] and study["distances"] == [2, 8, 32, 128, 256]
+    corpus = study["corpus"]  # named, with its training tokens, from the manifest
+    assert corpus["name"].startswith("stdlib (--include json/*.py")
+    assert corpus["train_tokens"] == manifest["splits"]["train"]["tokens"]
+    assert f"Corpus: **{corpus['name']}**" in first.stdout
     names = [row["name"] for row in study["runs"]]
     assert names == ["dense_2k", "longnet_8k", "dense_8k"]
     assert [run["recipe"] for run in evaluation["runs"]] == names  # from the checkpoints
@@ -284,6 +288,7 @@ def test_context_study_smoke_end_to_end_then_no_op(tmp_path):
     assert len({row["train_tokens"] for row in study["runs"]}) == 1  # same training tokens
     assert [row["reach"] for row in study["runs"]] == [1024, 512, 1024]
     assert len(study["claims"]) == 8 and all(c["measured"] is not None for c in study["claims"])
+    assert study["curve"] is None  # the cpu scale keeps no checkpoints to probe along the way
     assert (workdir / "study.md").read_text() == first.stdout
     assert (workdir / "study.png").exists() == plot_available()
 
@@ -309,6 +314,8 @@ def test_context_study_usage_errors(tmp_path):
     assert result.returncode == 2 and "usage: pipelines/context_study.sh" in result.stderr
     result, _ = _run("context_study.sh", tmp_path / "a", env={"LONGNET_STUDY_SCALE": "huge"})
     assert result.returncode == 2 and "LONGNET_STUDY_SCALE" in result.stderr
+    result, _ = _run("context_study.sh", tmp_path / "a", env={"LONGNET_STUDY_TINY": "yes"})
+    assert result.returncode == 2 and "LONGNET_STUDY_TINY must be 0 or 1" in result.stderr
     assert not (tmp_path / "a").exists()
 
 
@@ -319,6 +326,117 @@ def test_context_study_corpus_is_a_built_in_name_or_a_directory(tmp_path):
     result, _ = _run("context_study.sh", tmp_path / "a", env=env)
     assert result.returncode == 2 and "stdlib, site-packages or a corpus directory" in result.stderr
     assert not (tmp_path / "a").exists()
+
+
+def _study_corpus(tmp_path: Path) -> Path:
+    """A directory of a few standard-library files (LONGNET_STUDY_CORPUS), long enough for the
+    tiny scales' contexts and distances, standing in for site-packages."""
+    corpus = tmp_path / "corpus"
+    names = ("json/decoder.py", "json/encoder.py", "json/scanner.py", "csv.py",
+             "email/message.py", "email/_header_value_parser.py", "email/utils.py",
+             "email/feedparser.py", "email/mime/multipart.py", "email/_policybase.py")  # fmt: skip
+    for name in names:
+        target = corpus / name.replace("/", "_")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stdlib_path() / name, target)
+    return corpus
+
+
+def _kept(run: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+
+
+def test_context_study_long_scale_probes_each_kept_checkpoint_and_continues(tmp_path):
+    """The long scale, tiny: longnet_8k and dense_2k only, in the WORKDIR named by
+    LONGNET_STUDY_LONG_DIR (no argument); every kept checkpoint probed once into probes/; the
+    report's curve has a point per checkpoint with the tokens it had trained on; the reports
+    copied to LONGNET_STUDY_REPORT_DIR. A later run with more steps continues the same runs and
+    probes only the new checkpoint."""
+    workdir, reports = tmp_path / "cache" / "long", tmp_path / "reports"
+    env = {"LONGNET_STUDY_SCALE": "long", "LONGNET_STUDY_TINY": "1",
+           "LONGNET_STUDY_LONG_DIR": str(workdir),
+           "LONGNET_STUDY_CORPUS": str(_study_corpus(tmp_path)),
+           "LONGNET_STUDY_REPORT_DIR": str(reports)}  # fmt: skip
+    first, _ = _run("context_study.sh", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()  # not the work tree's runs/
+    assert sorted(p.name for p in workdir.iterdir() if p.is_dir()) == [
+        "data", "dense_2k", "logs", "longnet_8k", "probes"]  # fmt: skip
+    for recipe in ("longnet_8k", "dense_2k"):
+        assert _kept(workdir / recipe) == [2, 4]  # checkpoint.every 2, all kept
+    probes = sorted(p.name for p in (workdir / "probes").glob("*.json"))
+    assert probes == [
+        f"{r}-step-000000{s}.json" for r in ("dense_2k", "longnet_8k") for s in (2, 4)
+    ]
+    study = json.loads((workdir / "study.json").read_text())
+    assert [row["name"] for row in study["runs"]] == ["longnet_8k", "dense_2k"]
+    assert len(study["claims"]) == 8
+    curve = study["curve"]
+    assert curve["contexts"] == [32, 128] and curve["distances"] == [2, 8, 32, 128, 256]
+    points = [(p["name"], p["step"], p["role"]) for p in curve["points"]]
+    assert points == [("dense_2k", 2, "dense"), ("dense_2k", 4, "dense"),
+                      ("longnet_8k", 2, "longnet"), ("longnet_8k", 4, "longnet")]  # fmt: skip
+    for point in curve["points"]:
+        state = json.loads((Path(point["checkpoint"]) / "state.json").read_text())
+        assert point["train_tokens"] == state["tokens"] and len(point["copy"]) == 5
+    assert curve["onset"]["model"] == "longnet_8k" and curve["onset"]["distance"] == 32
+    assert "## Copy ratio against training tokens" in first.stdout
+    copied = {"study.md", "study.json", "study.png", "study_curve.png", "study.log"}
+    if not plot_available():
+        copied -= {"study.png", "study_curve.png"}
+    assert {p.name for p in reports.iterdir()} == copied
+    assert (reports / "study.md").read_text() == first.stdout
+
+    probed = {p: p.stat().st_mtime_ns for p in (workdir / "probes").glob("*.json")}
+    more, _ = _run("context_study.sh", env={**env, "LONGNET_STUDY_STEPS": "6"}, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    for recipe in ("longnet_8k", "dense_2k"):
+        assert _kept(workdir / recipe) == [2, 4, 6]
+        records = (workdir / recipe / "metrics.jsonl").read_text().splitlines()
+        steps = [r["step"] for r in map(json.loads, records) if "loss" in r]
+        assert steps == [1, 2, 3, 4, 5, 6]  # resumed at step 4: no step trained twice
+    assert {p: p.stat().st_mtime_ns for p in probed} == probed  # not probed again
+    study = json.loads((workdir / "study.json").read_text())
+    assert [p["step"] for p in study["curve"]["points"]] == [2, 4, 6, 2, 4, 6]
+
+
+def test_context_study_gpu_scale_sized_capped_and_reported(tmp_path):
+    """The gpu scale's code path on a CPU, tiny: the steps planned from gpu_check's JSON (the
+    row the tool writes), every model stopped by its time cap with a checkpoint (steps far more
+    than fit), the kept checkpoints probed in one evaluation, and only the reports, at most 8
+    files, in LONGNET_STUDY_REPORT_DIR; the whole scale within its budget."""
+    gpu_check = tmp_path / "gpu_check.json"
+    gpu_check.write_text(json.dumps([
+        {"check": "pytest -m gpu", "figure": "12 passed [20 s]", "target": "all pass",
+         "status": "ok"},
+        {"check": "paper_base train, 10 steps", "figure": "612,345 tokens/s, 301 TFLOP/s of bf16 "
+         "peak 990: 0.30 [25 s]", "target": ">= 0.35 of peak", "status": "below"},
+    ]))  # fmt: skip
+    workdir, reports = tmp_path / "study", tmp_path / "reports"
+    budget = 60
+    env = {"LONGNET_STUDY_SCALE": "gpu", "LONGNET_STUDY_TINY": "1",
+           "LONGNET_STUDY_CORPUS": str(_study_corpus(tmp_path)), "LONGNET_STUDY_STEPS": "100000",
+           "LONGNET_STUDY_GPU_CHECK": str(gpu_check), "LONGNET_STUDY_GPU_BUDGET_S": str(budget),
+           "LONGNET_STUDY_REPORT_DIR": str(reports)}  # fmt: skip
+    result, seconds = _run("context_study.sh", workdir, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert seconds < budget + 20  # the caps hold the trains to the budget (plus start-up slack)
+    plan = json.loads((workdir / "gpu_plan.json").read_text())
+    assert plan["attained_flops"] == 301e12 and "paper_base train" in plan["attained_source"]
+    assert set(plan["models"]) == {"dense_2k", "longnet_8k", "dense_8k"}
+    log = next((workdir / "logs").glob("*.log")).read_text()
+    assert log.count("stopped at its time cap") == 3
+    study = json.loads((workdir / "study.json").read_text())
+    for row in study["runs"]:
+        assert 0 < row["step"] < row["target_steps"] == 100000, row
+        assert f"`{row['name']}` stopped at step {row['step']:,} of 100,000" in result.stdout
+    curve = json.loads((workdir / "curve.json").read_text())
+    assert sorted({Path(run["run"]).name for run in curve["runs"]}) == ["dense_2k", "longnet_8k"]
+    assert {p["name"] for p in study["curve"]["points"]} == {"dense_2k", "longnet_8k"}
+    files = {p.name for p in reports.iterdir()}
+    assert files <= {"study.md", "study.json", "study.png", "study_curve.png", "gpu_plan.json",
+                     "study.log"} and len(files) <= 8  # fmt: skip
+    assert {"study.md", "study.json", "gpu_plan.json", "study.log"} <= files
 
 
 def test_books_pipeline_starts_a_sequence_parallel_layout_with_longnet_devices(

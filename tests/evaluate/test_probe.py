@@ -80,3 +80,15 @@ def test_a_real_model_against_an_independent_computation():
         assert figure.documents == count
         assert figure.ratio == pytest.approx(second / first, rel=1e-4)
     assert [f.within_reach for f in figures] == [True, False]  # 2 x 10 > 16
+
+
+def test_default_distances_start_where_copying_first_shows():
+    """128 and 512 come first (copying from context appears at short distances first); the
+    ``longnet eval --distances`` default is the same list."""
+    from longnet_cli.cli.eval import eval_command
+    from longnet_cli.core.lengths import parse_lengths
+    from longnet_cli.evaluate.probe import DEFAULT_DISTANCES
+
+    assert DEFAULT_DISTANCES == (128, 512, 2048, 8192, 16384)
+    (option,) = [param for param in eval_command.params if param.name == "distances"]
+    assert tuple(parse_lengths(option.default)) == DEFAULT_DISTANCES

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import exit_code
 
 from longnet_cli.cli import cli
 from longnet_cli.core.errors import InputError
-from longnet_cli.evaluate.study import markdown, study_report
+from longnet_cli.evaluate.stage import plot_available
+from longnet_cli.evaluate.study import corpus_name, markdown, study_report
 
 CONTEXTS = [2048, 8192, 32768]
-DISTANCES = [512, 2048, 8192, 16384]
+DISTANCES = [128, 512, 2048, 8192, 16384]
 DENSE = {"segment_lengths": [65536], "dilation_rates": [1]}  # recipes/study/dense_*.yaml
 LONGNET = {"segment_lengths": [2048, 8192, 32768], "dilation_rates": [1, 2, 4]}  # longnet_8k
 
@@ -66,11 +68,11 @@ def _run(tmp_path: Path, name: str, ppls: list[float], ratios: list[float], reac
 @pytest.fixture
 def eval_json(tmp_path) -> Path:
     # dense_2k: breaks at 32K (1.2x its 2K figure); copies at 512, not at 8K
-    dense = _run(tmp_path, "dense_2k", [10.0, 11.0, 12.0], [0.5, 0.96, 0.99, 1.0], 65536, 2048,
+    dense = _run(tmp_path, "dense_2k", [10.0, 11.0, 12.0], [0.4, 0.5, 0.96, 0.99, 1.0], 65536, 2048,
                  600, DENSE)  # fmt: skip
     # longnet_8k: uses context (0.9x) and holds at 32K (1.1x: the claim fails)
-    longnet = _run(tmp_path, "longnet_8k", [10.0, 9.0, 9.9], [0.6, 0.65, 0.8, 0.85], 32768, 8192,
-                   900, LONGNET)  # fmt: skip
+    longnet = _run(tmp_path, "longnet_8k", [10.0, 9.0, 9.9], [0.5, 0.6, 0.65, 0.8, 0.85], 32768,
+                   8192, 900, LONGNET)  # fmt: skip
     runs = [dense, longnet]
     path = tmp_path / "eval.json"
     path.write_text(json.dumps({"data": "d", "split": "heldout", "documents": 8, "skipped": 3,
@@ -107,14 +109,16 @@ def test_markdown_table(eval_json):
     text = markdown(study_report(eval_json))
     assert "| `dense_2k` | 2K | 64K | 10.00 | 11.00 | 12.00 | 81,920 | 137 | 10.0 min |" in text
     assert "| `longnet_8k` | 8K | 32K | 10.00 | 9.00 | 9.90 |" in text
-    assert "| `longnet_8k` | 0.600 | 0.650 | 0.800 | 0.850 |" in text  # 2 x 16K <= its reach
+    assert "| `longnet_8k` | 0.500 | 0.600 | 0.650 | 0.800 | 0.850 |" in text  # 2 x 16K <= reach
     assert "8 documents of at least 32K tokens (3 shorter ones skipped)" in text
     assert "| LongNet-8K reads 4x past its training length: ppl at 32K / at 8K | <= 1.05 | " \
-           "1.100 | no |" in text  # fmt: skip
+           "1.100 | does not hold |" in text  # fmt: skip
+    assert "| LongNet-8K uses context: ppl at 8K / at 2K | <= 0.97 | 0.900 | holds |" in text
+    assert "| Transformer, trained on 2K | 4.24 | 5.07 | 11.29 |" in text  # Table 2 beside
 
 
 def test_claims_not_measured_without_the_contexts(tmp_path):
-    run = _run(tmp_path, "longnet_8k", [10.0, 9.0, 9.0], [0.5] * 4, 32768, 8192, 60, LONGNET)
+    run = _run(tmp_path, "longnet_8k", [10.0, 9.0, 9.0], [0.5] * 5, 32768, 8192, 60, LONGNET)
     run["contexts"] = run["contexts"][:2]
     run["probe"] = None
     path = tmp_path / "eval.json"
@@ -148,12 +152,12 @@ def test_command_writes_both_files(tmp_path, eval_json):
 
 
 def test_probe_beyond_reach_is_marked(tmp_path):
-    run = _run(tmp_path, "short_reach", [10.0, 9.0, 9.0], [0.5, 0.6, 0.7, 0.8], 8192, 8192, 60)
+    run = _run(tmp_path, "short_reach", [10.0, 9.0, 9.0], [0.4, 0.5, 0.6, 0.7, 0.8], 8192, 8192, 60)
     path = tmp_path / "eval.json"
     path.write_text(json.dumps({"runs": [run]}))
     study = study_report(path)
     assert study["claims"] == []  # not a run of the study's recipes
-    assert "| `short_reach` | 0.500 | 0.600 | 0.700* | 0.800* |" in markdown(study)
+    assert "| `short_reach` | 0.400 | 0.500 | 0.600 | 0.700* | 0.800* |" in markdown(study)
 
 
 def _claims(study: dict) -> dict[str, tuple]:
@@ -171,7 +175,8 @@ def test_roles_come_from_the_recipes_not_the_names(tmp_path, eval_json):
         target = renamed / name
         Path(run["run"]).rename(target)
         run["run"], run["checkpoint"] = str(target), str(target / "checkpoints" / "step-0000010")
-    upper = _run(renamed, "upper", [9.0, 8.0, 8.5], [0.5, 0.6, 0.7, 0.9], 65536, 8192, 60, DENSE)
+    upper = _run(renamed, "upper", [9.0, 8.0, 8.5], [0.4, 0.5, 0.6, 0.7, 0.9], 65536, 8192, 60,
+                 DENSE)  # fmt: skip
     report["runs"] = [report["runs"][1], upper, report["runs"][0]]  # order does not matter
     (renamed / "eval.json").write_text(json.dumps(report))
     study = study_report(renamed / "eval.json")
@@ -186,14 +191,14 @@ def test_roles_come_from_the_recipes_not_the_names(tmp_path, eval_json):
 def test_claims_name_the_models_by_their_training_lengths(tmp_path):
     """A scaled-down study (pipelines/context_study.sh at the smoke scale): contexts 32, 128, 512
     and models trained on 32 and 128 tokens; the claims check the same shape."""
-    dense = _run(tmp_path, "a", [10.0, 11.0, 12.0], [0.5] * 4, 1024, 32, 60,
+    dense = _run(tmp_path, "a", [10.0, 11.0, 12.0], [0.5] * 5, 1024, 32, 60,
                  {"segment_lengths": [1024], "dilation_rates": [1]})  # fmt: skip
-    longnet = _run(tmp_path, "b", [10.0, 9.0, 9.0], [0.5] * 4, 512, 128, 60,
+    longnet = _run(tmp_path, "b", [10.0, 9.0, 9.0], [0.5] * 5, 512, 128, 60,
                    {"segment_lengths": [32, 128, 512], "dilation_rates": [1, 2, 4]})  # fmt: skip
     for run in (dense, longnet):
         for context, length in zip(run["contexts"], (32, 128, 512)):
             context["context"] = length
-        for figure, distance in zip(run["probe"], (8, 32, 128, 256)):
+        for figure, distance in zip(run["probe"], (2, 8, 32, 128, 256)):
             figure["distance"] = distance
     path = tmp_path / "eval.json"
     path.write_text(json.dumps({"runs": [dense, longnet]}))
@@ -201,3 +206,170 @@ def test_claims_name_the_models_by_their_training_lengths(tmp_path):
     assert len(claims) == 8
     assert claims[0] == "LongNet-128 uses context: ppl at 128 / at 32"
     assert claims[5] == "dense-32 breaks past its training length: ppl at 512 / at 32"
+    # the claims' distances come from the contexts: short / 4, short, middle, long / 2
+    assert [c["claim"].rsplit("d = ", 1)[-1] for c in study_report(path)["claims"][2:5]] == [
+        "32", "128", "256"]  # fmt: skip
+    assert claims[6].endswith("d = 8") and claims[7].endswith("d = 128")
+
+
+def test_a_missing_distance_is_not_measured(tmp_path, eval_json):
+    """Without d = 2K (an evaluation at the old distances, or other ones) the two claims that
+    need it say so; the others still hold or not."""
+    report = json.loads(eval_json.read_text())
+    for run in report["runs"]:
+        run["probe"] = [p for p in run["probe"] if p["distance"] != 2048]
+    eval_json.write_text(json.dumps(report))
+    holds = {c["claim"].split(":")[0]: c["holds"] for c in study_report(eval_json)["claims"]}
+    assert holds["LongNet-8K copies from its short branches' reach"] is None
+    assert holds["LongNet-8K copies from its training length back"] is False  # d = 8K: 0.8
+    assert holds["dense-2K copies within its training length"] is True  # d = 512: 0.5
+
+
+# -- the corpus -----------------------------------------------------------------------------------
+
+
+def test_report_names_the_corpus_and_its_training_tokens(tmp_path, eval_json, corpus):
+    """The corpus line comes from the manifest of the evaluation's data (a real tokenized
+    corpus here: three files, so the paths name it)."""
+    report = json.loads(eval_json.read_text())
+    report["data"] = str(corpus)
+    eval_json.write_text(json.dumps(report))
+    study = study_report(eval_json)
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    train = manifest["splits"]["train"]["tokens"]
+    summary = study["corpus"]
+    assert summary["train_tokens"] == train and summary["documents"] == manifest["documents"]
+    assert summary["name"] == ", ".join(manifest["options"]["paths"])
+    assert summary["name"].endswith("csv.py")
+    text = markdown(study)
+    assert f"Corpus: **{summary['name']}**, 3 documents: {train:,} training tokens" in text
+    assert f"{81920 / train:.2f} passes over the training tokens" in text  # 81,920 trained
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"paths": ["/usr/lib/python3.11"], "exclude": ["site-packages", "*.pyc"],
+          "include": ["*.py"]}, "stdlib"),  # tokenize --stdlib --include '*.py'
+        ({"paths": ["/usr/lib/python3.11"], "exclude": ["site-packages"],
+          "include": ["json/*.py"]}, "stdlib (--include json/*.py)"),
+        ({"paths": ["/v/lib/python3.11/site-packages", "/usr/lib/python3/dist-packages"],
+          "exclude": ["*.pyc"], "include": ["*.py"]}, "site-packages"),
+        ({"paths": ["/data/books"], "exclude": [], "include": []}, "/data/books"),
+        ({"paths": ["/opt/python3.11"], "exclude": [], "include": []}, "/opt/python3.11"),
+    ],
+)  # fmt: skip
+def test_corpus_names(options, name):
+    assert corpus_name({"options": options}) == name
+
+
+def test_a_corpus_that_moved_is_said_to_be_missing(eval_json):
+    study = study_report(eval_json)  # its data "d" is no corpus
+    assert study["corpus"] is None
+    assert "Corpus: not found" in markdown(study)
+
+
+# -- the curve ------------------------------------------------------------------------------------
+
+
+def _checkpoint_eval(tmp_path: Path, name: str, model: dict, step: int, tokens: int,
+                     ppls: tuple[float, float], ratios: list[float]) -> Path:  # fmt: skip
+    """The JSON of ``longnet eval RUN/checkpoints/step-N --context 2K,8K --probe copy``: one
+    run entry, its checkpoint's state.json holding the recipe (which gives the role)."""
+    checkpoint = tmp_path / name / "checkpoints" / f"step-{step:07d}"
+    checkpoint.mkdir(parents=True)
+    recipe = {"model": model, "train": {"seq_len": 8192}}
+    (checkpoint / "state.json").write_text(json.dumps({"step": step, "recipe": recipe}))
+    run = {
+        "run": str(tmp_path / name), "checkpoint": str(checkpoint), "recipe": name, "step": step,
+        "tokens_trained": tokens, "seq_len": 8192, "reach": 32768,
+        "contexts": [_context(c, p) for c, p in zip((2048, 8192), ppls)],
+        "probe": [{"distance": d, "documents": 8, "tokens": 100, "ratio": r, "within_reach": True}
+                  for d, r in zip(DISTANCES, ratios)],
+    }  # fmt: skip
+    path = tmp_path / "probes" / f"{name}-step-{step:07d}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"checkpoint": str(checkpoint), "runs": [run]}))
+    return path
+
+
+@pytest.fixture
+def probes(tmp_path) -> Path:
+    """Three LongNet checkpoints (the copy ratio at d = 2K falls below 0.7 at the third) and
+    two dense ones, written in another order than their tokens."""
+    for step, ratio in ((1500, 0.65), (500, 0.95), (1000, 0.72)):
+        _checkpoint_eval(tmp_path, "longnet_8k", LONGNET, step, step * 8192,
+                         (40.0, 39.0 - step / 500), [0.6, 0.8, ratio, 0.9, 0.95])  # fmt: skip
+    for step in (1000, 500):
+        _checkpoint_eval(tmp_path, "dense_2k", DENSE, step, step * 8192, (35.0, 60.0),
+                         [0.5, 0.9, 1.1, 1.1, 1.05])  # fmt: skip
+    return tmp_path / "probes"
+
+
+def test_curve_of_copy_ratio_against_training_tokens(eval_json, probes):
+    study = study_report(eval_json, [probes])
+    curve = study["curve"]
+    assert curve["contexts"] == [2048, 8192] and curve["distances"] == DISTANCES
+    points = [(p["name"], p["step"], p["train_tokens"], p["role"]) for p in curve["points"]]
+    assert points == [("dense_2k", 500, 500 * 8192, "dense"),
+                      ("dense_2k", 1000, 1000 * 8192, "dense"),
+                      ("longnet_8k", 500, 500 * 8192, "longnet"),
+                      ("longnet_8k", 1000, 1000 * 8192, "longnet"),
+                      ("longnet_8k", 1500, 1500 * 8192, "longnet")]  # fmt: skip
+    onset = curve["onset"]
+    assert (onset["model"], onset["distance"], onset["reached"]) == ("longnet_8k", 2048, True)
+    assert (onset["step"], onset["train_tokens"], onset["lowest"]) == (1500, 1500 * 8192, 0.65)
+    text = markdown(study)
+    assert "## Copy ratio against training tokens" in text
+    assert "| model | step | train tokens | ppl 2K | ppl 8K | 8K / 2K | d = 128 | d = 512 | " \
+           "d = 2K | d = 8K | d = 16K |" in text  # fmt: skip
+    assert "| `longnet_8k` | 1,000 | 8.2M | 40.00 | 37.00 | 0.925 | 0.600 | 0.800 | 0.720 | " \
+           "0.900 | 0.950 |" in text  # fmt: skip
+    assert "`longnet_8k`'s copy ratio at d = 2K fell below 0.7 at 12.3M training tokens " \
+           "(step 1,500)." in text  # fmt: skip
+    assert json.loads(json.dumps(study)) == study  # what --json writes
+
+
+def test_curve_not_reached_names_the_lowest(eval_json, probes):
+    (probes / "longnet_8k-step-0001500.json").unlink()
+    onset = study_report(eval_json, [probes])["curve"]["onset"]
+    assert onset["reached"] is False and onset["step"] == 1000 and onset["lowest"] == 0.72
+    text = markdown(study_report(eval_json, [probes]))
+    assert "stayed at or above 0.7 through 8.2M training tokens (lowest 0.720, at 8.2M)" in text
+
+
+def test_curve_from_files_and_a_side_by_side_evaluation(tmp_path, eval_json, probes):
+    """A checkpoint evaluated twice counts once (its last evaluation); a side-by-side file (the
+    gpu scale's one eval of every kept checkpoint) gives a point per run entry."""
+    again = _checkpoint_eval(tmp_path / "again", "longnet_8k", LONGNET, 500, 500 * 8192,
+                             (40.0, 38.0), [0.6, 0.8, 0.9, 0.9, 0.95])  # fmt: skip
+    report = json.loads(again.read_text())
+    report["runs"][0]["checkpoint"] = json.loads(
+        (probes / "longnet_8k-step-0000500.json").read_text())["runs"][0]["checkpoint"]  # fmt: skip
+    report["runs"].append(
+        json.loads((probes / "dense_2k-step-0001000.json").read_text())["runs"][0]
+    )
+    again.write_text(json.dumps(report))
+    curve = study_report(eval_json, [probes, again])["curve"]
+    assert len(curve["points"]) == 5
+    (first,) = [p for p in curve["points"] if p["name"] == "longnet_8k" and p["step"] == 500]
+    assert first["copy"]["2048"] == 0.9  # the later file's figure
+
+
+def test_command_curve_and_its_plot(tmp_path, eval_json, probes, capsys):
+    plot = tmp_path / "curve.png"
+    args = ["study-report", str(eval_json), "--curve", str(probes), "--quiet"]
+    if plot_available():
+        assert exit_code(*args, "--curve-plot", str(plot)) == 0
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    for wrong, message in (
+        (["--curve-plot", str(plot)], "--curve-plot needs --curve"),
+        (["--curve", str(tmp_path / "nope")], "nope: no such file or directory (--curve)"),
+    ):
+        assert exit_code(*args[:2], *wrong) == 2
+        assert message in capsys.readouterr().err
+    (probes / "broken.json").write_text("{")
+    assert exit_code(*args) == 2
+    err = capsys.readouterr().err
+    assert "broken.json: cannot read" in err and len(err.strip().splitlines()) == 1

@@ -21,14 +21,16 @@
 # (Aoyama, Wilcox & Schneider 2025: about 10^5.7 x sqrt(tokens per step), ~45M tokens at 8K
 # tokens per step, ~128M at 64K); the scales are sized around that budget.
 #
-#   cpu (default)  the three models, 11.5M tokens each (1,400 steps of 8K tokens), the standard
-#                  library (8.9M training tokens: 1.3 passes). About 55 minutes on a quiet 2-core
-#                  CPU, estimated: 10 + 13 + 25 min of training at ~18.7K / 15.1K / ~7.8K
-#                  tokens/s (longnet_8k's measured by `longnet bench train --compare`, quiet,
-#                  bf16 compiled as the recipes' train.precision auto and train.compile choose on
-#                  a CPU with fast bf16; the dense models' estimated from their fp32 speeds and
-#                  that profile), a minute to tokenize, one to compile and 4 to evaluate. On a
-#                  CPU where auto picks fp32, about 1.5x longer (LONGNET_STUDY_STEPS=1000: 8.2M).
+#   cpu (default)  the three models, 8.2M tokens each (the recipes' 1,000 steps of 8K tokens),
+#                  the standard library (8.9M training tokens: 0.9 passes). About 40 minutes on a
+#                  quiet 2-core CPU, estimated from the speeds below (7 + 9 + 18 min of training
+#                  at ~18.7K / 15.1K / ~7.8K tokens/s: longnet_8k's measured by `longnet bench
+#                  train --compare`, quiet, bf16 compiled as the recipes' train.precision auto and
+#                  train.compile choose on a CPU with fast bf16; the dense models' estimated from
+#                  their fp32 speeds and that profile), a minute to tokenize, one to compile and
+#                  4 to evaluate; the run measured is in docs/context_study.md. Where auto picks
+#                  fp32, about 1.5x longer. The same tokens as the earlier study without smeared
+#                  keys, so the two compare at equal budgets.
 #                  Shows LongNet holding 4x past its training length while the dense models
 #                  break, and copying beginning at short distances (d = 128, 512); copying from
 #                  2K back needs more tokens.
@@ -153,7 +155,7 @@ study_main() {
     GPU_STARTUP_S=${LONGNET_STUDY_GPU_STARTUP_S:-15} # per training process: start, CUDA, first step
     INCLUDE=(--include '*.py')
     case $SCALE in
-    cpu) COMMON_SET=(--set train.steps=1400 --set train.warmup_steps=70) ;;
+    cpu) ;; # the recipes' own 1,000 steps
     long)
         RECIPES=(longnet_8k dense_2k)
         CURVE_RECIPES=(longnet_8k dense_2k)

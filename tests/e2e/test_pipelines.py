@@ -420,7 +420,9 @@ def test_context_study_gpu_scale_sized_capped_and_reported(tmp_path):
            "LONGNET_STUDY_REPORT_DIR": str(reports)}  # fmt: skip
     result, seconds = _run("context_study.sh", workdir, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert seconds < budget + 20  # the caps hold the trains to the budget (plus start-up slack)
+    # The caps hold the trains to the budget: uncapped, 100,000 steps would run for hours. The
+    # bound leaves room for a busy machine (65 s quiet; 133 s with four other jobs running).
+    assert seconds < 3 * budget
     plan = json.loads((workdir / "gpu_plan.json").read_text())
     assert plan["attained_flops"] == 301e12 and "paper_base train" in plan["attained_source"]
     assert set(plan["models"]) == {"dense_2k", "longnet_8k", "dense_8k"}

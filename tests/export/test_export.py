@@ -15,15 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import fresh_run
 
 from longnet_cli.artifacts.checkpoints import (
-    finish_checkpoint,
     latest_checkpoint,
     load_model_weights,
-    staging_path,
-    step_name,
     verify_checkpoint,
-    write_model_files,
 )
 from longnet_cli.artifacts.exports import read_exported
 from longnet_cli.cli import main
@@ -108,38 +105,6 @@ def exported(run, tmp_path_factory) -> Path:
     return out
 
 
-def _fresh_run(
-    directory: Path, corpus: Path, model: dict, shards: str | None = None, scale: float = 1.0
-) -> Path:
-    """A run holding one checkpoint of a freshly initialised model, its matrices times
-    ``scale`` (larger weights: outputs that depend on the context) and its smeared keys' gates
-    (if any) away from their start, one per head and layer, written by longnet's own checkpoint
-    writer; ``shards`` overrides the corpus path the recipe names (the tokenizer still comes
-    from ``corpus``)."""
-    recipe = Recipe.from_saved({
-        "data": {"shards": shards or str(corpus)}, "model": model,
-        "train": {"seq_len": 64, "steps": 1}, "checkpoint": {"every": 1},
-    })  # fmt: skip
-    torch.manual_seed(3)
-    network = recipe.model.build(VOCAB)
-    with torch.no_grad():
-        for name, parameter in network.named_parameters():
-            if parameter.dim() > 1:
-                parameter.mul_(scale)
-            if name.endswith("key_smear"):
-                parameter.uniform_(-2.0, 2.0)
-    optimizer = torch.optim.AdamW(network.parameters())
-    staging = staging_path(directory, 1)
-    staging.mkdir(parents=True)
-    write_model_files(staging, network, optimizer, recipe.to_yaml(), corpus / "tokenizer.model")
-    state = {
-        "step": 1, "tokens": 64, "tokenizer_sha256": read_manifest(corpus)["tokenizer_sha256"],
-        "recipe": recipe.to_dict(), "loss": None,
-    }  # fmt: skip
-    finish_checkpoint(staging, directory / "checkpoints" / step_name(1), state)
-    return directory
-
-
 def _longnet_model(checkpoint_dir: Path):
     checkpoint = latest_checkpoint(checkpoint_dir)
     model = Recipe.from_saved(checkpoint.state["recipe"]).model.build(VOCAB)
@@ -203,7 +168,7 @@ def test_model_card_has_the_recipe_training_corpus_and_heldout_table(run, corpus
 
 def test_model_card_says_what_it_could_not_read(corpus, tmp_path):
     """A corpus moved away and a run never evaluated: the card says so instead of numbers."""
-    run = _fresh_run(tmp_path / "run", corpus, TINY, shards=str(tmp_path / "moved"))
+    run = fresh_run(tmp_path / "run", corpus, VOCAB, TINY, shards=str(tmp_path / "moved"))
     out = tmp_path / "out"
     assert _cli("export", str(run), "--out", str(out), "-q") == 0
     card = (out / "README.md").read_text()
@@ -247,7 +212,7 @@ def test_transformers_logits_equal_longnet_without_the_run(corpus, tmp_path, mod
     longnet's logits (and loss) within 1e-5 in fp32 over sequences crossing several blocks;
     so does the copy its save_pretrained writes."""
     transformers = pytest.importorskip("transformers")
-    run = _fresh_run(tmp_path / "run", corpus, model)
+    run = fresh_run(tmp_path / "run", corpus, VOCAB, model)
     out = tmp_path / "export"
     assert _cli("export", str(run), "--out", str(out), "-q") == 0
     tokens = torch.randint(0, VOCAB, (2, 150))  # 150 tokens: blocks of 64 at 0, 64, 128
@@ -283,7 +248,7 @@ def test_transformers_generate_is_longnet_greedy_with_the_bounded_cache(corpus, 
     full forward's (use_cache=False); with the cache the model sees the prompt once, then one
     token per step, across block boundaries (prompt 70 tokens, 70 new: past 64 and 128)."""
     transformers = pytest.importorskip("transformers")
-    run = _fresh_run(tmp_path / "run", corpus, TINY, scale=10.0)
+    run = fresh_run(tmp_path / "run", corpus, VOCAB, TINY, scale=10.0)
     out = tmp_path / "export"
     assert _cli("export", str(run), "--out", str(out), "-q") == 0
     prompt = torch.randint(2, VOCAB, (1, 70))
@@ -318,7 +283,7 @@ def test_transformers_generate_with_smeared_keys_equals_the_full_forward(corpus,
     and after a block boundary (63, 64, 65 tokens: the block of 64 holding the last token
     starts at 0 or 64), their 20 new tokens crossing the next 16-token segments."""
     transformers = pytest.importorskip("transformers")
-    run = _fresh_run(tmp_path / "run", corpus, SMEARED, scale=10.0)
+    run = fresh_run(tmp_path / "run", corpus, VOCAB, SMEARED, scale=10.0)
     out = tmp_path / "export"
     assert _cli("export", str(run), "--out", str(out), "-q") == 0
     reference = _longnet_model(run)

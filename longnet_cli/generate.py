@@ -2,7 +2,7 @@
 
 The model decodes with its branch-bounded key/value cache (``model/decode.py``): per layer only
 the current segment's selected keys of each branch, whatever the prompt's length, and the prompt
-is prefilled only from the block of its last token on.
+is prefilled only from the block of its last token on (the whole prompt with smeared keys).
 
 The tokenizer is lossless, so the continuation is exactly the bytes its tokens encode. Bytes
 are handed on as soon as they are final: a partial UTF-8 sequence waits for its last byte, and

@@ -223,3 +223,51 @@ def texts_of(corpus: TokenizedCorpus) -> list[list[str]]:
     processor = sentencepiece.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
     sources = corpus.documents().column("source").to_pylist()
     return [[s, processor.decode(corpus.document(i).tolist())] for i, s in enumerate(sources)]
+
+
+def fresh_run(
+    directory: Path,
+    corpus: Path,
+    vocab_size: int,
+    model: dict,
+    shards: str | None = None,
+    scale: float = 1.0,
+) -> Path:
+    """A run holding one checkpoint of a freshly initialised model of recipe section ``model``,
+    its matrices times ``scale`` (larger weights: outputs that depend on the context) and its
+    smeared keys' gates (if any) away from their start, one per head and layer, written by
+    longnet's own checkpoint writer; ``shards`` overrides the corpus path the recipe names (the
+    tokenizer still comes from ``corpus``)."""
+    import torch
+
+    from longnet_cli.artifacts.checkpoints import (
+        finish_checkpoint,
+        staging_path,
+        step_name,
+        write_model_files,
+    )
+    from longnet_cli.config import Recipe
+    from longnet_cli.data.format.manifest import read_manifest
+
+    recipe = Recipe.from_saved({
+        "data": {"shards": shards or str(corpus)}, "model": model,
+        "train": {"seq_len": 64, "steps": 1}, "checkpoint": {"every": 1},
+    })  # fmt: skip
+    torch.manual_seed(3)
+    network = recipe.model.build(vocab_size)
+    with torch.no_grad():
+        for name, parameter in network.named_parameters():
+            if parameter.dim() > 1:
+                parameter.mul_(scale)
+            if name.endswith("key_smear"):
+                parameter.uniform_(-2.0, 2.0)
+    optimizer = torch.optim.AdamW(network.parameters())
+    staging = staging_path(directory, 1)
+    staging.mkdir(parents=True)
+    write_model_files(staging, network, optimizer, recipe.to_yaml(), corpus / "tokenizer.model")
+    state = {
+        "step": 1, "tokens": 64, "tokenizer_sha256": read_manifest(corpus)["tokenizer_sha256"],
+        "recipe": recipe.to_dict(), "loss": None,
+    }  # fmt: skip
+    finish_checkpoint(staging, directory / "checkpoints" / step_name(1), state)
+    return directory

@@ -73,6 +73,7 @@ def read_exported(path: Path | str) -> ExportedModel | None:
     state = _read_json(path / STATE_FILE)
     if not isinstance(state, dict) or "recipe" not in state or "step" not in state:
         raise InputError(f"{path / STATE_FILE}: missing or not a longnet export's state")
+    config = {**_added_options(), **config}
     from longnet_cli.model.config import MODEL_KEYS
 
     missing = [key for key in ("vocab_size", *MODEL_KEYS) if key not in config]
@@ -81,6 +82,22 @@ def read_exported(path: Path | str) -> ExportedModel | None:
     if not (path / WEIGHTS_FILE).is_file():
         raise InputError(f"{path}: no {WEIGHTS_FILE}")
     return ExportedModel(path, config, state)
+
+
+def _added_options() -> dict[str, Any]:
+    """The options an older export's config.json may lack, at their defaults, as an older
+    recipe's are (``Recipe.from_saved``): an option added later (``smeared_keys``) defaults to
+    what models before it computed. The options a recipe must state (``dim``, ``depth``,
+    ``heads``, the branches) stay required; the weights' shapes check the rest."""
+    from dataclasses import MISSING, fields
+
+    from longnet_cli.model.config import LongNetConfig
+
+    return {
+        spec.name: spec.default
+        for spec in fields(LongNetConfig)
+        if spec.default is not MISSING and not spec.metadata.get("recipe_required")
+    }
 
 
 def _read_json(path: Path) -> Any:

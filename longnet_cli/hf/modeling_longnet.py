@@ -7,8 +7,10 @@ strip, which its versions do differently). Logits are longnet's: the forward is
 ``LongNetTransformer.forward``.
 
 ``generate`` decodes with the branch-bounded cache of ``longnet generate`` (``model/decode.py``):
-the prompt is prefilled from the block of its last token on, then each new token reads per
-layer only the current segments' selected keys. transformers never sees that cache (it travels
+the prompt is prefilled from the block of its last token on (with smeared keys, config
+``smeared_keys``, the whole prompt: every key depends on the one before it), then each new token
+reads per layer only the current segments' selected keys (and, smeared, the previous position's
+projected key the cache keeps). transformers never sees that cache (it travels
 in ``decode_cache``, a name its cache machinery does not touch); beam search, which would need
 to reorder it, and ``use_cache=False`` run the full forward over the whole sequence instead.
 Rows must be whole sequences: an attention mask with padding is refused.

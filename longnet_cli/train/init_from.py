@@ -6,6 +6,12 @@ a fresh schedule, its own run directory and step 0. Anything that keeps every pa
 shape may change (sequence length, segments, dilation rates, positions' settings, dropout,
 precision, data); a change of shape is refused naming the parameter and both shapes, and the
 tokenizer must be the one the weights were trained with (the token ids must mean the same).
+
+One option may add parameters: ``model.smeared_keys`` turned on for weights trained without it.
+Its gates (``blocks.N.attn.key_smear``) take their initial value, and the run records them
+(``init_from_record``: ``"added"``). Every other missing parameter is refused, and so is every
+parameter the source has and the new model lacks (smeared keys turned off among them): dropping
+trained weights would change what the model computes.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ import torch
 
 from longnet_cli.artifacts.layout import WEIGHTS_FILE
 from longnet_cli.core.errors import InputError
+from longnet_cli.model.smeared_keys import INITIAL_LOGIT
+
+# Parameters an option adds, by their name's last part, with the value a new one starts at: a
+# source trained without the option may start a run with it (model.smeared_keys' gate logits).
+ADDABLE = {"key_smear": INITIAL_LOGIT}
 
 
 @dataclass(frozen=True)
@@ -100,9 +111,10 @@ def check_tokenizer(source: InitSource, corpus_sha256: str, corpus_dir: Path) ->
         )
 
 
-def load_initial_weights(model: torch.nn.Module, source: InitSource) -> None:
+def load_initial_weights(model: torch.nn.Module, source: InitSource) -> list[str]:
     """Copy the source's weights into ``model``, refusing any missing, extra or reshaped
-    parameter with its name and both shapes."""
+    parameter with its name and both shapes; a missing parameter an option adds (``ADDABLE``)
+    takes its initial value instead. Returns the names of those added parameters."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -112,10 +124,15 @@ def load_initial_weights(model: torch.nn.Module, source: InitSource) -> None:
         raise InputError(f"train.init_from: {source.weights}: cannot read weights: {err}") from None
     expected = model.state_dict()
     aliases = _tied_aliases(model)
+    stored_as: dict[str, torch.Tensor] = {}
+    added: list[str] = []
     for name, tensor in expected.items():
         stored = tensors.get(name)
         if stored is None and name in aliases:
             stored = tensors.get(aliases[name])
+        if stored is None and _added_value(name) is not None:
+            added.append(name)
+            continue
         if stored is None:
             raise InputError(f"train.init_from: {source.weights} has no parameter {name}")
         if tuple(stored.shape) != tuple(tensor.shape):
@@ -124,19 +141,36 @@ def load_initial_weights(model: torch.nn.Module, source: InitSource) -> None:
                 f"{source.weights} but {tuple(tensor.shape)} in this recipe's model: only "
                 "changes that keep every parameter's shape are allowed"
             )
+        stored_as[name] = stored
     known = set(expected) | set(aliases.values())
     extra = sorted(set(tensors) - known)
     if extra:
+        hint = ""
+        if any(name.rsplit(".", 1)[-1] == "key_smear" for name in extra):
+            hint = " (its smeared keys' gates: set model.smeared_keys: true to keep them)"
         raise InputError(
             f"train.init_from: {source.weights} has parameters this recipe's model lacks: "
-            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"
+            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}{hint}"
         )
     with torch.no_grad():
         for name, tensor in expected.items():
-            stored = tensors.get(name)
-            if stored is None:
-                stored = tensors[aliases[name]]
-            tensor.copy_(stored.to(tensor.dtype))
+            if name in stored_as:
+                tensor.copy_(stored_as[name].to(tensor.dtype))
+            else:
+                tensor.fill_(_added_value(name))
+    return added
+
+
+def init_from_record(source: InitSource, added: list[str]) -> dict:
+    """What a run records about its initial weights (metrics.jsonl's first line, every
+    checkpoint's state.json): the source and the parameters it lacked that took their initial
+    value (``added``, empty when none)."""
+    return {**source.to_json(), "added": list(added)}
+
+
+def _added_value(name: str) -> float | None:
+    """The initial value of parameter ``name`` when an option adds it (``ADDABLE``), else None."""
+    return ADDABLE.get(name.rsplit(".", 1)[-1])
 
 
 def _tied_aliases(model: torch.nn.Module) -> dict[str, str]:

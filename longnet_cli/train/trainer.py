@@ -42,7 +42,12 @@ from longnet_cli.train.distributed import (
     take_run_lock,
 )
 from longnet_cli.train.evaluation import Evaluation
-from longnet_cli.train.init_from import check_tokenizer, load_initial_weights, resolve_init_source
+from longnet_cli.train.init_from import (
+    check_tokenizer,
+    init_from_record,
+    load_initial_weights,
+    resolve_init_source,
+)
 from longnet_cli.train.loop import Loop
 from longnet_cli.train.loss import LanguageModelLoss
 from longnet_cli.train.metrics import MetricsLog, Mfu, flat_config, trackers
@@ -319,8 +324,8 @@ def _build_model(recipe: Recipe, vocab_size: int, point: ResumePoint, init_sourc
         ckpt.load_model_weights(point.existing.path, model)
         return model, point.existing.state.get("init_from")
     if init_source is not None:
-        load_initial_weights(model, init_source)
-        return model, init_source.to_json()
+        added = load_initial_weights(model, init_source)
+        return model, init_from_record(init_source, added)
     return model, None
 
 
@@ -390,5 +395,12 @@ def _note_origin(accelerator, metrics, recipe: Recipe, point: ResumePoint, init_
         )
         metrics.note(step=point.step, data_changed=point.data_change)
     if init_record is not None and point.existing is None:
-        say_once(accelerator, f"starting from the weights of {init_source.path}")
+        added = init_record.get("added") or []
+        also = (
+            f"; {len(added)} parameters it lacks start at their initial value (init_from.added "
+            "in metrics.jsonl)"
+            if added
+            else ""
+        )
+        say_once(accelerator, f"starting from the weights of {init_source.path}{also}")
         metrics.note(step=0, init_from=init_record)

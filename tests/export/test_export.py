@@ -1,6 +1,8 @@
 """``longnet export``: the directory's files and model card, transformers loading it offline with
 longnet's logits (within 1e-5, fp32) and greedy tokens, its tokenizer, longnet reading it as a
-checkpoint, and bad input (exit 2, ``--force``). The transformers tests skip without it."""
+checkpoint, smeared keys (transformers' cached ``generate`` equal to the full forward; an export
+written before the option existed still loads), and bad input (exit 2, ``--force``). The
+transformers tests skip without it."""
 
 from __future__ import annotations
 
@@ -13,19 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import fresh_run
 
 from longnet_cli.artifacts.checkpoints import (
-    finish_checkpoint,
     latest_checkpoint,
     load_model_weights,
-    staging_path,
-    step_name,
     verify_checkpoint,
-    write_model_files,
 )
 from longnet_cli.artifacts.exports import read_exported
 from longnet_cli.cli import main
 from longnet_cli.config import Recipe
+from longnet_cli.core.errors import InputError
 from longnet_cli.data.format.manifest import read_manifest
 from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer
@@ -45,6 +45,7 @@ TINY = {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16,
 VARIED = {"dim": 32, "depth": 2, "heads": 4, "dim_head": 8, "ff_mult": 2.0,
           "segment_lengths": [8, 32, 64], "dilation_rates": [1, 2, 4], "positions": "xpos",
           "tie_embeddings": False, "qk_norm": True, "parallel_blocks": True}  # fmt: skip
+SMEARED = {**TINY, "smeared_keys": True}
 EXPORTED_FILES = {
     "README.md", "config.json", "configuration_longnet.py", "generation_config.json",
     "model.safetensors", "modeling_longnet.py", "state.json", "tokenization_longnet.py",
@@ -102,35 +103,6 @@ def exported(run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export-out") / "tiny-longnet"
     assert _cli("export", str(run), "--out", str(out), "--quiet") == 0
     return out
-
-
-def _fresh_run(
-    directory: Path, corpus: Path, model: dict, shards: str | None = None, scale: float = 1.0
-) -> Path:
-    """A run holding one checkpoint of a freshly initialised model, its matrices times
-    ``scale`` (larger weights: outputs that depend on the context), written by longnet's own
-    checkpoint writer; ``shards`` overrides the corpus path the recipe names (the tokenizer
-    still comes from ``corpus``)."""
-    recipe = Recipe.from_saved({
-        "data": {"shards": shards or str(corpus)}, "model": model,
-        "train": {"seq_len": 64, "steps": 1}, "checkpoint": {"every": 1},
-    })  # fmt: skip
-    torch.manual_seed(3)
-    network = recipe.model.build(VOCAB)
-    with torch.no_grad():
-        for parameter in network.parameters():
-            if parameter.dim() > 1:
-                parameter.mul_(scale)
-    optimizer = torch.optim.AdamW(network.parameters())
-    staging = staging_path(directory, 1)
-    staging.mkdir(parents=True)
-    write_model_files(staging, network, optimizer, recipe.to_yaml(), corpus / "tokenizer.model")
-    state = {
-        "step": 1, "tokens": 64, "tokenizer_sha256": read_manifest(corpus)["tokenizer_sha256"],
-        "recipe": recipe.to_dict(), "loss": None,
-    }  # fmt: skip
-    finish_checkpoint(staging, directory / "checkpoints" / step_name(1), state)
-    return directory
 
 
 def _longnet_model(checkpoint_dir: Path):
@@ -196,7 +168,7 @@ def test_model_card_has_the_recipe_training_corpus_and_heldout_table(run, corpus
 
 def test_model_card_says_what_it_could_not_read(corpus, tmp_path):
     """A corpus moved away and a run never evaluated: the card says so instead of numbers."""
-    run = _fresh_run(tmp_path / "run", corpus, TINY, shards=str(tmp_path / "moved"))
+    run = fresh_run(tmp_path / "run", corpus, VOCAB, TINY, shards=str(tmp_path / "moved"))
     out = tmp_path / "out"
     assert _cli("export", str(run), "--out", str(out), "-q") == 0
     card = (out / "README.md").read_text()
@@ -230,13 +202,17 @@ def test_longnet_reads_the_export_as_a_checkpoint(run, exported, capsysbinary, t
 # -- transformers ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", [TINY, VARIED], ids=["tied-rotary", "untied-xpos-qknorm"])
+@pytest.mark.parametrize(
+    "model",
+    [TINY, VARIED, {**VARIED, "smeared_keys": True}],
+    ids=["tied-rotary", "untied-xpos-qknorm", "smeared-untied-xpos-qknorm"],
+)
 def test_transformers_logits_equal_longnet_without_the_run(corpus, tmp_path, model):
     """AutoModelForCausalLM loads the export offline, the run directory deleted, and gives
     longnet's logits (and loss) within 1e-5 in fp32 over sequences crossing several blocks;
     so does the copy its save_pretrained writes."""
     transformers = pytest.importorskip("transformers")
-    run = _fresh_run(tmp_path / "run", corpus, model)
+    run = fresh_run(tmp_path / "run", corpus, VOCAB, model)
     out = tmp_path / "export"
     assert _cli("export", str(run), "--out", str(out), "-q") == 0
     tokens = torch.randint(0, VOCAB, (2, 150))  # 150 tokens: blocks of 64 at 0, 64, 128
@@ -249,6 +225,10 @@ def test_transformers_logits_equal_longnet_without_the_run(corpus, tmp_path, mod
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     assert type(hf_model).__name__ == "LongNetForCausalLM" and not hf_model.training
     assert hf_model.config.hidden_size == model["dim"] and hf_model.config.reach == 64
+    smeared = model.get("smeared_keys", False)
+    assert json.loads((out / "config.json").read_text())["smeared_keys"] is smeared
+    assert hf_model.config.smeared_keys is smeared
+    assert (hf_model.blocks[0].attn.key_smear is not None) is smeared
     with torch.no_grad():
         output = hf_model(input_ids=tokens, labels=tokens)
     assert output.logits.dtype == torch.float32
@@ -268,7 +248,7 @@ def test_transformers_generate_is_longnet_greedy_with_the_bounded_cache(corpus, 
     full forward's (use_cache=False); with the cache the model sees the prompt once, then one
     token per step, across block boundaries (prompt 70 tokens, 70 new: past 64 and 128)."""
     transformers = pytest.importorskip("transformers")
-    run = _fresh_run(tmp_path / "run", corpus, TINY, scale=10.0)
+    run = fresh_run(tmp_path / "run", corpus, VOCAB, TINY, scale=10.0)
     out = tmp_path / "export"
     assert _cli("export", str(run), "--out", str(out), "-q") == 0
     prompt = torch.randint(2, VOCAB, (1, 70))
@@ -294,6 +274,86 @@ def test_transformers_generate_is_longnet_greedy_with_the_bounded_cache(corpus, 
     assert len(set(expected)) > 10  # not one token repeated: the context matters
     with pytest.raises(ValueError, match="no padding"):
         hf_model(input_ids=prompt, attention_mask=torch.zeros_like(prompt))
+
+
+def test_transformers_generate_with_smeared_keys_equals_the_full_forward(corpus, tmp_path):
+    """With smeared keys the prefill runs the whole prompt and each decoding step smears with
+    the previous position's key: every step's logits of the cached greedy ``generate`` equal
+    longnet's full forward over the final sequence within 1e-4, for prompts ending before, on
+    and after a block boundary (63, 64, 65 tokens: the block of 64 holding the last token
+    starts at 0 or 64), their 20 new tokens crossing the next 16-token segments."""
+    transformers = pytest.importorskip("transformers")
+    run = fresh_run(tmp_path / "run", corpus, VOCAB, SMEARED, scale=10.0)
+    out = tmp_path / "export"
+    assert _cli("export", str(run), "--out", str(out), "-q") == 0
+    reference = _longnet_model(run)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert hf_model.config.smeared_keys is True
+    seen: list[int] = []
+    hook = hf_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    torch.manual_seed(5)
+    new = 20
+    for length in (63, 64, 65):
+        seen.clear()
+        prompt = torch.randint(2, VOCAB, (1, length))
+        generated = hf_model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
+            min_new_tokens=new, do_sample=False, return_dict_in_generate=True, output_logits=True,
+        )  # fmt: skip
+        assert seen == [length] + [1] * (new - 1)  # the whole prompt once, then one token a step
+        sequence = generated.sequences  # (1, length + new)
+        with torch.no_grad():
+            full = reference(sequence)  # (1, length + new, V)
+        steps = torch.stack(generated.logits, dim=1)  # (1, new, V): the logits of each step
+        difference = (steps - full[:, length - 1 : -1]).abs().max().item()
+        assert difference <= 1e-4, (length, difference)
+        assert sequence[0, length:].tolist() == full[0, length - 1 : -1].argmax(-1).tolist()
+    hook.remove()
+    # the gates matter here: the same weights with no smearing (s = 1) predict otherwise
+    with torch.no_grad():
+        for block in reference.blocks:
+            block.attn.key_smear.fill_(30.0)
+        assert (reference(sequence) - full).abs().max().item() > 1e-2
+
+
+def test_an_export_written_before_smeared_keys_still_loads(run, exported, tmp_path, capsys):
+    """An export whose config.json and recorded recipe lack ``smeared_keys`` (written before the
+    option) loads in longnet and in transformers as a model without them, logits unchanged."""
+    old = tmp_path / "old-export"
+    shutil.copytree(exported, old)
+    config = json.loads((old / "config.json").read_text())
+    assert config.pop("smeared_keys") is False
+    (old / "config.json").write_text(json.dumps(config, indent=2))
+    state = json.loads((old / "state.json").read_text())
+    del state["recipe"]["model"]["smeared_keys"]
+    (old / "state.json").write_text(json.dumps(state, indent=2))
+
+    read = read_exported(old)
+    assert read.model_kwargs()["smeared_keys"] is False
+    assert read.recipe.model.smeared_keys is False
+    tokens = torch.randint(0, VOCAB, (1, 150))
+    with torch.no_grad():
+        expected = _longnet_model(run)(tokens)
+        assert torch.equal(load_exported_model(old)(tokens), expected)
+    assert _cli("generate", str(old), "--prompt", "def f(", "--temperature", "0",
+                "--max-new-tokens", "4", "-q") == 0  # fmt: skip
+    assert _cli("eval", str(old), "--context", "64", "--docs", "1", "-q") == 0
+    capsys.readouterr()
+    # a key a recipe must state is still required
+    del config["heads"]
+    (old / "config.json").write_text(json.dumps(config, indent=2))
+    with pytest.raises(InputError, match=r"config.json: missing model key\(s\) heads"):
+        read_exported(old)
+    config["heads"] = TINY["heads"]
+    (old / "config.json").write_text(json.dumps(config, indent=2))
+
+    transformers = pytest.importorskip("transformers")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(old, trust_remote_code=True)
+    assert hf_model.config.smeared_keys is False
+    with torch.no_grad():
+        assert (hf_model(input_ids=tokens).logits - expected).abs().max().item() <= 1e-5
 
 
 def test_transformers_tokenizer_is_longnets(corpus, exported, tmp_path):

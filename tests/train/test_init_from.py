@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file, save_model
 from longnet_cli.artifacts.checkpoints import latest_checkpoint
 from longnet_cli.config import load_recipe
 from longnet_cli.core.errors import InputError
+from longnet_cli.model.smeared_keys import INITIAL_LOGIT
 from longnet_cli.model.transformer import LongNetTransformer
 from longnet_cli.train.init_from import InitSource, check_tokenizer, load_initial_weights
 
@@ -68,6 +69,57 @@ def test_a_changed_shape_is_refused_naming_the_parameter_and_both_shapes(tmp_pat
     shallower = LongNetTransformer(**{**SMALL, "depth": 1})
     with pytest.raises(InputError, match=r"lacks: blocks.1"):
         load_initial_weights(shallower, source)
+
+
+def test_smeared_keys_may_be_added_and_their_gates_start_at_the_initial_value(tmp_path):
+    torch.manual_seed(0)
+    trained = LongNetTransformer(**SMALL)
+    source = _source(tmp_path, trained)
+    torch.manual_seed(1)
+    smeared = LongNetTransformer(**SMALL, smeared_keys=True)
+    with torch.no_grad():
+        for block in smeared.blocks:
+            block.attn.key_smear.fill_(3.0)  # not the initial value: loading must set it
+    added = load_initial_weights(smeared, source)
+    assert added == ["blocks.0.attn.key_smear", "blocks.1.attn.key_smear"]
+    for block in smeared.blocks:
+        gate = torch.sigmoid(block.attn.key_smear)
+        torch.testing.assert_close(gate, torch.full((SMALL["heads"],), 0.5))
+        assert block.attn.key_smear.tolist() == [INITIAL_LOGIT] * SMALL["heads"]
+    smeared_weights = smeared.state_dict()
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(smeared_weights[name], tensor), name
+    # the same weights, smeared: what it computes differs only by the gates
+    tokens = torch.randint(0, SMALL["num_tokens"], (1, 40))
+    with torch.no_grad():
+        assert not torch.allclose(smeared(tokens), trained(tokens))
+    # nothing else may be missing: a deeper smeared model still names the missing layer
+    deeper = LongNetTransformer(**{**SMALL, "depth": 3}, smeared_keys=True)
+    with pytest.raises(InputError, match=r"has no parameter blocks.2"):
+        load_initial_weights(deeper, source)
+    # a source without smeared keys into a model without them adds nothing
+    assert load_initial_weights(LongNetTransformer(**SMALL), source) == []
+
+
+def test_smeared_keys_are_not_dropped(tmp_path):
+    torch.manual_seed(0)
+    trained = LongNetTransformer(**SMALL, smeared_keys=True)
+    source = _source(tmp_path, trained)
+    plain = LongNetTransformer(**SMALL)
+    with pytest.raises(InputError) as err:
+        load_initial_weights(plain, source)
+    message = str(err.value)
+    assert "lacks: blocks.0.attn.key_smear, blocks.1.attn.key_smear" in message
+    assert "set model.smeared_keys: true to keep them" in message
+    # into a smeared model the trained gates are kept, nothing is added
+    with torch.no_grad():
+        for block in trained.blocks:
+            block.attn.key_smear.copy_(torch.tensor([-1.5, 2.0]))
+    source = _source(tmp_path, trained)
+    again = LongNetTransformer(**SMALL, smeared_keys=True)
+    assert load_initial_weights(again, source) == []
+    for block in again.blocks:
+        assert block.attn.key_smear.tolist() == [-1.5, 2.0]
 
 
 def test_unreadable_weights_name_the_file(tmp_path):
@@ -126,6 +178,7 @@ def test_init_from_a_run_starts_from_its_weights_and_records_where_they_came_fro
         "kind": "checkpoint",
         "step": 3,
         "tokenizer_sha256": source.state["tokenizer_sha256"],
+        "added": [],
     }
     records = metrics_of(run)
     first = {key: value for key, value in records[0].items() if key != "elapsed_s"}
@@ -166,6 +219,33 @@ def test_a_different_tokenizer_is_refused(
     code, _ = _extend(tiny_recipe, tmp_path, other, source_run)
     assert code == 2
     assert "tokenize the corpus with --tokenizer" in capsys.readouterr().err
+
+
+def test_a_run_without_smeared_keys_starts_one_with_them_and_records_the_gates(
+    corpus, source_run, tmp_path, tiny_recipe, capsys
+):
+    code, run = _extend(
+        tiny_recipe, tmp_path, corpus, source_run, "--set", "model.smeared_keys=true"
+    )
+    assert code == 0
+    before, after = _weights(source_run), _weights(run)
+    gates = ["blocks.0.attn.key_smear", "blocks.1.attn.key_smear"]
+    assert sorted(after.keys() - before.keys()) == gates
+    for name in before:  # a 1e-12 learning rate: the source's weights, to within one update
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-9)
+    for name in gates:
+        torch.testing.assert_close(after[name], torch.full((2,), INITIAL_LOGIT), rtol=0, atol=1e-9)
+    state = latest_checkpoint(run).state
+    assert state["init_from"]["added"] == gates
+    assert state["recipe"]["model"]["smeared_keys"] is True
+    first = {key: value for key, value in metrics_of(run)[0].items() if key != "elapsed_s"}
+    assert first == {"step": 0, "init_from": state["init_from"]}
+    # and back: a run with smeared keys cannot start one without them (its gates would be lost)
+    recipe = tiny_recipe(tmp_path, corpus, init_from=str(run), steps=1)
+    code = exit_code("train", str(recipe), "--out", str(tmp_path / "back"), "--quiet")
+    assert code == 2
+    assert "set model.smeared_keys: true to keep them" in capsys.readouterr().err
+    assert not (tmp_path / "back" / "checkpoints").exists()
 
 
 def test_extend_32k_keeps_the_quickstart_shape_and_runs_at_a_tiny_scale(corpus, tmp_path):

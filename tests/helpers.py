@@ -271,3 +271,18 @@ def fresh_run(
     }  # fmt: skip
     finish_checkpoint(staging, directory / "checkpoints" / step_name(1), state)
     return directory
+
+
+def tokenize_stdlib_files(out: Path, files, vocab_size: int) -> Path:
+    """A tiny real corpus at ``out``: the named standard-library files (relative paths), half
+    of them held out, a ``vocab_size`` SentencePiece model trained on them."""
+    from longnet_cli.data.sources import stdlib_path
+    from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
+
+    tokenize_corpus(
+        TokenizeOptions(
+            paths=tuple(stdlib_path() / name for name in files), out=out, vocab_size=vocab_size,
+            sample_bytes=1 << 20, holdout=0.5, workers=1, progress=False,
+        )
+    )  # fmt: skip
+    return out

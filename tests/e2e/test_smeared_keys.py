@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import exit_code, fresh_run
+from helpers import exit_code, fresh_run, tokenize_stdlib_files
 
 from longnet_cli.artifacts.loading import load_model
 from longnet_cli.data.format.reader import TokenizedCorpus
-from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.splits import select_documents
-from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
 FILES = ("json/decoder.py", "json/encoder.py", "csv.py", "textwrap.py", "shlex.py")
 VOCAB = 600
@@ -28,14 +26,7 @@ BUCKETS = (16, 32)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("smeared-corpus") / "data"
-    tokenize_corpus(
-        TokenizeOptions(
-            paths=tuple(stdlib_path() / name for name in FILES), out=out, vocab_size=VOCAB,
-            sample_bytes=1 << 20, holdout=0.5, workers=1, progress=False,
-        )
-    )  # fmt: skip
-    return out
+    return tokenize_stdlib_files(tmp_path_factory.mktemp("smeared-corpus") / "data", FILES, VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import fresh_run
+from helpers import fresh_run, tokenize_stdlib_files
 
 from longnet_cli.artifacts.checkpoints import (
     latest_checkpoint,
@@ -27,11 +27,9 @@ from longnet_cli.cli import main
 from longnet_cli.config import Recipe
 from longnet_cli.core.errors import InputError
 from longnet_cli.data.format.manifest import read_manifest
-from longnet_cli.data.sources import stdlib_path
 from longnet_cli.data.tokenizer import encode_lossless, load_tokenizer
 from longnet_cli.export import load_exported_model
 from longnet_cli.model.config import MODEL_KEYS
-from longnet_cli.tokenize import TokenizeOptions, tokenize_corpus
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: no network, ever
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -71,14 +69,7 @@ def _cli(*args: str) -> int:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("export-corpus") / "data"
-    tokenize_corpus(
-        TokenizeOptions(
-            paths=tuple(stdlib_path() / name for name in FILES), out=out, vocab_size=VOCAB,
-            sample_bytes=1 << 20, holdout=0.5, workers=1, progress=False,
-        )
-    )  # fmt: skip
-    return out
+    return tokenize_stdlib_files(tmp_path_factory.mktemp("export-corpus") / "data", FILES, VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -252,7 +252,7 @@ def test_extend_32k_keeps_the_quickstart_shape_and_runs_at_a_tiny_scale(corpus, 
     quickstart = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     extend = load_recipe(ROOT / "recipes" / "extend_32k.yaml")
     shape_keys = ("dim", "depth", "heads", "dim_head", "ff_mult", "tie_embeddings", "qk_norm",
-                  "parallel_blocks", "positions")  # fmt: skip
+                  "parallel_blocks", "positions", "smeared_keys")  # fmt: skip
     for key in shape_keys:
         assert getattr(extend.model, key) == getattr(quickstart.model, key), key
     assert extend.train.seq_len == 32 * 1024 and max(extend.model.segment_lengths) == 32 * 1024

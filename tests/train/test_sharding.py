@@ -151,6 +151,71 @@ def test_fp16_with_fsdp_exits_2_with_one_line(corpus, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_sharded_run_killed_with_sigkill_resumes_to_the_uninterrupted_losses(
+    corpus, sharded_2, tmp_path
+):
+    """SIGKILL to the launcher after the step-5 checkpoint (its workers die with it): the same
+    command resumes from that checkpoint, every rank reading its shards, RNG state and data
+    position, and reproduces the uninterrupted sharded run's losses bit for bit."""
+    import signal
+    import time
+
+    from helpers import MEASURED, wait_for
+
+    recipe = write_train_recipe(tmp_path, corpus, **CHANGES, parallel__shard="fsdp")
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "longnet_cli", "train", str(recipe), "--out", str(run),
+               "--devices", "2", "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    wait_for(run / "checkpoints" / "step-0000005", process, timeout=300)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and its workers, at once
+    process.communicate()
+    time.sleep(0.5)
+    assert not (run / "checkpoints" / "step-0000010").exists()
+    _train(recipe, run)
+    assert metrics_of(run) == [
+        {**r, **{key: m.get(key) for key in MEASURED}}
+        for r, m in zip(metrics_of(sharded_2), metrics_of(run))
+    ]
+
+
+def test_a_damaged_shard_is_skipped_and_resume_falls_back_past_it(corpus, sharded_2, tmp_path):
+    """A flipped byte in one rank's shard of the newest checkpoint: resume sets it aside and
+    continues from the one before, to the uninterrupted losses."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(sharded_2, run, ignore=shutil.ignore_patterns(".train.lock"))
+    shard = run / "checkpoints/step-0000010/shard-00002-model-00001-of-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    recipe = write_train_recipe(tmp_path, corpus, **CHANGES, parallel__shard="fsdp")
+    lines = [r for r in metrics_of(run) if r["step"] <= 5]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    _train(recipe, run)
+    assert (run / "checkpoints/step-0000010.damaged").is_dir()
+    assert [r["loss"] for r in metrics_of(run)] == [r["loss"] for r in metrics_of(sharded_2)]
+
+
+def test_parallel_shard_cannot_change_on_resume_yet(corpus, sharded_2, tmp_path):
+    """Resuming a sharded checkpoint unsharded (or the reverse) is refused naming the key."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(sharded_2, run, ignore=shutil.ignore_patterns(".train.lock"))
+    recipe = write_train_recipe(tmp_path, corpus, **{**CHANGES, "train__steps": 12})
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [sys.executable, "-m", "longnet_cli", "train", str(recipe), "--out", str(run),
+               "--devices", "2", "--quiet"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "parallel.shard" in line and "cannot change on resume" in line
+
+
 # --------------------------------------------------------------------------- memory per rank
 
 

@@ -103,6 +103,18 @@ def test_sharded_data_and_sequence_parallel_on_4_processes(corpus, tmp_path):
     _same_losses(tmp_path / "none", tmp_path / "fsdp", steps=4)
 
 
+def test_compiled_blocks_train_sharded_to_the_eager_losses(corpus, sharded_2, tmp_path):
+    """train.compile with parallel.shard: fsdp: each sharded block compiled in place; the first
+    steps' losses are the eager sharded run's (a 3-step run shares its warm-up steps)."""
+    recipe = write_train_recipe(tmp_path, corpus, **CHANGES, parallel__shard="fsdp")
+    _train(recipe, tmp_path / "run", "--set", "train.compile=true", "--set", "train.steps=3")
+    assert any("compile_s" in r for r in metrics_of(tmp_path / "run"))
+    compiled = [r for r in metrics_of(tmp_path / "run") if "loss" in r]
+    assert [r["step"] for r in compiled] == [1, 2, 3]
+    for a, b in zip(metrics_of(sharded_2), compiled):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+
+
 def test_one_process_is_a_trivial_mesh(corpus, tmp_path):
     """A single process (no launcher) shards over a mesh of one rank, with the losses of the
     unsharded run, and leaves no process group behind."""

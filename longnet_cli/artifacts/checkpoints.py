@@ -251,6 +251,12 @@ def write_model_files(
 
     save_model(model, str(directory / WEIGHTS_FILE))
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+    write_run_files(directory, recipe_yaml, tokenizer)
+
+
+def write_run_files(directory: Path, recipe_yaml: str, tokenizer: Path | None = None) -> None:
+    """The recipe (for people) and a copy of the tokenizer: what every checkpoint holds beside
+    its tensors, sharded or not (called by the main process)."""
     (directory / RECIPE_FILE).write_text(recipe_yaml)
     if tokenizer is not None and Path(tokenizer).is_file():
         shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)

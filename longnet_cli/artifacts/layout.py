@@ -7,6 +7,8 @@
                                    core/runlock.py's LOCK_FILE, beside the lock it names)
       checkpoints/step-NNNNNNN/    one atomic directory per checkpoint:
         model.safetensors  optimizer.pt  recipe.yaml  tokenizer.model  rng-rankR.pt  ...
+        (sharded runs: shard-RRRRR-model-00001-of-00001.safetensors per rank and
+        optimizer.json in place of model.safetensors and optimizer.pt)
         state.json                 written last: step, RNG, data position, every file's sha256
 
 An export directory (``longnet export``) reuses the weight, tokenizer and state names.
@@ -29,6 +31,11 @@ RECIPE_FILE = "recipe.yaml"
 TOKENIZER_FILE = "tokenizer.model"
 STATE_FILE = "state.json"
 SCALER_FILE = "scaler.pt"  # fp16 runs: the gradient scaler's state
+# sharded runs (parallel.shard: fsdp): each rank's tensors, named by torch.distributed.checkpoint's
+# safetensors storage (shard-00001-model-00001-of-00001.safetensors for rank 0 ...), and the
+# optimizer's param groups as JSON
+SHARD_PATTERN = "shard-*.safetensors"
+OPTIMIZER_GROUPS_FILE = "optimizer.json"
 
 
 def rng_file(rank: int) -> str:

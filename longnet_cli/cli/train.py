@@ -102,7 +102,8 @@ def train(
     step is dropped), saves a checkpoint and exits 143 / 130. One process per device: the
     command starts them itself (--devices; world = devices x nodes =
     parallel.sequence x data-parallel degree), or runs as one of them under accelerate launch,
-    torchrun or srun.
+    torchrun or srun. --set parallel.shard=fsdp shards parameters, gradients and optimizer state
+    over every process (torch's FSDP2); each process then writes its shards of a checkpoint.
     Several nodes: one `longnet train --nnodes N --node-rank I --master-addr HOST` per node, the
     run directory on a filesystem they share. Writes RUN_DIR/metrics.jsonl (one JSON line per
     logged step) and RUN_DIR/checkpoints/step-NNNNNNN/.

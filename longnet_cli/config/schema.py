@@ -6,7 +6,7 @@
     checkpoint  CheckpointConfig  how often to save, how many to keep
     log         LogConfig         how often to log, trackers
     eval        EvalConfig        evaluation during training
-    parallel    ParallelConfig    sequence parallelism
+    parallel    ParallelConfig    sequence parallelism, sharding
 
 ``data``, ``model``, ``train`` and ``checkpoint`` must be present; the others default. An
 unknown key or section is a RecipeError suggesting the closest valid one, as pip-tools does.
@@ -75,6 +75,13 @@ class Recipe:
                 f"must be divisible by parallel.sequence ({sequence}) so that each rank holds an "
                 f"equal chunk; got {self.train.seq_len}",
                 "train.seq_len",
+            )
+        if self.parallel.shard == "fsdp" and self.train.precision == "fp16":
+            raise RecipeError(
+                "is fp16, but parallel.shard: fsdp trains in fp32 or bf16 (FSDP's mixed-precision "
+                "policy; fp16's gradient scaler is not supported on sharded gradients here): use "
+                "train.precision: bf16, or parallel.shard: none",
+                "train.precision",
             )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

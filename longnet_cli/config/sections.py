@@ -19,6 +19,9 @@ from longnet_cli.runtime import TRAIN_PRECISION_NAMES
 # Mirror of data.windows.SAMPLING_MODES (that module needs numpy; loading a recipe must not);
 # tests/config/test_sections.py checks it.
 SAMPLING_MODES = ("stream", "document")
+# parallel.shard: "none" (every rank holds the whole model; gradients averaged as DDP does) or
+# "fsdp" (parameters, gradients and optimizer state sharded over every rank, torch's FSDP2)
+SHARD_MODES = ("none", "fsdp")
 
 
 @dataclass(kw_only=True)
@@ -179,8 +182,11 @@ class EvalConfig(Section):
 
 @dataclass(kw_only=True)
 class ParallelConfig(Section):
-    """``sequence`` ranks split each sequence; world size = sequence x data-parallel degree."""
+    """``sequence`` ranks split each sequence; world size = sequence x data-parallel degree;
+    ``shard``: whether parameters, gradients and optimizer state are sharded over the world."""
 
     SECTION: ClassVar[str] = "parallel"
 
     sequence: int = field(default=1, metadata=option("int", minimum=1))
+    # "fsdp": torch's fully_shard per block and over the whole model, over every rank
+    shard: str = field(default="none", metadata=option("choice", choices=SHARD_MODES))

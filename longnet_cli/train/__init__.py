@@ -10,5 +10,6 @@ checkpointer.py  writing checkpoints (checkpoint.*) and what their state.json re
 resume.py        the run-directory and resume policy, corpus record, window scheme
 distributed.py   rank layout (parallel.*), the run lock, rank agreement, signals
 launch.py        starting one worker process per device (``longnet train --devices``)
+sharding.py      parallel.shard: fsdp, the model sharded over every rank (FSDP2), clipping
 init_from.py     starting a new run from trained weights (train.init_from)
 """

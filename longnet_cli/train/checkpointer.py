@@ -1,5 +1,6 @@
 """Saving a run's checkpoints: every rank's RNG file, the main process's weights, optimizer,
-recipe and tokenizer, then ``state.json`` (written last: what the checkpoint is and where it
+recipe and tokenizer (a sharded run: every rank its shards, ``artifacts.sharded``), then
+``state.json`` (written last: what the checkpoint is and where it
 came from) and the atomic rename that makes it a checkpoint; older ones pruned to keep_last.
 """
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from longnet_cli.artifacts import checkpoints as ckpt
+from longnet_cli.artifacts.sharded import write_sharded
 from longnet_cli.config import Recipe
 from longnet_cli.train.distributed import Layout
 from longnet_cli.train.schedule import Schedule
@@ -38,6 +40,7 @@ class RunRecord:
             "world_size": self.world_size,
             "dp_size": self.layout.dp_size,
             "sequence_parallel": self.layout.sequence_size,
+            "shard": self.layout.shard,  # "fsdp": the weights and optimizer are in shards
             "tokenizer_sha256": self.corpus["tokenizer_sha256"],
             "corpus": self.corpus,
             "windows": self.windows,
@@ -87,7 +90,11 @@ class Checkpointer:
             staging.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
         ckpt.write_rng_file(staging, accelerator.process_index, rng)
-        if accelerator.is_main_process:
+        if self.record.layout.sharded:  # every rank its shards (a collective)
+            write_sharded(staging, self.model, self.optimizer, accelerator.is_main_process)
+            if accelerator.is_main_process:
+                ckpt.write_run_files(staging, recipe.to_yaml(), self.tokenizer)
+        elif accelerator.is_main_process:
             ckpt.write_model_files(
                 staging, self.model, self.optimizer, recipe.to_yaml(), self.tokenizer
             )  # the tokenizer too, for generate

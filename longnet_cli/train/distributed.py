@@ -32,13 +32,20 @@ class TrainingInterrupted(LongnetError):
 @dataclass
 class Layout:
     """Which rank does what: world = parallel.sequence x data-parallel degree; consecutive
-    ranks form a sequence group (they read the same window, each its own chunk)."""
+    ranks form a sequence group (they read the same window, each its own chunk); ``shard``:
+    parallel.shard ("fsdp": the model's state is sharded over the whole world)."""
 
     dp_rank: int
     dp_size: int
     sequence_rank: int
     sequence_size: int
     sequence_group: object = None
+    shard: str = "none"
+
+    @property
+    def sharded(self) -> bool:
+        """Whether parameters, gradients and optimizer state are sharded (``sharding.py``)."""
+        return self.shard == "fsdp"
 
     @classmethod
     def of(cls, accelerator, parallel: ParallelConfig) -> Layout:
@@ -61,7 +68,7 @@ class Layout:
                 dist.new_group(list(range(g * size, (g + 1) * size))) for g in range(world // size)
             ]
             group = groups[rank // size]
-        return cls(rank // size, world // size, rank % size, size, group)
+        return cls(rank // size, world // size, rank % size, size, group, parallel.shard)
 
 
 def take_run_lock(accelerator, run_dir: Path, held: list) -> None:

@@ -31,6 +31,7 @@ from longnet_cli.train.distributed import Layout, SignalAgreement, interrupted, 
 from longnet_cli.train.evaluation import Evaluation, summed_over_ranks
 from longnet_cli.train.metrics import MetricsLog, Mfu, Throughput
 from longnet_cli.train.schedule import Schedule
+from longnet_cli.train.sharding import clip_grad_norm
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,10 @@ class Loop:
                 accelerator.backward(loss)
             total += loss.detach().float()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = accelerator.clip_grad_norm_(self.loss_module.parameters(), max_norm)
+        if self.layout.sharded:  # DTensor gradients: their norm is reduced over the mesh
+            grad_norm = clip_grad_norm(self.loss_module.parameters(), max_norm)
+        else:
+            grad_norm = accelerator.clip_grad_norm_(self.loss_module.parameters(), max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         mean = accelerator.reduce(total / cfg.grad_accum, reduction="mean")
@@ -238,10 +242,14 @@ class Loop:
 
         Each rank scores whole documents alone (no sequence parallelism), a share balanced by
         length, so no rank waits much longer than the longest document takes; the summed
-        negative log-likelihoods, tokens and bytes are then added up over the ranks.
+        negative log-likelihoods, tokens and bytes are then added up over the ranks. A sharded
+        model gathers each block's parameters from every rank as it runs, so there every rank
+        scores every document, in step with the others (each then holds the whole sums).
         """
         accelerator, evaluation = self.accelerator, self.evaluation
         world, rank = accelerator.num_processes, accelerator.process_index
+        if self.layout.sharded:
+            world = 1
         self.model.use_sequence_parallel(None)
         try:
             share = evaluation.shares(world)[rank] if world > 1 else None  # None: all of them

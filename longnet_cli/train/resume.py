@@ -24,6 +24,7 @@ from pathlib import Path
 
 from longnet_cli.artifacts import checkpoints as ckpt
 from longnet_cli.artifacts.layout import METRICS_FILE, SCALER_FILE, STATE_FILE, TOKENIZER_FILE
+from longnet_cli.artifacts.sharded import is_sharded, load_sharded
 from longnet_cli.config.resume import safe_to_change_on_resume
 from longnet_cli.config.schema import Recipe
 from longnet_cli.core.errors import InputError
@@ -177,9 +178,14 @@ def resume_point(
     return ResumePoint(existing, schedule, data_change)
 
 
-def restore_training_state(accelerator, existing, optimizer) -> None:
-    """The optimizer's moments, this rank's RNG states and the fp16 loss scale of ``existing``."""
-    optimizer.load_state_dict(ckpt.load_optimizer_state(existing.path, accelerator.device))
+def restore_training_state(accelerator, existing, optimizer, model) -> None:
+    """The optimizer's moments, this rank's RNG states and the fp16 loss scale of ``existing``;
+    of a sharded checkpoint also the weights (every rank reads its shards into the sharded
+    ``model``, ``artifacts.sharded``)."""
+    if is_sharded(existing.path):
+        load_sharded(existing.path, model, optimizer)
+    else:
+        optimizer.load_state_dict(ckpt.load_optimizer_state(existing.path, accelerator.device))
     rng = ckpt.load_rng_file(existing.path, accelerator.process_index)
     if rng is not None:
         ckpt.set_rng_state(rng)

@@ -27,6 +27,7 @@ import torch
 
 from longnet_cli.artifacts import checkpoints as ckpt
 from longnet_cli.artifacts.layout import METRICS_FILE
+from longnet_cli.artifacts.sharded import is_sharded
 from longnet_cli.config.corpus import check_against_corpus
 from longnet_cli.config.schema import Recipe
 from longnet_cli.config.sections import TrainConfig
@@ -62,6 +63,7 @@ from longnet_cli.train.resume import (
     window_scheme,
 )
 from longnet_cli.train.schedule import build_optimizer
+from longnet_cli.train.sharding import check_support, shard_model, start_trivial_mesh
 
 
 @dataclass
@@ -101,7 +103,8 @@ def train(
     rank writes) from start to end: a second ``train`` on the same directory, ``--no-resume
     --force`` included, raises RunLockedError (exit 75) and touches nothing.
     """
-    held: list = []  # the lock, once taken (released however the run ends)
+    held: list = []  # the lock and a process group of its own, once taken (released however
+    # the run ends)
     try:
         return _train(recipe, Path(run_dir), resume, force, progress, held, strict_data)
     finally:
@@ -122,6 +125,8 @@ def check_inputs(recipe: Recipe):
     vocab_size = check_against_corpus(recipe, corpus)
     if recipe.train.precision == "fp16" and not torch.cuda.is_available():
         raise InputError("train.precision: fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    if recipe.parallel.shard == "fsdp":
+        check_support()
     return corpus, vocab_size
 
 
@@ -150,6 +155,8 @@ def _train(
     init_source = _init_source(recipe, corpus)
     recipe, precision_record = _resolve_precision(recipe, run_dir, resume)
     accelerator = _start(recipe, run_dir)
+    if recipe.parallel.shard == "fsdp" and (group := start_trivial_mesh()) is not None:
+        held.append(group)  # one process, sharded: a mesh of one rank, destroyed at the end
     agree_on_precision(accelerator, recipe.train.precision, precision_record)
     take_run_lock(accelerator, run_dir, held)
     check_shared_run_dir(accelerator, run_dir)
@@ -174,7 +181,7 @@ def _train(
     flops_per_token = training_flops_per_token(model, recipe.train.seq_len)
     loss_module, optimizer = _prepare(accelerator, model, recipe.train, layout)
     if existing is not None:
-        restore_training_state(accelerator, existing, optimizer)
+        restore_training_state(accelerator, existing, optimizer, model)
     compile_s = _compiled(recipe.train, model, loss_module, vocab_size, accelerator.device)
     start = point.step
     scheme = window_scheme(existing.state if existing is not None else None, corpus)
@@ -305,8 +312,10 @@ def _start(recipe: Recipe, run_dir: Path):
     if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         # each rank its own GPU before the process group and any collective (NCCL needs it)
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    # sharded: FSDP's policy casts (train/sharding.py), accelerate's autocast stays off
+    sharded = recipe.parallel.shard == "fsdp"
     return Accelerator(
-        mixed_precision=PRECISIONS[recipe.train.precision].mixed_precision,
+        mixed_precision="no" if sharded else PRECISIONS[recipe.train.precision].mixed_precision,
         gradient_accumulation_steps=recipe.train.grad_accum,
         cpu=not torch.cuda.is_available(),
         log_with=trackers(recipe.log),
@@ -321,7 +330,8 @@ def _build_model(recipe: Recipe, vocab_size: int, point: ResumePoint, init_sourc
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
     model = recipe.model.build(vocab_size)
     if point.existing is not None:
-        ckpt.load_model_weights(point.existing.path, model)
+        if not is_sharded(point.existing.path):  # sharded: read into the shards once placed
+            ckpt.load_model_weights(point.existing.path, model)
         return model, point.existing.state.get("init_from")
     if init_source is not None:
         added = load_initial_weights(model, init_source)
@@ -331,12 +341,17 @@ def _build_model(recipe: Recipe, vocab_size: int, point: ResumePoint, init_sourc
 
 def _prepare(accelerator, model, train: TrainConfig, layout: Layout):
     """The loss module and optimizer, prepared by accelerate (placed, wrapped for data
-    parallelism); the model's attention sequence-parallel over the rank's group when it has one."""
+    parallelism; or, sharded, the model placed and sharded over every rank and the optimizer
+    built on its shards); the model's attention sequence-parallel over the rank's group when it
+    has one."""
     if layout.sequence_group is not None:
         model.use_sequence_parallel(layout.sequence_group)
     loss_module = LanguageModelLoss(
         model, train.loss_chunk, layout.sequence_rank, layout.sequence_size
     )
+    if layout.sharded:
+        shard_model(model, accelerator.device, train.precision)
+        return loss_module, accelerator.prepare(build_optimizer(model, train))
     return accelerator.prepare(loss_module, build_optimizer(model, train))
 
 

@@ -116,6 +116,14 @@ def test_round_trip_to_dict_and_yaml(minimal, write):
         ({"eval": {"docs": 0}}, "eval.docs in mine.yaml: must be a positive integer"),
         ({"parallel": {"sequence": 0}}, "parallel.sequence in mine.yaml: must be a positive"),
         (
+            {"parallel": {"shard": "zero3"}},
+            "parallel.shard in mine.yaml: must be one of 'none', 'fsdp'; got 'zero3'",
+        ),
+        (
+            {"parallel": {"shard": "fsdp"}, "train": {"precision": "fp16"}},
+            "train.precision in mine.yaml: is fp16, but parallel.shard: fsdp trains in fp32",
+        ),
+        (
             {"parallel": {"sequence": 3}},
             "train.seq_len in mine.yaml: must be divisible by parallel",
         ),

@@ -1,0 +1,110 @@
+"""Sharded checkpoints (``parallel.shard: fsdp``): every rank writes its own shards, nothing is
+gathered on one process, and nothing is pickled.
+
+torch.distributed.checkpoint (DCP) writes the model's parameters and the optimizer's tensors
+through its safetensors storage (``HuggingFaceStorageWriter(save_distributed=True)``): one
+``shard-RRRRR-model-00001-of-00001.safetensors`` per rank (R = rank + 1), each header recording
+where its pieces sit in the whole tensors. DCP's default storage would pickle its metadata
+(``.metadata``); this one writes none: ``HuggingFaceStorageReader`` rebuilds it from the
+headers, so a checkpoint loads on any number of processes, or on one without a process group.
+The optimizer's hyper-parameters (its param groups, parameters named by their path in the
+model) are JSON (``optimizer.json``). Everything else of a checkpoint is as in ``checkpoints``:
+the same staging directory, RNG files, recipe, tokenizer, hashes and ``state.json`` last.
+
+The tensors are named ``model/<parameter path>`` (tied weights once, under their first name)
+and ``optim/<parameter path>/<state>`` (AdamW's ``step``, ``exp_avg``, ``exp_avg_sq``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from longnet_cli.artifacts.layout import OPTIMIZER_GROUPS_FILE, SHARD_PATTERN
+from longnet_cli.core.files import write_synced
+
+MODEL_PREFIX = "model/"
+OPTIMIZER_PREFIX = "optim/"
+
+
+def _inner(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer under accelerate's wrapper (or the optimizer itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state as ``model/<path>`` tensors, a weight tied to another once (under the
+    name ``named_parameters`` gives it first); DTensors on a sharded model."""
+    first: dict[int, str] = {}
+    names = set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(parameter), name)
+        names.add(name)
+    keep = set(first.values())
+    return {
+        MODEL_PREFIX + name: tensor
+        for name, tensor in model.state_dict().items()
+        if name not in names or name in keep
+    }
+
+
+def _optimizer_state(model: nn.Module, optimizer) -> dict[str, Any]:
+    """The optimizer's state keyed by parameter path (DCP's form: any sharding, any world);
+    its state is created first when it has none yet (before the first step)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, _inner(optimizer))
+
+
+def _flat(model: nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Every tensor a sharded checkpoint holds, by name, and the optimizer's param groups."""
+    table = model_tensors(model)
+    state = _optimizer_state(model, optimizer)
+    for path, entries in state["state"].items():
+        for key, value in entries.items():
+            table[f"{OPTIMIZER_PREFIX}{path}/{key}"] = value
+    return table, state["param_groups"]
+
+
+def write_sharded(directory: Path, model: nn.Module, optimizer, main: bool) -> None:
+    """Every rank (a collective): its shards of the model and the optimizer into
+    ``directory``; the main process also the param groups (``optimizer.json``)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    table, groups = _flat(model, optimizer)
+    dcp.save(table, storage_writer=HuggingFaceStorageWriter(str(directory), save_distributed=True))
+    if main:
+        text = json.dumps({"param_groups": groups}, indent=2, sort_keys=True)
+        write_synced(directory / OPTIMIZER_GROUPS_FILE, text.encode())
+
+
+def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
+    """Every rank (a collective): the model's and the optimizer's state from the sharded
+    checkpoint in ``directory``, each rank reading the pieces of its own shards (the world
+    that wrote it may have had another size)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    table, _ = _flat(model, optimizer)
+    dcp.load(table, storage_reader=HuggingFaceStorageReader(str(directory)))  # in place
+    groups = json.loads((Path(directory) / OPTIMIZER_GROUPS_FILE).read_text())["param_groups"]
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in table.items():
+        if name.startswith(OPTIMIZER_PREFIX):
+            path, _, key = name[len(OPTIMIZER_PREFIX) :].rpartition("/")
+            state.setdefault(path, {})[key] = tensor
+    set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups})
+
+
+def is_sharded(directory: Path) -> bool:
+    """Whether ``directory`` holds a sharded checkpoint (its shard files)."""
+    return any(Path(directory).glob(SHARD_PATTERN))

@@ -17,7 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longnet_cli.artifacts.layout import CHECKPOINTS_DIR, STATE_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from longnet_cli.artifacts.layout import (
+    CHECKPOINTS_DIR,
+    SHARD_PATTERN,
+    STATE_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
 from longnet_cli.core.errors import DamagedFileError, InputError, one_line, reading
 
 if TYPE_CHECKING:
@@ -65,6 +71,17 @@ def load_model(
     return load_checkpoint_model(checkpoint, device=device, dtype=dtype, verify=False)
 
 
+def refuse_sharded(directory: Path, what: str = "") -> None:
+    """InputError (exit 2) for a sharded checkpoint (``parallel.shard: fsdp``): only its own
+    run's resume reads one so far; consolidating it on one process is not built yet."""
+    if any(Path(directory).glob(SHARD_PATTERN)):
+        raise InputError(
+            f"{what}{directory}: a sharded checkpoint (parallel.shard: fsdp), which only resuming "
+            "its own run reads so far; to evaluate, generate, export or start a run from it, "
+            "train with parallel.shard: none"
+        )
+
+
 def load_checkpoint_model(
     checkpoint: Checkpoint,
     recipe: Recipe | None = None,
@@ -77,6 +94,7 @@ def load_checkpoint_model(
     """``recipe``'s model (None: the one the checkpoint saved) with the checkpoint's weights, in
     eval mode. ``vocab_size`` None: read from the weights file. ``verify``: the weights against
     their recorded sha256 first (``verify_weights``). A failure to load is a WeightsLoadError."""
+    refuse_sharded(checkpoint.path)
     if verify:
         verify_weights(checkpoint)
     if recipe is None:
@@ -102,6 +120,8 @@ def verify_weights(checkpoint: Checkpoint) -> None:
     (``files``), before anything reads it: a flipped bit in a tensor loads without complaint.
     Checkpoints written before hashes were recorded have nothing to compare: not checked."""
     from longnet_cli.core.files import sha256_file
+
+    refuse_sharded(checkpoint.path)
 
     weights = checkpoint.path / WEIGHTS_FILE
     files = checkpoint.state.get("files")

@@ -110,12 +110,14 @@ def export_model(
     tokenizer that cannot be found or does not match, and an ``out`` that exists and is not
     empty (unless ``force``).
     """
+    from longnet_cli.artifacts.loading import refuse_sharded
     from longnet_cli.artifacts.resolve import resolve_verified
     from longnet_cli.config import Recipe
     from longnet_cli.export.card import model_card
 
     note = on_note or (lambda message: None)
     checkpoint = resolve_verified(Path(source))  # a damaged file is refused, not exported
+    refuse_sharded(checkpoint.path)
     out = Path(out)
     replaced = _check_out(out, force, checkpoint.path)
     target = out.resolve()  # "." or "a/.." have no name to stage beside

@@ -52,6 +52,7 @@ class InitSource:
 def resolve_init_source(path: str | Path) -> InitSource:
     """The weights ``path`` names: a checkpoint, a run's latest checkpoint, or an export."""
     from longnet_cli.artifacts.checkpoints import resolve_checkpoint
+    from longnet_cli.artifacts.loading import refuse_sharded
 
     path = Path(path)
     if not path.exists():
@@ -68,6 +69,7 @@ def resolve_init_source(path: str | Path) -> InitSource:
         ) from None
     except ValueError as err:
         raise InputError(f"train.init_from: {err}") from None
+    refuse_sharded(checkpoint.path, "train.init_from: ")
     weights = checkpoint.path / WEIGHTS_FILE
     if not weights.is_file():
         raise InputError(f"train.init_from: {weights} is missing")

@@ -228,6 +228,32 @@ def test_parallel_shard_cannot_change_on_resume_yet(corpus, sharded_2, tmp_path)
     assert "parallel.shard" in line and "cannot change on resume" in line
 
 
+def test_eval_generate_export_and_init_from_refuse_a_sharded_checkpoint_in_one_line(
+    corpus, sharded_2, tmp_path
+):
+    """Reading a sharded checkpoint on one process is not built yet: each reader exits 2 with
+    one line naming the checkpoint and what to do (not a 'damaged file' error)."""
+    checkpoint = sharded_2 / "checkpoints" / "step-0000010"
+    commands = [
+        ["eval", str(sharded_2), "--data", str(corpus), "--context", "64", "--quiet"],
+        ["generate", str(sharded_2), "--prompt", "def f", "--max-new-tokens", "2"],
+        ["export", str(checkpoint), "--out", str(tmp_path / "export")],
+    ]
+    for command in commands:
+        result = subprocess.run([sys.executable, "-m", "longnet_cli", *command],
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 2, (command, result.stderr)
+        (line,) = result.stderr.strip().splitlines()
+        assert str(checkpoint) in line and "a sharded checkpoint" in line, line
+    assert not (tmp_path / "export").exists()
+    recipe = write_train_recipe(tmp_path, corpus, train__init_from=str(sharded_2))
+    result = subprocess.run([sys.executable, "-m", "longnet_cli", "train", str(recipe), "--out",
+                             str(tmp_path / "started"), "--quiet"],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "train.init_from" in result.stderr and "a sharded checkpoint" in result.stderr
+
+
 # --------------------------------------------------------------------------- memory per rank
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -286,3 +287,30 @@ def tokenize_stdlib_files(out: Path, files, vocab_size: int) -> Path:
         )
     )  # fmt: skip
     return out
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a gloo process group's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn_workers(target, world: int, port: int | None = None) -> dict[int, object]:
+    """``target(rank, world, port, results)`` in ``world`` spawned processes (a real gloo
+    world); each puts ``(rank, report)`` on ``results`` (a traceback string when it failed).
+    Returns the reports by rank."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = free_port() if port is None else port
+    processes = [
+        context.Process(target=target, args=(rank, world, port, results)) for rank in range(world)
+    ]
+    for process in processes:
+        process.start()
+    reports = dict(results.get(timeout=300) for _ in range(world))
+    for process in processes:
+        process.join(timeout=60)
+    return reports

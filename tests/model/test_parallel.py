@@ -3,15 +3,15 @@ the single-process function: outputs and q/k/v gradients within 1e-4."""
 
 from __future__ import annotations
 
+import functools
 import os
-import socket
 import traceback
 import zlib
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import free_port, spawn_workers
 
 from longnet_cli.model.attention import dilated_attention
 from longnet_cli.model.parallel import dilated_attention_sp, plan_sequence
@@ -25,12 +25,6 @@ CASES = {
     "segment-longer-than-seq": (1, 40, 4, 8, [8, 128], [1, 3]),
     "no-rate-1": (2, 56, 4, 4, [14, 56], [2, 3]),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, results) -> None:
@@ -68,24 +62,14 @@ def _worker(rank: int, world: int, port: int, results) -> None:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_matches_single_process_on_gloo(world):
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    processes = [
-        context.Process(target=_worker, args=(rank, world, _free_port_once[world], results))
-        for rank in range(world)
-    ]
-    for process in processes:
-        process.start()
-    reports = dict(results.get(timeout=300) for _ in range(world))
-    for process in processes:
-        process.join(timeout=60)
+    reports = spawn_workers(_worker, world, _free_port_once[world])
     for rank, report in sorted(reports.items()):
         assert isinstance(report, dict), f"rank {rank} failed:\n{report}"
         worst = max(report, key=report.get)
         assert report[worst] <= 1e-4, f"rank {rank}: {worst} differs by {report[worst]:.2e}"
 
 
-_free_port_once = {2: _free_port(), 4: _free_port()}
+_free_port_once = {2: free_port(), 4: free_port()}
 
 
 def test_plan_receives_about_w_over_r_keys_whatever_the_length():
@@ -137,7 +121,7 @@ def _idle_rank(world: int, layout) -> bool:
     return any(busy) and not all(busy)
 
 
-def _layout_worker(rank: int, world: int, port: int, layouts, results) -> None:
+def _layout_worker(rank: int, world: int, port: int, results, layouts) -> None:
     """Each layout on a fresh group: record, per rank, the order of collectives and batched
     point-to-point calls on it, and the tensors autograd's saved-tensor hooks see."""
     try:
@@ -197,18 +181,7 @@ def test_every_rank_joins_the_group_before_any_batched_p2p_call(world):
     received from other ranks are saved through autograd (hooks see them)."""
     layouts = _random_layouts(world, 24, seed=world)
     assert any(_idle_rank(world, layout) for layout in layouts)  # the case that hung NCCL
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    processes = [
-        context.Process(target=_layout_worker, args=(rank, world, port, layouts, results))
-        for rank in range(world)
-    ]
-    for process in processes:
-        process.start()
-    reports = dict(results.get(timeout=300) for _ in range(world))
-    for process in processes:
-        process.join(timeout=60)
+    reports = spawn_workers(functools.partial(_layout_worker, layouts=layouts), world)
     for rank, report in sorted(reports.items()):
         assert isinstance(report, list), f"rank {rank} failed:\n{report}"
         for layout, (events, error, saved, received) in zip(layouts, report):

@@ -4,13 +4,12 @@ parallelism on real gloo process groups (2 and 4), against the full-sequence com
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import spawn_workers
 
 from longnet_cli.model import transformer as transformer_module
 from longnet_cli.model.layers import DilatedAttention
@@ -112,12 +111,6 @@ def test_decoding_equals_the_full_forward(prompt):
     assert cache.previous_keys[0].shape == (2, 4, 8)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _sp_worker(rank: int, world: int, port: int, results) -> None:
     """This rank's chunk of the sequence through the smeared-keys model under sequence
     parallelism: its logits and its share of the loss gradient, against one process."""
@@ -156,18 +149,7 @@ def _sp_worker(rank: int, world: int, port: int, results) -> None:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_sequence_parallel_equals_one_process(world):
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    processes = [
-        context.Process(target=_sp_worker, args=(rank, world, port, results))
-        for rank in range(world)
-    ]
-    for process in processes:
-        process.start()
-    reports = dict(results.get(timeout=300) for _ in range(world))
-    for process in processes:
-        process.join(timeout=60)
+    reports = spawn_workers(_sp_worker, world)
     for rank, report in sorted(reports.items()):
         assert isinstance(report, tuple), f"rank {rank} failed:\n{report}"
         error, gate_grad = report

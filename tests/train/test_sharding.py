@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import traceback
 from pathlib import Path
 
 import pytest
-from helpers import exit_code, metrics_of, write_train_recipe
+from helpers import exit_code, metrics_of, spawn_workers, write_train_recipe
 
 STEPS = 10
 
@@ -257,12 +256,6 @@ def test_eval_generate_export_and_init_from_refuse_a_sharded_checkpoint_in_one_l
 # --------------------------------------------------------------------------- memory per rank
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _state_bytes_worker(rank: int, world: int, port: int, results) -> None:
     """One training step of a small model, sharded over ``world`` gloo ranks; report the bytes
     this rank then holds in parameters, gradients and AdamW moments (local shards)."""
@@ -303,20 +296,7 @@ def _state_bytes_worker(rank: int, world: int, port: int, results) -> None:
 
 
 def _state_bytes(world: int) -> dict[int, int]:
-    import torch.multiprocessing as mp
-
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    processes = [
-        context.Process(target=_state_bytes_worker, args=(rank, world, port, results))
-        for rank in range(world)
-    ]
-    for process in processes:
-        process.start()
-    reports = dict(results.get(timeout=300) for _ in range(world))
-    for process in processes:
-        process.join(timeout=60)
+    reports = spawn_workers(_state_bytes_worker, world)
     failed = {rank: r for rank, r in reports.items() if isinstance(r, str)}
     assert not failed, failed
     return reports

@@ -317,9 +317,46 @@ def remove_staging(run_dir: Path) -> None:
 
 
 def load_model_weights(path: Path, model: torch.nn.Module) -> None:
-    from safetensors.torch import load_model
+    """The weights of the checkpoint (or export) at ``path`` into ``model``: its
+    model.safetensors, or its shards consolidated on this process (``parallel.shard: fsdp``);
+    every name and shape must match (a tied weight is stored once, under either name)."""
+    from longnet_cli.artifacts.sharded import is_sharded, read_sharded_model
 
-    load_model(model, str(Path(path) / WEIGHTS_FILE))
+    if not is_sharded(path):
+        from safetensors.torch import load_model
+
+        load_model(model, str(Path(path) / WEIGHTS_FILE))
+        return
+    tensors = read_sharded_model(path)
+    sharing: dict[int, list[str]] = {}  # names of one storage: tied weights
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        sharing.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
+    for names in sharing.values():
+        stored = next((tensors[name] for name in names if name in tensors), None)
+        for name in names:
+            if stored is not None:
+                tensors.setdefault(name, stored)
+    model.load_state_dict(tensors, strict=True)
+
+
+def read_model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of the checkpoint (or export) at ``path`` by name, a tied weight once: its
+    model.safetensors, or its shards consolidated on this process."""
+    from longnet_cli.artifacts.sharded import is_sharded, read_sharded_model
+
+    if is_sharded(path):
+        return read_sharded_model(path)
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / WEIGHTS_FILE))
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The files that hold the weights of the checkpoint at ``path``: model.safetensors, or
+    every rank's shard file of a sharded checkpoint."""
+    from longnet_cli.artifacts.layout import SHARD_PATTERN
+
+    return sorted(Path(path).glob(SHARD_PATTERN)) or [Path(path) / WEIGHTS_FILE]
 
 
 def load_optimizer_state(path: Path, device: torch.device | str = "cpu") -> dict:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from longnet_cli.artifacts.layout import (
     CHECKPOINTS_DIR,
-    SHARD_PATTERN,
     STATE_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
@@ -71,17 +70,6 @@ def load_model(
     return load_checkpoint_model(checkpoint, device=device, dtype=dtype, verify=False)
 
 
-def refuse_sharded(directory: Path, what: str = "") -> None:
-    """InputError (exit 2) for a sharded checkpoint (``parallel.shard: fsdp``): only its own
-    run's resume reads one so far; consolidating it on one process is not built yet."""
-    if any(Path(directory).glob(SHARD_PATTERN)):
-        raise InputError(
-            f"{what}{directory}: a sharded checkpoint (parallel.shard: fsdp), which only resuming "
-            "its own run reads so far; to evaluate, generate, export or start a run from it, "
-            "train with parallel.shard: none"
-        )
-
-
 def load_checkpoint_model(
     checkpoint: Checkpoint,
     recipe: Recipe | None = None,
@@ -94,17 +82,16 @@ def load_checkpoint_model(
     """``recipe``'s model (None: the one the checkpoint saved) with the checkpoint's weights, in
     eval mode. ``vocab_size`` None: read from the weights file. ``verify``: the weights against
     their recorded sha256 first (``verify_weights``). A failure to load is a WeightsLoadError."""
-    refuse_sharded(checkpoint.path)
     if verify:
         verify_weights(checkpoint)
     if recipe is None:
         recipe = saved_recipe(checkpoint)
-    weights = checkpoint.path / WEIGHTS_FILE
-    from longnet_cli.artifacts.checkpoints import load_model_weights
+    from longnet_cli.artifacts.checkpoints import load_model_weights, weight_files
 
+    weights = weight_files(checkpoint.path)[0]  # a sharded checkpoint: named by its first shard
     try:
-        model = recipe.model.build(vocab_size or weights_vocab_size(weights))
-        load_model_weights(checkpoint.path, model)
+        model = recipe.model.build(vocab_size or checkpoint_vocab_size(checkpoint.path))
+        load_model_weights(checkpoint.path, model)  # a sharded one: consolidated here
     except Exception as err:  # a truncated or foreign file, or weights of another model
         raise WeightsLoadError(
             f"{weights}: cannot load the weights into the model that "
@@ -116,35 +103,47 @@ def load_checkpoint_model(
 
 
 def verify_weights(checkpoint: Checkpoint) -> None:
-    """A checkpoint's model.safetensors against the size and sha256 its state.json records
-    (``files``), before anything reads it: a flipped bit in a tensor loads without complaint.
-    Checkpoints written before hashes were recorded have nothing to compare: not checked."""
+    """A checkpoint's weights (model.safetensors, or every rank's shard file) against the size
+    and sha256 its state.json records (``files``), before anything reads them: a flipped bit in
+    a tensor loads without complaint. Checkpoints written before hashes were recorded have
+    nothing to compare: not checked."""
+    from longnet_cli.artifacts.checkpoints import weight_files
     from longnet_cli.core.files import sha256_file
 
-    refuse_sharded(checkpoint.path)
-
-    weights = checkpoint.path / WEIGHTS_FILE
     files = checkpoint.state.get("files")
     if files is None:
         return
-    entry = files.get(WEIGHTS_FILE) if isinstance(files, dict) else None
-    if not isinstance(entry, dict):
-        raise DamagedFileError(
-            f"{checkpoint.path / STATE_FILE}: 'files' records no sha256 of {WEIGHTS_FILE}"
-        )
-    with reading(weights, "model weights"):
-        size = weights.stat().st_size
-        digest = sha256_file(weights) if size == entry.get("bytes") else None
-    if digest is None:
-        raise DamagedFileError(
-            f"{weights}: {size} bytes, state.json records {entry.get('bytes')} (truncated or "
-            "replaced)"
-        )
-    if digest != entry.get("sha256"):
-        raise DamagedFileError(
-            f"{weights}: sha256 {digest[:16]}... does not match the {str(entry.get('sha256'))[:16]}"
-            "... state.json records (corrupted)"
-        )
+    for weights in weight_files(checkpoint.path):
+        entry = files.get(weights.name) if isinstance(files, dict) else None
+        if not isinstance(entry, dict):
+            raise DamagedFileError(
+                f"{checkpoint.path / STATE_FILE}: 'files' records no sha256 of {weights.name}"
+            )
+        with reading(weights, "model weights"):
+            size = weights.stat().st_size
+            digest = sha256_file(weights) if size == entry.get("bytes") else None
+        if digest is None:
+            raise DamagedFileError(
+                f"{weights}: {size} bytes, state.json records {entry.get('bytes')} (truncated or "
+                "replaced)"
+            )
+        if digest != entry.get("sha256"):
+            raise DamagedFileError(
+                f"{weights}: sha256 {digest[:16]}... does not match the "
+                f"{str(entry.get('sha256'))[:16]}... state.json records (corrupted)"
+            )
+
+
+def checkpoint_vocab_size(path: Path) -> int:
+    """The vocabulary of the checkpoint (or export) at ``path``: its embedding's rows, from
+    model.safetensors or the shards' headers."""
+    from longnet_cli.artifacts.sharded import is_sharded, sharded_shapes
+
+    if not is_sharded(path):
+        return weights_vocab_size(Path(path) / WEIGHTS_FILE)
+    shapes = sharded_shapes(path)
+    name = next((name for name in TIED_NAMES if name in shapes), TIED_NAMES[1])
+    return shapes[name][0]
 
 
 def weights_vocab_size(weights: Path) -> int:

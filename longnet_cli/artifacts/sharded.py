@@ -13,11 +13,17 @@ the same staging directory, RNG files, recipe, tokenizer, hashes and ``state.jso
 
 The tensors are named ``model/<parameter path>`` (tied weights once, under their first name)
 and ``optim/<parameter path>/<state>`` (AdamW's ``step``, ``exp_avg``, ``exp_avg_sq``).
+
+Any layout reads any other: ``load_sharded`` fills a sharded model's shards or an unsharded
+model's whole tensors (a run resumed with ``parallel.shard: none``), ``load_full_optimizer``
+shards an unsharded checkpoint's optimizer state, and ``read_sharded_model`` consolidates the
+weights on one process without a process group (eval, generate, export, ``train.init_from``).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +92,17 @@ def write_sharded(directory: Path, model: nn.Module, optimizer, main: bool) -> N
 def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
     """Every rank (a collective): the model's and the optimizer's state from the sharded
     checkpoint in ``directory``, each rank reading the pieces of its own shards (the world
-    that wrote it may have had another size)."""
+    that wrote it may have had another size), or of an unsharded ``model`` the whole tensors."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     table, _ = _flat(model, optimizer)
-    dcp.load(table, storage_reader=HuggingFaceStorageReader(str(directory)))  # in place
+    reader = HuggingFaceStorageReader(str(directory))
+    single = not torch.distributed.is_initialized()  # an unsharded run of one process
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(table, storage_reader=reader, no_dist=single)  # in place
     groups = json.loads((Path(directory) / OPTIMIZER_GROUPS_FILE).read_text())["param_groups"]
     for group in groups:
         if isinstance(group.get("betas"), list):
@@ -103,6 +113,61 @@ def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
             path, _, key = name[len(OPTIMIZER_PREFIX) :].rpartition("/")
             state.setdefault(path, {})[key] = tensor
     set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups})
+
+
+def read_sharded_model(directory: Path) -> dict[str, torch.Tensor]:
+    """The whole model of the sharded checkpoint in ``directory``, consolidated on this process
+    (no process group needed; any world may have written it): parameter path -> tensor, a tied
+    weight once."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    reader = HuggingFaceStorageReader(str(directory))
+    table = {
+        name: torch.empty(entry.size, dtype=entry.properties.dtype)
+        for name, entry in reader.read_metadata().state_dict_metadata.items()
+        if name.startswith(MODEL_PREFIX)
+    }
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(table, storage_reader=reader, no_dist=True)
+    return {name[len(MODEL_PREFIX) :]: tensor for name, tensor in table.items()}
+
+
+def sharded_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """The whole shape of every model tensor of the sharded checkpoint in ``directory``, read
+    from its files' headers (nothing loaded)."""
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    entries = HuggingFaceStorageReader(str(directory)).read_metadata().state_dict_metadata
+    return {
+        name[len(MODEL_PREFIX) :]: tuple(entry.size)
+        for name, entry in entries.items()
+        if name.startswith(MODEL_PREFIX)
+    }
+
+
+def load_full_optimizer(model: nn.Module, optimizer, state: dict) -> None:
+    """Every rank (a collective): an unsharded checkpoint's optimizer state (``state``, as
+    ``optimizer.state_dict()`` gave it: parameters by index) into the shards of a sharded
+    ``model``'s optimizer, each rank keeping its pieces (a run resumed with ``fsdp``)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    inner = _inner(optimizer)
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    path_of: dict[int, str] = {}
+    for saved, group in zip(state["param_groups"], inner.param_groups, strict=True):
+        for index, parameter in zip(saved["params"], group["params"], strict=True):
+            path_of[index] = names[id(parameter)]
+    by_path = {
+        "state": {path_of[index]: entries for index, entries in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [path_of[index] for index in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
+    options = StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(model, inner, by_path, options=options)
 
 
 def is_sharded(directory: Path) -> bool:

@@ -8,6 +8,8 @@ its peak RSS and time, and the bytes it exchanged (from the plan the exchange fo
 length on P GPUs, from the implementation's own plan (``plan_sequence``) and a documented
 model of its main buffers. No GPU needed: it is arithmetic. ``plan_recipe``: that table for a
 recipe's model, as it is and with its segments extended up to the whole sequence.
+``plan_sharding``: per-GPU memory with and without ``parallel.shard: fsdp`` for the recipe's
+model and two larger ones (1.3B, 2.7B parameters).
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ from longnet_cli.model.parallel import plan_sequence
 GB = 1e9
 PLANNED_LENGTHS = (1 << 20, 1 << 24, 1 << 28, 1 << 30)  # 1M, 16M, 256M and 1B tokens
 PLANNED_WORLDS = (8, 64, 256, 1024)
+SHARDING_LENGTHS = (1 << 15, 1 << 18, 1 << 20)  # 32K, 256K and 1M tokens
+SHARDING_WORLDS = (8, 64, 256)
+# Larger configurations on the recipe's attention (its segments and rates): GPT-3's 1.3B and
+# 2.7B widths and depths, with a SwiGLU feed-forward of 8/3 x dim (3 matrices: 12 dim^2 per
+# block, as GPT's 4 x dim MLP), and a 32K vocabulary.
+LARGER_MODELS = {
+    "1.3B": {"dim": 2048, "depth": 24, "heads": 16, "dim_head": 128, "ff_mult": 8 / 3},
+    "2.7B": {"dim": 2560, "depth": 32, "heads": 32, "dim_head": 80, "ff_mult": 8 / 3},
+}
 
 
 @dataclass
@@ -174,11 +185,13 @@ def plan_costs(
     element_bytes: int = 2,
     parameters: int,
     causal: bool = True,
+    state_bytes: float | None = None,
 ) -> PlannedCost:
     """Memory and communication per GPU, from the plans of ranks 0, P/2 and P-1 (the worst).
 
     Memory model of the implementation with activation checkpointing and bf16 autocast:
-      16 bytes per parameter (fp32 weights, gradients, two AdamW moments; replicated),
+      the training state: 16 bytes per parameter (fp32 weights, gradients, two AdamW moments;
+      replicated), or ``state_bytes`` (sharded: ``sharded_state_bytes``),
       every block's input kept in fp32 (depth x chunk x dim x 4),
       the one block recomputed during backward: q, k, v, attention output (bf16) and the
       float32 output accumulator, lse and dq, dk, dv accumulators; the SwiGLU hidden layers
@@ -186,6 +199,7 @@ def plan_costs(
       gradients (bf16) — plus the loss chunk's logits, small.
     """
     c = model_config
+    state = 16 * parameters if state_bytes is None else state_bytes
     chunk = seq_len // world
     inner = c.heads * c.dim_head
     plans = [
@@ -203,7 +217,7 @@ def plan_costs(
         + 2 * c.dim * 4
     )
     exchange = 2 * rows * c.dim_head * element_bytes  # keys and values, then their gradients
-    memory = 16 * parameters + c.depth * chunk * c.dim * 4 + block + exchange
+    memory = state + c.depth * chunk * c.dim * 4 + block + exchange
     received = max(plan.received_tokens() for plan in plans)
     return PlannedCost(seq_len, world, chunk, received, max(traffic), memory)
 
@@ -244,3 +258,67 @@ def plan_recipe(recipe_path: Path) -> tuple[int, dict[str, list[PlannedCost]]]:
         for label, config_at in variants.items()
     }
     return parameters, tables
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def sharded_state_bytes(parameters: int, block: int, root: int, world: int) -> float:
+    """Per-GPU bytes of the training state under ``parallel.shard: fsdp`` with the bf16 policy:
+    the 16 bytes per parameter (fp32 weights, gradients, two AdamW moments) over ``world``, plus
+    what FSDP2 holds whole while computing: two blocks' parameters gathered in bf16 (the one
+    running and the next, prefetched), one block's fp32 gradients before their reduce-scatter,
+    and the root's parameters (embedding, tied head; ``root`` of them), gathered in bf16 for
+    the whole step, with their fp32 gradients."""
+    return 16 * parameters / world + 2 * 2 * block + 4 * block + (2 + 4) * root
+
+
+@dataclass
+class ShardedCost:
+    """Per-GPU memory of one model training on one sequence split over ``world`` GPUs, its
+    state replicated (``parallel.shard: none``) and sharded (``fsdp``)."""
+
+    model: str
+    parameters: int
+    seq_len: int
+    world: int
+    chunk: int
+    unsharded_bytes: float
+    sharded_bytes: float
+
+    def to_dict(self) -> dict:
+        fits = {"fits_80gb_unsharded": self.unsharded_bytes <= 80 * GB,
+                "fits_80gb_sharded": self.sharded_bytes <= 80 * GB}  # fmt: skip
+        return {**asdict(self), **fits}
+
+
+def plan_sharding(recipe_path: Path) -> list[ShardedCost]:
+    """Per-GPU memory with and without sharding of the recipe's model and of ``LARGER_MODELS``
+    (on the recipe's segments), at every length of ``SHARDING_LENGTHS`` on every world size of
+    ``SHARDING_WORLDS``; one sequence over all the GPUs (sequence parallel, as ``plan_recipe``),
+    activations as ``plan_costs`` models them. Models built on the meta device: arithmetic."""
+    from longnet_cli.config import load_recipe
+    from longnet_cli.model.transformer import LongNetTransformer
+
+    recipe = load_recipe(recipe_path)
+    with torch.device("meta"):
+        base = recipe.model.build(recipe.model.vocab_size or 32000)
+        models = {Path(recipe_path).stem: base}
+        for name, shape in LARGER_MODELS.items():
+            config = dataclasses.replace(base.config, num_tokens=32000, **shape)
+            models[name] = LongNetTransformer.from_config(config)
+    rows = []
+    for name, model in models.items():
+        parameters = model.num_parameters()
+        block = sum(p.numel() for p in model.blocks[0].parameters())
+        root = parameters - len(model.blocks) * block
+        for n in SHARDING_LENGTHS:
+            for world in SHARDING_WORLDS:
+                sharded = sharded_state_bytes(parameters, block, root, world)
+                none = plan_costs(model.config, n, world, parameters=parameters)
+                fsdp = plan_costs(
+                    model.config, n, world, parameters=parameters, state_bytes=sharded
+                )
+                rows.append(ShardedCost(name, parameters, n, world, n // world,
+                                        none.memory_bytes, fsdp.memory_bytes))  # fmt: skip
+    return rows

@@ -298,7 +298,9 @@ def bench_parallel_command(
 
     The table covers 1M, 16M, 256M and 1B-token sequences on 8 ... 1024 GPUs (bf16), for the
     recipe's model as it is, and with its segments extended geometrically up to the whole
-    sequence (the LongNet paper's setting, where every branch keeps w/r = 2048 tokens).
+    sequence (the LongNet paper's setting, where every branch keeps w/r = 2048 tokens). A
+    second table gives per-GPU memory with and without parallel.shard: fsdp for the recipe's
+    model and 1.3B and 2.7B ones at 32K, 256K and 1M tokens on 8, 64 and 256 GPUs.
     """
     report: dict = {}
     if measure:
@@ -335,6 +337,7 @@ def bench_parallel_command(
                 )
     if table:
         report["planned"] = _planned_table(recipe, as_json)
+        report["sharding"] = _sharding_table(recipe, as_json)
     if as_json:
         click.echo(json.dumps(report, indent=2))
 
@@ -366,6 +369,32 @@ def _planned_table(recipe_path: Path, quiet: bool) -> list[dict]:
                     f"{'yes' if cost.fits() else 'no':>10}"
                 )
     return rows
+
+
+def _sharding_table(recipe_path: Path, quiet: bool) -> list[dict]:
+    """Per-GPU memory with and without ``parallel.shard: fsdp`` of the recipe's model and two
+    larger ones, printed unless ``quiet``; the rows for the JSON report."""
+    from longnet_cli.bench.parallel import plan_sharding
+
+    costs = plan_sharding(recipe_path)
+    if not quiet:
+        click.echo(
+            "\n# parallel.shard none vs fsdp: per-GPU memory GB, one sequence over all GPUs; "
+            "bf16, activation checkpointing; worst rank"
+        )
+        click.echo(f"{'model':>10} {'params':>7} {'N':>5} {'GPUs':>5} {'none GB':>8} "
+                   f"{'fsdp GB':>8} {'fits 80 GB':>10}")  # fmt: skip
+    for cost in costs:
+        if not quiet:
+            row = cost.to_dict()
+            fits = "/".join("yes" if row[k] else "no"
+                            for k in ("fits_80gb_unsharded", "fits_80gb_sharded"))  # fmt: skip
+            click.echo(
+                f"{cost.model:>10} {cost.parameters / 1e9:>6.2f}B {format_length(cost.seq_len):>5}"
+                f" {cost.world:>5} {cost.unsharded_bytes / 1e9:>8.1f} "
+                f"{cost.sharded_bytes / 1e9:>8.1f} {fits:>10}"
+            )
+    return [cost.to_dict() for cost in costs]
 
 
 @bench.command("generate", context_settings=CONTEXT)

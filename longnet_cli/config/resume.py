@@ -22,6 +22,11 @@ SAFE_ON_RESUME = (
     "eval",
     "data.eval_shards",
     "parallel.sequence",  # windows depend on the data-parallel layout only
+    "parallel.shard",  # how the state is laid out over the ranks, not what it is
+    # the global batch (their product x data-parallel processes) must stay: checked by
+    # train.resume.check_global_batch, so a run resumes on another number of processes
+    "train.micro_batch_size",
+    "train.grad_accum",
 )
 
 
@@ -35,9 +40,11 @@ def safe_to_change_on_resume(old: Recipe, new: Recipe) -> list[str]:
     An empty list means the run may resume with ``new``. Safe to change (they do not alter
     what has been trained or how the next step computes): ``train.steps`` (train longer or
     stop earlier), ``train.threads``, ``train.compile``, ``checkpoint.every``,
-    ``checkpoint.keep_last``, every ``log.*`` and ``eval.*`` key, and ``data.eval_shards``
-    (evaluation data only). Everything
-    else (data, model, optimizer, schedule, precision, seed, ``parallel.sequence``) is unsafe.
+    ``checkpoint.keep_last``, every ``log.*`` and ``eval.*`` key, ``data.eval_shards``
+    (evaluation data only), ``parallel.sequence`` and ``parallel.shard`` (the layout), and
+    ``train.micro_batch_size`` and ``train.grad_accum`` (their product with the data-parallel
+    processes is checked on resume). Everything else (data, model, optimizer, schedule,
+    precision, seed) is unsafe.
     """
     old_values, new_values = old.to_dict(), new.to_dict()
     changed = []

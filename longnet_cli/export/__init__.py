@@ -110,20 +110,18 @@ def export_model(
     tokenizer that cannot be found or does not match, and an ``out`` that exists and is not
     empty (unless ``force``).
     """
-    from longnet_cli.artifacts.loading import refuse_sharded
     from longnet_cli.artifacts.resolve import resolve_verified
     from longnet_cli.config import Recipe
     from longnet_cli.export.card import model_card
 
     note = on_note or (lambda message: None)
     checkpoint = resolve_verified(Path(source))  # a damaged file is refused, not exported
-    refuse_sharded(checkpoint.path)
     out = Path(out)
     replaced = _check_out(out, force, checkpoint.path)
     target = out.resolve()  # "." or "a/.." have no name to stage beside
     recipe = Recipe.from_saved(checkpoint.state["recipe"], source=str(checkpoint.path))
     tokenizer_path, processor = _find_tokenizer(checkpoint, recipe, tokenizer)
-    tensors = _read_weights(checkpoint.path / WEIGHTS_FILE, recipe)
+    tensors = _read_weights(checkpoint.path, recipe)  # a sharded one: consolidated here
     vocab_size = int(tensors[TIED_NAME if TIED_NAME in tensors else TIED_ALIAS].shape[0])
     note(f"exporting {checkpoint.path} (step {checkpoint.step}) to {out}")
 
@@ -217,13 +215,15 @@ def _find_tokenizer(checkpoint, recipe, explicit: Path | None) -> tuple[Path, An
     return path, processor
 
 
-def _read_weights(file: Path, recipe) -> dict:
-    """The checkpoint's tensors, checked name by name and shape by shape against the recipe's
-    model; a tied weight stored as head.weight is renamed token_embedding.weight."""
-    from safetensors.torch import load_file
+def _read_weights(checkpoint: Path, recipe) -> dict:
+    """The checkpoint's tensors (its shards consolidated, when sharded), checked name by name
+    and shape by shape against the recipe's model; a tied weight stored as head.weight is
+    renamed token_embedding.weight."""
+    from longnet_cli.artifacts.checkpoints import read_model_tensors, weight_files
 
+    file = weight_files(checkpoint)[0]  # what messages name
     try:
-        tensors = load_file(str(file))
+        tensors = read_model_tensors(checkpoint)
     except Exception as err:  # missing, truncated or foreign
         raise LongnetError(f"{file}: cannot read the model weights: {err}") from None
     if TIED_NAME not in tensors and TIED_ALIAS not in tensors:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from longnet_cli.artifacts.layout import WEIGHTS_FILE
 from longnet_cli.core.errors import InputError
 from longnet_cli.model.smeared_keys import INITIAL_LOGIT
 
@@ -35,7 +34,7 @@ class InitSource:
     """Where initial weights come from: the weights file and what is known about them."""
 
     path: Path  # the directory given (resolved to a checkpoint or an export)
-    weights: Path  # model.safetensors
+    weights: Path  # model.safetensors (a sharded checkpoint: its first shard)
     kind: str  # "checkpoint" or "export"
     step: int | None  # training step of the weights, when known
     tokenizer_sha256: str | None
@@ -51,8 +50,7 @@ class InitSource:
 
 def resolve_init_source(path: str | Path) -> InitSource:
     """The weights ``path`` names: a checkpoint, a run's latest checkpoint, or an export."""
-    from longnet_cli.artifacts.checkpoints import resolve_checkpoint
-    from longnet_cli.artifacts.loading import refuse_sharded
+    from longnet_cli.artifacts.checkpoints import resolve_checkpoint, weight_files
 
     path = Path(path)
     if not path.exists():
@@ -69,8 +67,7 @@ def resolve_init_source(path: str | Path) -> InitSource:
         ) from None
     except ValueError as err:
         raise InputError(f"train.init_from: {err}") from None
-    refuse_sharded(checkpoint.path, "train.init_from: ")
-    weights = checkpoint.path / WEIGHTS_FILE
+    weights = weight_files(checkpoint.path)[0]  # a sharded checkpoint: its first shard
     if not weights.is_file():
         raise InputError(f"train.init_from: {weights} is missing")
     return InitSource(
@@ -118,11 +115,12 @@ def load_initial_weights(model: torch.nn.Module, source: InitSource) -> list[str
     parameter with its name and both shapes; a missing parameter an option adds (``ADDABLE``)
     takes its initial value instead. Returns the names of those added parameters."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+
+    from longnet_cli.artifacts.checkpoints import read_model_tensors
 
     try:
-        tensors = load_file(str(source.weights))
-    except (SafetensorError, OSError, ValueError) as err:
+        tensors = read_model_tensors(source.weights.parent)  # shards: consolidated here
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise InputError(f"train.init_from: {source.weights}: cannot read weights: {err}") from None
     expected = model.state_dict()
     aliases = _tied_aliases(model)

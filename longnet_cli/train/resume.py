@@ -24,7 +24,7 @@ from pathlib import Path
 
 from longnet_cli.artifacts import checkpoints as ckpt
 from longnet_cli.artifacts.layout import METRICS_FILE, SCALER_FILE, STATE_FILE, TOKENIZER_FILE
-from longnet_cli.artifacts.sharded import is_sharded, load_sharded
+from longnet_cli.artifacts.sharded import is_sharded, load_full_optimizer, load_sharded
 from longnet_cli.config.resume import safe_to_change_on_resume
 from longnet_cli.config.schema import Recipe
 from longnet_cli.core.errors import InputError
@@ -111,10 +111,11 @@ def intact_checkpoint(accelerator, run_dir: Path):
 
 
 def check_resumable(existing, recipe: Recipe, corpus, dp_size: int) -> None:
-    """Refuse to resume across a changed tokenizer, data-parallel degree or unsafe recipe change.
+    """Refuse to resume across a changed tokenizer, global batch or unsafe recipe change.
 
-    The sequence-parallel degree may change (the windows depend on the data-parallel layout
-    only), so a single-process checkpoint resumes in a sequence-parallel run and vice versa.
+    The number of processes may change when the global batch stays (``check_global_batch``), and
+    so may the sequence-parallel degree and the sharding: a checkpoint of 2 sharded processes
+    resumes on 1 unsharded one with ``grad_accum`` doubled, or on 4 with it halved.
     """
     state = existing.state
     if state.get("tokenizer_sha256") != corpus.manifest["tokenizer_sha256"]:
@@ -125,19 +126,39 @@ def check_resumable(existing, recipe: Recipe, corpus, dp_size: int) -> None:
             f"{state.get('tokenizer_sha256')}, but {corpus.directory} uses "
             f"{corpus.manifest['tokenizer_sha256']}{reuse}"
         )
-    if state.get("dp_size") != dp_size:
-        raise InputError(
-            f"checkpoint {existing.path} was written by {state.get('dp_size')} data-parallel "
-            f"processes, this run has {dp_size}: resuming would change which windows "
-            "each rank reads; resume with the same number of processes (x parallel.sequence)"
-        )
     saved = Recipe.from_saved(state["recipe"], source=str(existing.path / STATE_FILE))
+    check_global_batch(existing.path, saved, state.get("dp_size"), recipe, dp_size)
     changed = safe_to_change_on_resume(saved, recipe)
     if changed:
         raise InputError(
             f"the recipe changed since checkpoint {existing.path} in keys that cannot change on "
             f"resume: {', '.join(changed)}; restore them, or start over with --no-resume --force"
         )
+
+
+def check_global_batch(path: Path, saved: Recipe, saved_dp, recipe: Recipe, dp_size: int):
+    """The windows of a step are a function of the step alone as long as the global batch
+    (micro_batch_size x grad_accum x data-parallel processes) is the same: they are numbered
+    step by step (``TrainingWindows.sample_index``), each rank reading its own share of them.
+    InputError (exit 2) when a resume changes it, with the grad_accum that keeps it."""
+    before, now = saved.train, recipe.train
+    saved_dp = saved_dp if isinstance(saved_dp, int) and saved_dp > 0 else 1
+    batch = before.micro_batch_size * before.grad_accum * saved_dp
+    new = now.micro_batch_size * now.grad_accum * dp_size
+    if batch == new:
+        return
+    per_accum = now.micro_batch_size * dp_size
+    fix = (
+        f"--set train.grad_accum={batch // per_accum}"
+        if batch % per_accum == 0
+        else f"a micro_batch_size x grad_accum x data-parallel processes of {batch}"
+    )
+    raise InputError(
+        f"checkpoint {path} trained on global batches of {batch} windows (micro_batch_size "
+        f"{before.micro_batch_size} x grad_accum {before.grad_accum} x {saved_dp} data-parallel "
+        f"processes), this run's is {new} ({now.micro_batch_size} x {now.grad_accum} x "
+        f"{dp_size}): resuming would change which windows each step reads; resume with {fix}"
+    )
 
 
 def resume_point(
@@ -178,18 +199,47 @@ def resume_point(
     return ResumePoint(existing, schedule, data_change)
 
 
-def restore_training_state(accelerator, existing, optimizer, model) -> None:
-    """The optimizer's moments, this rank's RNG states and the fp16 loss scale of ``existing``;
-    of a sharded checkpoint also the weights (every rank reads its shards into the sharded
-    ``model``, ``artifacts.sharded``)."""
+def restore_training_state(accelerator, existing, optimizer, model, sharded: bool) -> None:
+    """The optimizer's moments, this rank's RNG states and the fp16 loss scale of ``existing``,
+    whatever layout wrote it and whatever layout resumes (``sharded``: this run's model is):
+
+    - a sharded checkpoint: every rank reads the weights and moments into its shards, or, in an
+      unsharded run, the whole tensors (``load_sharded``; DCP reshards to any world);
+    - an unsharded checkpoint: its optimizer state, sharded here when this run is (its weights
+      were read before the model was sharded, ``trainer._build_model``).
+    """
     if is_sharded(existing.path):
         load_sharded(existing.path, model, optimizer)
     else:
-        optimizer.load_state_dict(ckpt.load_optimizer_state(existing.path, accelerator.device))
-    rng = ckpt.load_rng_file(existing.path, accelerator.process_index)
+        state = ckpt.load_optimizer_state(existing.path, accelerator.device)
+        if sharded:
+            load_full_optimizer(model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
+    rank, saved_world = accelerator.process_index, existing.state.get("world_size") or 1
+    if saved_world != accelerator.num_processes:
+        say_once(accelerator, rng_on_new_layout(saved_world, accelerator.num_processes))
+    rng = ckpt.load_rng_file(existing.path, rank % saved_world)
     if rng is not None:
         ckpt.set_rng_state(rng)
     restore_scaler(accelerator, existing)
+
+
+def rng_on_new_layout(saved_world: int, world: int) -> str:
+    """What a resume on another number of processes says about the RNG states: rank R continues
+    the one rank R mod (the old world) saved (dropout's masks; the windows do not depend on it)."""
+
+    def ranks(first: int, last: int) -> str:
+        return f"rank {first}" if first == last else f"ranks {first}-{last}"
+
+    if world < saved_world:
+        which = (
+            f"{ranks(0, world - 1)} continue their saved RNG states, those of "
+            f"{ranks(world, saved_world - 1)} are dropped"
+        )
+    else:
+        which = f"rank R continues the RNG state rank R mod {saved_world} saved"
+    return f"resuming on {world} process(es) a checkpoint of {saved_world}: {which}"
 
 
 def restore_scaler(accelerator, existing) -> None:

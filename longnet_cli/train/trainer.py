@@ -181,7 +181,7 @@ def _train(
     flops_per_token = training_flops_per_token(model, recipe.train.seq_len)
     loss_module, optimizer = _prepare(accelerator, model, recipe.train, layout)
     if existing is not None:
-        restore_training_state(accelerator, existing, optimizer, model)
+        restore_training_state(accelerator, existing, optimizer, model, layout.sharded)
     compile_s = _compiled(recipe.train, model, loss_module, vocab_size, accelerator.device)
     start = point.step
     scheme = window_scheme(existing.state if existing is not None else None, corpus)
@@ -330,7 +330,9 @@ def _build_model(recipe: Recipe, vocab_size: int, point: ResumePoint, init_sourc
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
     model = recipe.model.build(vocab_size)
     if point.existing is not None:
-        if not is_sharded(point.existing.path):  # sharded: read into the shards once placed
+        if not is_sharded(
+            point.existing.path
+        ):  # sharded: read once placed (restore_training_state)
             ckpt.load_model_weights(point.existing.path, model)
         return model, point.existing.state.get("init_from")
     if init_source is not None:

@@ -11,9 +11,12 @@ from click.testing import CliRunner
 from longnet_cli.bench.parallel import (
     PLANNED_LENGTHS,
     PLANNED_WORLDS,
+    SHARDING_LENGTHS,
+    SHARDING_WORLDS,
     geometric_segments,
     plan_costs,
     plan_recipe,
+    plan_sharding,
 )
 from longnet_cli.cli import cli
 from longnet_cli.model.config import LongNetConfig
@@ -53,6 +56,48 @@ def test_plan_recipe_tables_every_length_and_world_for_both_segment_choices():
     for costs in tables.values():
         expected = [(n, world) for n in PLANNED_LENGTHS for world in PLANNED_WORLDS]
         assert [(cost.seq_len, cost.world) for cost in costs] == expected
+
+
+def test_plan_sharding_gives_every_model_length_and_world_with_and_without_fsdp():
+    """paper_base and the 1.3B and 2.7B configurations at 32K, 256K and 1M tokens on 8, 64 and
+    256 GPUs. Unsharded, the state is 16 bytes per parameter on every GPU (the table of
+    ``plan_recipe``); sharded, it falls by 16 x (1 - 1/P) per parameter less what FSDP holds
+    whole while computing: at most 10 bytes per parameter of one block (two gathered in bf16,
+    one's fp32 gradients) and 6 per parameter of the embedding (gathered bf16, fp32 gradient)."""
+    root = Path(__file__).resolve().parents[2]
+    rows = plan_sharding(root / "recipes" / "paper_base.yaml")
+    assert [(r.model, r.seq_len, r.world) for r in rows] == [
+        (m, n, p) for m in ("paper_base", "1.3B", "2.7B")
+        for n in SHARDING_LENGTHS for p in SHARDING_WORLDS
+    ]  # fmt: skip
+    sizes = {r.model: r.parameters for r in rows}
+    assert 1.2e9 < sizes["1.3B"] < 1.4e9 and 2.5e9 < sizes["2.7B"] < 2.8e9
+    shapes = {"paper_base": (12, 768, 32000), "1.3B": (24, 2048, 32000), "2.7B": (32, 2560, 32000)}
+    _, tables = plan_recipe(root / "recipes" / "paper_base.yaml")
+    as_planned = {(c.seq_len, c.world): c.memory_bytes for c in tables["as in the recipe"]}
+    for row in rows:
+        depth, dim, vocab = shapes[row.model]
+        embedding = vocab * dim
+        saved = row.unsharded_bytes - row.sharded_bytes
+        most = 16 * row.parameters * (1 - 1 / row.world)
+        held = 10 * (row.parameters - embedding) / depth + 6 * embedding
+        assert most - held <= saved <= most, row
+        if row.model == "paper_base" and (row.seq_len, row.world) in as_planned:
+            assert row.unsharded_bytes == as_planned[row.seq_len, row.world]
+    by_key = {(r.model, r.seq_len, r.world): r for r in rows}
+    big = by_key["2.7B", 1 << 20, 8]  # the row sharding makes fit
+    assert big.unsharded_bytes > 80e9 > big.sharded_bytes
+
+
+def test_bench_parallel_no_measure_prints_and_reports_the_sharding_table():
+    args = ["bench", "parallel", "--no-measure"]
+    text = CliRunner().invoke(cli, args)
+    assert text.exit_code == 0, text.output
+    assert "parallel.shard none vs fsdp" in text.output
+    assert any(line.split()[:4] == ["2.7B", "2.60B", "1M", "8"] and line.endswith("no/yes")
+               for line in text.output.splitlines())  # fmt: skip
+    report = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)
+    assert len(report["sharding"]) == 27 and "fits_80gb_sharded" in report["sharding"][0]
 
 
 def test_measure_on_two_processes_reports_the_planned_traffic():

@@ -14,8 +14,11 @@ def test_safe_to_change_on_resume(minimal):
         log={"every": 1, "tensorboard": True},
         eval={"every": 4, "contexts": ["1K"], "docs": 2, "data": "elsewhere"},
         data={"eval_shards": "held"},
-        parallel={"sequence": 2},
+        parallel={"sequence": 2, "shard": "fsdp"},
     )
+    assert safe_to_change_on_resume(old, recipe_from_dict(safe)) == []
+    # the global batch is checked on resume instead (train.resume.check_global_batch)
+    safe = minimal(train={"micro_batch_size": 4, "grad_accum": 8})
     assert safe_to_change_on_resume(old, recipe_from_dict(safe)) == []
     assert safe_to_change_on_resume(old, old) == []
     unsafe = minimal(

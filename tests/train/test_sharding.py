@@ -1,7 +1,9 @@
 """``parallel.shard: fsdp``: parameters, gradients and optimizer state sharded over every rank
 (torch's FSDP2 over gloo processes on a CPU). The losses equal the unsharded run's, alone and
 with sequence parallelism; one process is a trivial mesh; each rank holds about 1/P of the
-state; sharded checkpoints are written by every rank and resume exactly."""
+state; sharded checkpoints are written by every rank and resume exactly, on another number of
+processes keeping the global batch, sharded or not; eval, generate, export and
+train.init_from read them on one process."""
 
 from __future__ import annotations
 
@@ -91,15 +93,6 @@ def test_sharded_sequence_parallel_training_gives_the_unsharded_losses(corpus, t
     _train(recipe, tmp_path / "none")
     _train(recipe, tmp_path / "fsdp", "--set", "parallel.shard=fsdp")
     _same_losses(tmp_path / "none", tmp_path / "fsdp")
-
-
-def test_sharded_data_and_sequence_parallel_on_4_processes(corpus, tmp_path):
-    """4 processes, parallel.sequence=2: two sequence groups, one mesh of 4 over them."""
-    changes = {**CHANGES, "train__steps": 4, "parallel__sequence": 2, "train__micro_batch_size": 1}
-    recipe = write_train_recipe(tmp_path, corpus, **changes)
-    _train(recipe, tmp_path / "none", devices=4)
-    _train(recipe, tmp_path / "fsdp", "--set", "parallel.shard=fsdp", devices=4)
-    _same_losses(tmp_path / "none", tmp_path / "fsdp", steps=4)
 
 
 def test_compiled_blocks_train_sharded_to_the_eager_losses(corpus, sharded_2, tmp_path):
@@ -211,46 +204,107 @@ def test_a_damaged_shard_is_skipped_and_resume_falls_back_past_it(corpus, sharde
     assert [r["loss"] for r in metrics_of(run)] == [r["loss"] for r in metrics_of(sharded_2)]
 
 
-def test_parallel_shard_cannot_change_on_resume_yet(corpus, sharded_2, tmp_path):
-    """Resuming a sharded checkpoint unsharded (or the reverse) is refused naming the key."""
+def _at_step_5(run: Path, copy: Path) -> Path:
+    """A copy of ``run`` as it was after its step-5 checkpoint (newer checkpoints and metrics
+    removed): what a run stopped there left."""
     import shutil
 
-    run = tmp_path / "run"
-    shutil.copytree(sharded_2, run, ignore=shutil.ignore_patterns(".train.lock"))
-    recipe = write_train_recipe(tmp_path, corpus, **{**CHANGES, "train__steps": 12})
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    command = [sys.executable, "-m", "longnet_cli", "train", str(recipe), "--out", str(run),
-               "--devices", "2", "--quiet"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 2, result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert "parallel.shard" in line and "cannot change on resume" in line
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".train.lock"))
+    shutil.rmtree(copy / "checkpoints" / "step-0000010")
+    lines = [r for r in metrics_of(copy) if r["step"] <= 5]
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return copy
 
 
-def test_eval_generate_export_and_init_from_refuse_a_sharded_checkpoint_in_one_line(
+def test_a_sharded_checkpoint_resumes_unsharded_on_one_process_with_grad_accum_doubled(
+    corpus, sharded_2, tmp_path, capsys
+):
+    """2 sharded processes' step-5 checkpoint, resumed by one unsharded process with the same
+    global batch: it reads the whole tensors, says which RNG state it takes, and continues to
+    the uninterrupted run's losses; its checkpoints are unsharded from then on."""
+    run = _at_step_5(sharded_2, tmp_path / "run")
+    recipe = write_train_recipe(tmp_path, corpus, **CHANGES)  # parallel.shard: none
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet",
+                     "--set", "train.grad_accum=4") == 0  # fmt: skip
+    assert "a checkpoint of 2: rank 0 continue" in capsys.readouterr().err
+    _same_losses(sharded_2, run)
+    final = run / "checkpoints" / "step-0000010"
+    assert (final / "model.safetensors").is_file() and not list(final.glob("shard-*"))
+
+
+def test_a_sharded_checkpoint_resumes_on_4_data_and_sequence_parallel_processes(
     corpus, sharded_2, tmp_path
 ):
-    """Reading a sharded checkpoint on one process is not built yet: each reader exits 2 with
-    one line naming the checkpoint and what to do (not a 'damaged file' error)."""
+    """The 2 processes' sharded checkpoint on 4 processes with parallel.sequence=2: two sequence
+    groups (the same 2 data-parallel ranks, so the same global batch), one mesh of 4 over them;
+    DCP reshards it, each rank reading its quarter; the losses are the uninterrupted run's
+    (which are the unsharded run's, above)."""
+    run = _at_step_5(sharded_2, tmp_path / "run")
+    recipe = write_train_recipe(tmp_path, corpus, **CHANGES, parallel__shard="fsdp")
+    _train(recipe, run, "--set", "parallel.sequence=2", devices=4)
+    _same_losses(sharded_2, run)
+    final = run / "checkpoints/step-0000010"
+    assert len(list(final.glob("shard-*.safetensors"))) == 4
+    state = json.loads((final / "state.json").read_text())
+    assert (state["world_size"], state["dp_size"], state["sequence_parallel"]) == (4, 2, 2)
+
+
+def test_an_unsharded_checkpoint_resumes_sharded(corpus, unsharded_2, tmp_path):
+    """An unsharded run's step-5 checkpoint resumed with parallel.shard: fsdp: the weights are
+    read before sharding, the optimizer's moments sharded over the ranks; same losses."""
+    run = _at_step_5(unsharded_2, tmp_path / "run")
+    recipe = write_train_recipe(tmp_path, corpus, **CHANGES, parallel__shard="fsdp")
+    _train(recipe, run)
+    _same_losses(unsharded_2, run)
+    assert len(list((run / "checkpoints/step-0000010").glob("shard-*.safetensors"))) == 2
+
+
+def test_eval_generate_export_and_init_from_read_a_sharded_checkpoint(
+    corpus, sharded_2, unsharded_2, tmp_path, capsys
+):
+    """On one process, without the world that wrote it: the shards consolidate into the whole
+    tensors (each the rows of rank 1's shard then rank 2's), the model of the unsharded run
+    (within fp32 reduction-order noise); eval scores it as that run's, export writes those
+    tensors, generate continues a prompt and train.init_from starts a run from it."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from longnet_cli.artifacts.loading import load_model
+
     checkpoint = sharded_2 / "checkpoints" / "step-0000010"
-    commands = [
-        ["eval", str(sharded_2), "--data", str(corpus), "--context", "64", "--quiet"],
-        ["generate", str(sharded_2), "--prompt", "def f", "--max-new-tokens", "2"],
-        ["export", str(checkpoint), "--out", str(tmp_path / "export")],
-    ]
-    for command in commands:
-        result = subprocess.run([sys.executable, "-m", "longnet_cli", *command],
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert result.returncode == 2, (command, result.stderr)
-        (line,) = result.stderr.strip().splitlines()
-        assert str(checkpoint) in line and "a sharded checkpoint" in line, line
-    assert not (tmp_path / "export").exists()
-    recipe = write_train_recipe(tmp_path, corpus, train__init_from=str(sharded_2))
-    result = subprocess.run([sys.executable, "-m", "longnet_cli", "train", str(recipe), "--out",
-                             str(tmp_path / "started"), "--quiet"],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert "train.init_from" in result.stderr and "a sharded checkpoint" in result.stderr
+    rows = []
+    for rank in (1, 2):
+        with safe_open(str(checkpoint / f"shard-0000{rank}-model-00001-of-00001.safetensors"),
+                       framework="pt") as handle:  # fmt: skip
+            rows.append(handle.get_tensor("model/token_embedding.weight"))
+    model = load_model(sharded_2).state_dict()
+    assert torch.equal(model["token_embedding.weight"], torch.cat(rows))
+    reference = load_model(unsharded_2).state_dict()
+    assert model.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert torch.allclose(model[name], tensor, atol=1e-5), name
+
+    reports = {}
+    for name, run in (("sharded", sharded_2), ("unsharded", unsharded_2)):
+        reports[name] = tmp_path / f"{name}.json"
+        assert exit_code("eval", str(run), "--data", str(corpus), "--context", "64", "--quiet",
+                         "--json", str(reports[name])) == 0  # fmt: skip
+    sharded, unsharded = (json.loads(reports[n].read_text()) for n in ("sharded", "unsharded"))
+    assert sharded["overall"]["loss"] == pytest.approx(unsharded["overall"]["loss"], abs=1e-4)
+
+    capsys.readouterr()
+    assert exit_code("generate", str(sharded_2), "--prompt", "def f", "--max-new-tokens", "4",
+                     "--temperature", "0") == 0  # fmt: skip
+    assert "decode: 4 tokens" in capsys.readouterr().err  # 4 new tokens from its weights
+    assert exit_code("export", str(checkpoint), "--out", str(tmp_path / "export")) == 0
+    exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+    assert torch.equal(exported["token_embedding.weight"], model["token_embedding.weight"])
+
+    recipe = write_train_recipe(tmp_path, corpus, train__init_from=str(sharded_2), train__steps=2)
+    assert exit_code("train", str(recipe), "--out", str(tmp_path / "started"), "--quiet") == 0
+    (first,) = [r for r in metrics_of(tmp_path / "started") if "init_from" in r]
+    assert first["init_from"]["path"] == str(checkpoint) and first["init_from"]["added"] == []
 
 
 # --------------------------------------------------------------------------- memory per rank

@@ -235,7 +235,11 @@ def test_resume_refuses_an_unsafe_recipe_change_but_takes_more_steps(corpus, tmp
     assert [r["step"] for r in metrics_of(run)] == [1, 2, 3, 4, 5, 6]
 
 
-def test_resume_refuses_another_world_size(corpus, tmp_path, capsys):
+def test_resume_refuses_another_global_batch_and_names_the_grad_accum_that_keeps_it(
+    corpus, tmp_path, capsys
+):
+    """A checkpoint of 2 data-parallel processes (2 x 2 windows each per step) resumed on one:
+    refused (the steps would read other windows) until grad_accum doubles; then it resumes."""
     run = tmp_path / "run"
     recipe = write_train_recipe(tmp_path, corpus, train__steps=4, checkpoint__every=2)
     assert (
@@ -245,7 +249,12 @@ def test_resume_refuses_another_world_size(corpus, tmp_path, capsys):
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "dp_size": 2}))
     assert exit_code("train", str(recipe), "--out", str(run), "--quiet") == 2
-    assert "2 data-parallel processes" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "global batches of 8 windows" in line and "2 data-parallel processes" in line
+    assert "this run's is 4" in line and "--set train.grad_accum=4" in line
+    more = ("--set", "train.grad_accum=4")
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet", *more) == 0
+    assert [r["step"] for r in metrics_of(run) if "loss" in r] == [1, 2, 3, 4]
 
 
 def _nan_loss_from_step(monkeypatch, step: int, micro_steps: int = 2) -> dict[str, int]:

@@ -166,6 +166,7 @@ class CompareResult:
     flops_per_token: float
     matmul_peak_gflops: dict[str, float]  # fp32's and bf16's real rates, measured here
     settings: list[SettingResult]
+    skipped: list[str] = field(default_factory=list)  # settings not trained, each with why
 
     @property
     def chosen(self) -> SettingResult:
@@ -186,10 +187,33 @@ class CompareResult:
         }
 
 
-def bench_compare(recipe: Recipe, vocab_size: int, steps: int = 4) -> CompareResult:
+def compared_settings(
+    peaks: dict[str, float], every: bool = False
+) -> tuple[list[tuple[str, bool]], list[str]]:
+    """The settings of ``COMPARED`` to train on a device with these matmul peaks (GFLOP/s), and
+    a line for each skipped one: bf16 where its peak is below fp32's (no bf16 hardware: an
+    AVX2-only CPU measured 0.9 GFLOP/s against 147, a step 35x slower than fp32's, so 100
+    steps would take hours to show it), unless ``every``."""
+    if every or peaks["bf16"] >= peaks["fp32"]:
+        return list(COMPARED), []
+    why = (
+        f"skipped: this device's bf16 matmul peak ({peaks['bf16']:,.1f} GFLOP/s) is below fp32's "
+        f"({peaks['fp32']:,.1f}), so bf16 autocast can only be slower (--all-settings runs it)"
+    )
+    kept = [(precision, compiled) for precision, compiled in COMPARED if precision != "bf16"]
+    skipped = [f"{precision} {'compiled' if compiled else 'eager'}: {why}"
+               for precision, compiled in COMPARED if precision == "bf16"]  # fmt: skip
+    return kept, skipped
+
+
+def bench_compare(
+    recipe: Recipe, vocab_size: int, steps: int = 4, every: bool = False
+) -> CompareResult:
     """Train the recipe's model from the same initial weights in each of ``COMPARED``'s
     settings on the same windows, interleaved step by step (a busy machine slows each setting
-    alike), for ``1 + steps`` optimizer steps; the first step (compilation) untimed.
+    alike), for ``1 + steps`` optimizer steps; the first step (compilation) untimed. The matmul
+    peaks are measured first: bf16 is skipped where it cannot be faster (``compared_settings``;
+    ``every``: trained anyway).
 
     Windows are the recipe's corpus's training windows where it exists (the losses then say
     something), else random tokens. Plain PyTorch on one device (autocast for bf16, as
@@ -208,8 +232,12 @@ def bench_compare(recipe: Recipe, vocab_size: int, steps: int = 4) -> CompareRes
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches, data = _batches(recipe, vocab_size)
     schedule = Schedule.of(cfg)
+    fp32 = measure_peak_flops(device, torch.float32).flops_per_s / 1e9
+    bf16 = measure_peak_flops(device, torch.bfloat16, half_on_cpu=True).flops_per_s / 1e9
+    peaks = {"fp32": fp32, "bf16": bf16}
+    compared, skipped = compared_settings(peaks, every)
     runs = []
-    for precision, compiled in COMPARED:
+    for precision, compiled in compared:
         torch.manual_seed(cfg.seed)  # the same initial weights in every setting
         model = recipe.model.build(vocab_size).to(device)
         if compiled:
@@ -237,14 +265,11 @@ def bench_compare(recipe: Recipe, vocab_size: int, steps: int = 4) -> CompareRes
     for index in range(1 + steps):
         for precision, loss_module, optimizer, timings in runs:
             timings.append(step(index, precision, loss_module, optimizer))
-    fp32 = measure_peak_flops(device, torch.float32).flops_per_s / 1e9
-    bf16 = measure_peak_flops(device, torch.bfloat16, half_on_cpu=True).flops_per_s / 1e9
-    peaks = {"fp32": fp32, "bf16": bf16}
     model = runs[0][1].model
     flops_per_token = training_flops_per_token(model, cfg.seq_len)
     tokens_per_step = cfg.seq_len * cfg.micro_batch_size * cfg.grad_accum
     settings = []
-    for (precision, compiled), (_, _, _, timings) in zip(COMPARED, runs):
+    for (precision, compiled), (_, _, _, timings) in zip(compared, runs, strict=True):
         best = min(seconds for seconds, _ in timings[1:])
         result = SettingResult(precision, compiled, best, timings[0][0], timings[-1][1])
         result.losses = [loss for _, loss in timings]
@@ -266,6 +291,7 @@ def bench_compare(recipe: Recipe, vocab_size: int, steps: int = 4) -> CompareRes
         flops_per_token=flops_per_token,
         matmul_peak_gflops=peaks,
         settings=settings,
+        skipped=skipped,
     )
 
 

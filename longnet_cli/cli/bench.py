@@ -186,8 +186,13 @@ def bench_tokenize_command(paths, tokenizer, workers, exclude, repeats, as_json)
     help="Eager and compiled, fp32 and bf16 autocast, side by side in one run, with the loss "
     "each reaches after the same steps (the recipe's corpus windows where it exists).",
 )
+@click.option(
+    "--all-settings", "every", is_flag=True,
+    help="With --compare: train bf16 too where its matmul peak is below fp32's (it is skipped "
+    "there by default: it can only be slower, often by far).",
+)  # fmt: skip
 @json_flag()
-def bench_train_command(recipe, overrides, vocab_size, steps, compare, as_json) -> None:
+def bench_train_command(recipe, overrides, vocab_size, steps, compare, every, as_json) -> None:
     """Tokens/s of RECIPE's training step and its fraction of this machine's matmul peak.
 
     Model FLOPs per token (6 per weight a token passes through, plus the dilated attention's
@@ -201,7 +206,7 @@ def bench_train_command(recipe, overrides, vocab_size, steps, compare, as_json) 
     loaded = load_recipe(recipe, list(overrides))
     vocab_size = vocab_size or loaded.model.vocab_size or _corpus_vocab(loaded) or 8192
     if compare:
-        compared = bench_compare(loaded, vocab_size, steps=steps)
+        compared = bench_compare(loaded, vocab_size, steps=steps, every=every)
         if as_json:
             click.echo(json.dumps(compared.to_dict(), indent=2))
         else:
@@ -239,6 +244,8 @@ def _show_comparison(recipe, result, vocab_size: int) -> None:
             f"{s.name:<14} {s.tokens_per_s:>9,.0f} {s.speedup:>6.2f}x {s.model_gflops:>8.1f} "
             f"{s.fraction_of_peak:>7.3f} {s.loss:>8.4f} {s.first_step_s:>7.1f}s"
         )
+    for line in result.skipped:
+        click.echo(line)
     chosen = result.chosen
     click.echo(
         f"fastest within 1% of eager fp32's loss: {chosen.name} "

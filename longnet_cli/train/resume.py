@@ -136,7 +136,7 @@ def check_resumable(existing, recipe: Recipe, corpus, dp_size: int) -> None:
         )
 
 
-def check_global_batch(path: Path, saved: Recipe, saved_dp, recipe: Recipe, dp_size: int):
+def check_global_batch(path: Path, saved: Recipe, saved_dp, recipe: Recipe, dp_size: int) -> None:
     """The windows of a step are a function of the step alone as long as the global batch
     (micro_batch_size x grad_accum x data-parallel processes) is the same: they are numbered
     step by step (``TrainingWindows.sample_index``), each rank reading its own share of them.
@@ -233,10 +233,8 @@ def rng_on_new_layout(saved_world: int, world: int) -> str:
         return f"rank {first}" if first == last else f"ranks {first}-{last}"
 
     if world < saved_world:
-        which = (
-            f"{ranks(0, world - 1)} continue their saved RNG states, those of "
-            f"{ranks(world, saved_world - 1)} are dropped"
-        )
+        kept = "rank 0 continues its" if world == 1 else f"ranks 0-{world - 1} continue their"
+        which = f"{kept} saved RNG state, that of {ranks(world, saved_world - 1)} is dropped"
     else:
         which = f"rank R continues the RNG state rank R mod {saved_world} saved"
     return f"resuming on {world} process(es) a checkpoint of {saved_world}: {which}"

@@ -7,12 +7,13 @@ import json
 
 from helpers import exit_code, write_train_recipe
 
-from longnet_cli.bench.train import COMPARED, CompareResult, SettingResult
+from longnet_cli.bench.train import COMPARED, CompareResult, SettingResult, compared_settings
 
 
 def test_compare_reports_every_setting_on_the_corpus_windows(corpus, tmp_path, capsys):
     recipe = write_train_recipe(tmp_path, corpus)
-    assert exit_code("bench", "train", str(recipe), "--compare", "--steps", "2", "--json") == 0
+    every = ("--compare", "--all-settings", "--steps", "2", "--json")  # bf16 even where slow
+    assert exit_code("bench", "train", str(recipe), *every) == 0
     report = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in report["settings"]] == [
         "fp32 eager", "fp32 compiled", "bf16 eager", "bf16 compiled"
@@ -38,12 +39,13 @@ def test_compare_text_table_names_the_choice(capsys):
 
     settings = [_setting("fp32", False, 100, 5.0), _setting("fp32", True, 120, 5.0),
                 _setting("bf16", False, 200, 5.04), _setting("bf16", True, 210, 5.3)]  # fmt: skip
-    result = CompareResult("r.yaml", "cpu", 2, 1, 8, 8, 2, "corpus", 1.0, {"fp32": 90.0}, settings)
+    result = CompareResult("r.yaml", "cpu", 2, 1, 8, 8, 2, "corpus", 1.0, {"fp32": 90.0}, settings,
+                           skipped=["fp16 eager: skipped: a reason"])  # fmt: skip
     _show_comparison("r.yaml", result, 600)
     lines = capsys.readouterr().out.splitlines()
     for name in ("fp32 eager", "fp32 compiled", "bf16 eager", "bf16 compiled"):
         assert sum(line.startswith(name) for line in lines) == 1
-    assert "vs fp32" in lines[2]
+    assert "vs fp32" in lines[2] and "fp16 eager: skipped: a reason" in lines
     assert lines[-1] == ("fastest within 1% of eager fp32's loss: bf16 eager (train.precision: "
                          "bf16, train.compile: false)")  # fmt: skip
 
@@ -62,3 +64,15 @@ def test_the_choice_is_the_fastest_within_one_percent_of_eager_fp32():
                   _setting("bf16", True, 210, 5.06)) == "bf16 eager"  # fmt: skip
     assert chosen(base, _setting("fp32", True, 90, 5.0)) == "fp32 eager"
     assert COMPARED[0] == ("fp32", False)  # the baseline comes first
+
+
+def test_bf16_is_skipped_where_its_matmul_peak_is_below_fp32s():
+    """An AVX2-only CPU: bf16 0.9 GFLOP/s against fp32's 147 (measured); its settings are
+    skipped, each with a line saying why; --all-settings (every) trains them anyway."""
+    kept, skipped = compared_settings({"fp32": 147.1, "bf16": 0.87})
+    assert kept == [("fp32", False), ("fp32", True)]
+    assert [line.split(":")[0] for line in skipped] == ["bf16 eager", "bf16 compiled"]
+    assert "bf16 matmul peak (0.9 GFLOP/s) is below fp32's (147.1)" in skipped[0]
+    assert "--all-settings" in skipped[0]
+    assert compared_settings({"fp32": 147.1, "bf16": 0.87}, every=True) == (list(COMPARED), [])
+    assert compared_settings({"fp32": 201.0, "bf16": 911.0}) == (list(COMPARED), [])

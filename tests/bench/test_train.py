@@ -12,13 +12,13 @@ from longnet_cli.bench.train import COMPARED, CompareResult, SettingResult, comp
 
 def test_compare_reports_every_setting_on_the_corpus_windows(corpus, tmp_path, capsys):
     recipe = write_train_recipe(tmp_path, corpus)
-    every = ("--compare", "--all-settings", "--steps", "2", "--json")  # bf16 even where slow
+    every = ("--compare", "--all-settings", "--steps", "1", "--json")  # bf16 even where slow
     assert exit_code("bench", "train", str(recipe), *every) == 0
     report = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in report["settings"]] == [
         "fp32 eager", "fp32 compiled", "bf16 eager", "bf16 compiled"
     ]  # fmt: skip
-    assert report["data"] == "corpus" and report["steps"] == 3
+    assert report["data"] == "corpus" and report["steps"] == 2
     assert set(report["matmul_peak_gflops"]) == {"fp32", "bf16"}
     eager, compiled, bf16, bf16_compiled = report["settings"]
     assert eager["speedup"] == 1.0
@@ -28,7 +28,7 @@ def test_compare_reports_every_setting_on_the_corpus_windows(corpus, tmp_path, c
     for setting in report["settings"]:
         assert setting["tokens_per_s"] > 0 and setting["fraction_of_peak"] > 0
         assert setting["model_gflops"] > 0 and setting["first_step_s"] > 0
-        assert len(setting["losses"]) == 3 and setting["losses"][-1] == setting["loss"]
+        assert len(setting["losses"]) == 2 and setting["losses"][-1] == setting["loss"]
     assert report["chosen"] in [s["name"] for s in report["settings"]]
 
 

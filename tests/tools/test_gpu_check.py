@@ -87,8 +87,8 @@ def test_tiny_recipe_reaches_one_million_tokens():
 
 def test_layer_step_runs_a_paper_base_block_forward_and_backward():
     """The layer step's code on a CPU, at a length short enough for a test."""
-    figures = layer_step(256, device="cpu")
-    assert figures["n"] == 256 and figures["seconds"] > 0 and figures["tokens_per_s"] > 0
+    figures = layer_step(64, device="cpu")  # bf16 autocast: emulated on a CPU without it
+    assert figures["n"] == 64 and figures["seconds"] > 0 and figures["tokens_per_s"] > 0
 
 
 def test_attention_rows_from_the_bench_command(capsys):

@@ -360,8 +360,8 @@ def _state_bytes(world: int) -> dict[int, int]:
 
 def test_each_rank_holds_about_one_pth_of_the_parameters_gradients_and_moments():
     """Measured on real ranks after a step: parameters + gradients + AdamW moments per rank are
-    the whole model's over P (within 3%: rows that do not divide evenly), for P = 1, 2, 4; the
-    whole is 4 float32 copies of every parameter (one rank holds them all)."""
+    the whole model's over P (within 3%: rows that do not divide evenly), for P = 2, 4; the
+    whole is 4 float32 copies of every parameter."""
     import torch
 
     from longnet_cli.model.transformer import LongNetTransformer
@@ -370,7 +370,6 @@ def test_each_rank_holds_about_one_pth_of_the_parameters_gradients_and_moments()
         model = LongNetTransformer(1024, 64, 4, dim_head=16, heads=4, segment_lengths=(32,),
                                    dilation_rates=(1,))  # fmt: skip
     whole = 4 * 4 * sum(p.numel() for p in model.parameters())
-    assert _state_bytes(1)[0] == whole
     for world in (2, 4):
         held = _state_bytes(world)
         for rank, count in held.items():

@@ -328,15 +328,26 @@ def load_model_weights(path: Path, model: torch.nn.Module) -> None:
         load_model(model, str(Path(path) / WEIGHTS_FILE))
         return
     tensors = read_sharded_model(path)
-    sharing: dict[int, list[str]] = {}  # names of one storage: tied weights
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        sharing.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
-    for names in sharing.values():
-        stored = next((tensors[name] for name in names if name in tensors), None)
-        for name in names:
-            if stored is not None:
-                tensors.setdefault(name, stored)
+    for name, other in tied_aliases(model).items():
+        if name not in tensors and other in tensors:
+            tensors[name] = tensors[other]
     model.load_state_dict(tensors, strict=True)
+
+
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """For every state-dict name sharing storage with another, another name it may be stored
+    under (safetensors' ``save_model`` and sharded checkpoints keep shared tensors once)."""
+    by_storage: dict[tuple[int, int], list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        by_storage.setdefault(key, []).append(name)
+    aliases: dict[str, str] = {}
+    for names in by_storage.values():
+        for name in names:
+            for other in names:
+                if other != name:
+                    aliases.setdefault(name, other)
+    return aliases
 
 
 def read_model_tensors(path: Path) -> dict[str, torch.Tensor]:

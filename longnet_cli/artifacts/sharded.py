@@ -93,16 +93,12 @@ def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
     """Every rank (a collective): the model's and the optimizer's state from the sharded
     checkpoint in ``directory``, each rank reading the pieces of its own shards (the world
     that wrote it may have had another size), or of an unsharded ``model`` the whole tensors."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     table, _ = _flat(model, optimizer)
-    reader = HuggingFaceStorageReader(str(directory))
     single = not torch.distributed.is_initialized()  # an unsharded run of one process
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(table, storage_reader=reader, no_dist=single)  # in place
+    _load(table, HuggingFaceStorageReader(str(directory)), no_dist=single)  # in place
     groups = json.loads((Path(directory) / OPTIMIZER_GROUPS_FILE).read_text())["param_groups"]
     for group in groups:
         if isinstance(group.get("betas"), list):
@@ -115,11 +111,20 @@ def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
     set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups})
 
 
+def _load(table: dict[str, torch.Tensor], reader, no_dist: bool) -> None:
+    """``dcp.load`` into ``table`` in place; ``no_dist``: on this process alone, without the
+    warning DCP gives for it ("assuming the intent is to load in a single process")."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(table, storage_reader=reader, no_dist=no_dist)
+
+
 def read_sharded_model(directory: Path) -> dict[str, torch.Tensor]:
     """The whole model of the sharded checkpoint in ``directory``, consolidated on this process
     (no process group needed; any world may have written it): parameter path -> tensor, a tied
     weight once."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
     reader = HuggingFaceStorageReader(str(directory))
@@ -128,9 +133,7 @@ def read_sharded_model(directory: Path) -> dict[str, torch.Tensor]:
         for name, entry in reader.read_metadata().state_dict_metadata.items()
         if name.startswith(MODEL_PREFIX)
     }
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(table, storage_reader=reader, no_dist=True)
+    _load(table, reader, no_dist=True)
     return {name[len(MODEL_PREFIX) :]: tensor for name, tensor in table.items()}
 
 

@@ -116,14 +116,14 @@ def load_initial_weights(model: torch.nn.Module, source: InitSource) -> list[str
     takes its initial value instead. Returns the names of those added parameters."""
     from safetensors import SafetensorError
 
-    from longnet_cli.artifacts.checkpoints import read_model_tensors
+    from longnet_cli.artifacts.checkpoints import read_model_tensors, tied_aliases
 
     try:
         tensors = read_model_tensors(source.weights.parent)  # shards: consolidated here
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise InputError(f"train.init_from: {source.weights}: cannot read weights: {err}") from None
     expected = model.state_dict()
-    aliases = _tied_aliases(model)
+    aliases = tied_aliases(model)
     stored_as: dict[str, torch.Tensor] = {}
     added: list[str] = []
     for name, tensor in expected.items():
@@ -171,19 +171,3 @@ def init_from_record(source: InitSource, added: list[str]) -> dict:
 def _added_value(name: str) -> float | None:
     """The initial value of parameter ``name`` when an option adds it (``ADDABLE``), else None."""
     return ADDABLE.get(name.rsplit(".", 1)[-1])
-
-
-def _tied_aliases(model: torch.nn.Module) -> dict[str, str]:
-    """For every state-dict name sharing storage with another, the other names it may be
-    stored under (safetensors' ``save_model`` keeps shared tensors once)."""
-    by_storage: dict[tuple[int, int], list[str]] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        by_storage.setdefault(key, []).append(name)
-    aliases: dict[str, str] = {}
-    for names in by_storage.values():
-        for name in names:
-            for other in names:
-                if other != name:
-                    aliases.setdefault(name, other)
-    return aliases

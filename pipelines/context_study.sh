@@ -34,17 +34,21 @@
 #                  Shows LongNet holding 4x past its training length while the dense models
 #                  break, and copying beginning at short distances (d = 128, 512); copying from
 #                  2K back needs more tokens.
-#   long           longnet_8k then dense_2k only, 49.2M tokens each (6,000 steps of 8K), on the
-#                  installed packages' source (site-packages, 62.2M training tokens: no token
-#                  seen twice), a checkpoint every 500 steps, all kept, each probed (copy probe
-#                  and ppl at 2K and 8K on 8 held-out documents of at least 16K tokens). About
-#                  2 hours on a quiet 2-core CPU, estimated: 54 + 44 min of training, ~9 min
-#                  probing 24 checkpoints, ~5 min tokenizing, compiling and the final
-#                  evaluation. Shows the curve of copy ratio against training tokens (study.md's
-#                  table and study_curve.png) up to and past the ~45M-token onset the fit
-#                  predicts, toward the budget where LongNet's copy ratio at d = 2K falls below
-#                  0.7, and the claims at 49.2M tokens. Its WORKDIR is outside the work tree by
-#                  default (LONGNET_STUDY_LONG_DIR, else
+#   long           longnet_8k then dense_2k only, toward 49.2M tokens each (6,000 steps of
+#                  8K), on the installed packages' source (site-packages, 62.2M training
+#                  tokens: no token seen twice), a checkpoint every 500 steps, all kept, each
+#                  probed (copy probe and ppl at 2K and 8K on 8 held-out documents of at least
+#                  16K tokens). One run is capped at about 2 hours (LONGNET_STUDY_LONG_BUDGET_S,
+#                  default 7200, tokenizing to report): each model trains for an equal share of
+#                  the time left after probing (stopped by SIGTERM with a checkpoint; a model
+#                  that finishes early leaves its time to the next), and the report says where
+#                  each stopped. All 6,000 steps take about 2 hours per model at the 7.2K
+#                  tokens/s longnet_8k trains at on a 2-core CPU without fast bf16, so the
+#                  budget takes two or three runs. Shows the curve of copy ratio against
+#                  training tokens (study.md's table and study_curve.png) up to and past the
+#                  ~45M-token onset the fit predicts, toward the budget where LongNet's copy
+#                  ratio at d = 2K falls below 0.7, and the claims where the runs stand. Its
+#                  WORKDIR is outside the work tree by default (LONGNET_STUDY_LONG_DIR, else
 #                  ${XDG_CACHE_HOME:-~/.cache}/longnet/context_study_long): a later run on the
 #                  same machine continues it where it stopped.
 #   gpu            the three models on one GPU in about 4 minutes, everything included, so that
@@ -92,6 +96,8 @@
 #   LONGNET_STUDY_GPU_CHECK    the gpu scale: gpu_check's JSON (pipelines/gpu_check.sh --json F)
 #   LONGNET_STUDY_GPU_MEASURED the gpu scale: a previous gpu-scale study.json (its tokens/s)
 #   LONGNET_STUDY_GPU_BUDGET_S the gpu scale's seconds, tokenizing to report (default 240)
+#   LONGNET_STUDY_LONG_BUDGET_S the long scale's seconds per run, tokenizing to report (default
+#                              7200): each model's training is capped at its share
 #   LONGNET_STUDY_GPU_STARTUP_S the gpu scale: seconds a training process takes to start
 #                              (default 15: CUDA, the corpus, the first step)
 #   LONGNET_STUDY_TRAIN_ARGS   more train arguments for all, e.g. "--set train.threads=2"
@@ -153,6 +159,17 @@ study_main() {
     GPU_BUDGET_S=${LONGNET_STUDY_GPU_BUDGET_S:-240}
     GPU_RESERVE_S=60 # of the gpu scale's budget: the evaluations and the report
     GPU_STARTUP_S=${LONGNET_STUDY_GPU_STARTUP_S:-15} # per training process: start, CUDA, first step
+    LONG_BUDGET_S=${LONGNET_STUDY_LONG_BUDGET_S:-7200}
+    LONG_RESERVE_S=300 # of the long scale's budget: the final evaluation and the report
+    LONG_PROBE_S=600   # per model: probing the checkpoints this run kept
+    LONG_MIN_CAP_S=60  # a model's training, however late it starts
+    local name
+    for name in LONGNET_STUDY_GPU_BUDGET_S LONGNET_STUDY_LONG_BUDGET_S; do
+        if [[ -n ${!name:-} && ! ${!name} =~ ^[1-9][0-9]*$ ]]; then
+            echo "$PIPELINE: $name must be a whole number of seconds, got '${!name}'" >&2
+            exit 2
+        fi
+    done
     INCLUDE=(--include '*.py')
     case $SCALE in
     cpu) ;; # the recipes' own 1,000 steps
@@ -186,6 +203,7 @@ study_main() {
         DEFAULT_CORPUS=""
         GPU_RESERVE_S=20
         GPU_STARTUP_S=${LONGNET_STUDY_GPU_STARTUP_S:-10}
+        LONG_RESERVE_S=10 LONG_PROBE_S=10 LONG_MIN_CAP_S=15
         [[ -z $DOCS ]] || DOCS=4
         INCLUDE=(--include 'json/*.py' --include 'csv.py' --include 'email/_*.py' --include 'email/m*.py')
         COMMON_SET+=(--set model.dim=32 --set model.depth=1 --set model.heads=2 --set model.dim_head=16
@@ -264,6 +282,9 @@ study_main() {
 
     declare -A PLANNED_S=()
     deadline=$((started + GPU_BUDGET_S - GPU_RESERVE_S)) # the gpu scale's last training second
+    if [[ $SCALE == long ]]; then
+        deadline=$((started + LONG_BUDGET_S - LONG_RESERVE_S))
+    fi
     if [[ $SCALE == gpu ]]; then
         CURRENT_STEP="size the gpu scale"
         budget=$((deadline - SECONDS - ${#RECIPES[@]} * GPU_STARTUP_S))
@@ -292,6 +313,7 @@ study_main() {
         set_overrides "$recipe"
         command=("$LONGNET_PYTHON" -m longnet_cli train "$ROOT/recipes/study/$recipe.yaml"
             --out "$WORKDIR/$recipe" --quiet "${OVERRIDES[@]}" ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})
+        cap=""
         if [[ $SCALE == gpu ]]; then
             # its share of the time left, in proportion to the planned seconds of the models left
             left=$((deadline - SECONDS)) rest=0
@@ -301,6 +323,14 @@ study_main() {
             models_left=$((${#RECIPES[@]} - index))
             cap=$((GPU_STARTUP_S + (left - models_left * GPU_STARTUP_S) * ${PLANNED_S[$recipe]:-1} / (rest > 0 ? rest : 1)))
             cap=$((cap > GPU_STARTUP_S + 5 ? cap : GPU_STARTUP_S + 5))
+        elif [[ $SCALE == long ]]; then
+            # an equal share of the time left, after each model left's probing: a model that
+            # finishes early leaves its time to the next
+            models_left=$((${#RECIPES[@]} - index))
+            cap=$(((deadline - SECONDS - models_left * LONG_PROBE_S) / models_left))
+            cap=$((cap > LONG_MIN_CAP_S ? cap : LONG_MIN_CAP_S))
+        fi
+        if [[ -n $cap ]]; then
             step "[$number/$total] train recipes/study/$recipe.yaml into $WORKDIR/$recipe (at most $cap s)"
             code=0
             timeout --signal=TERM --kill-after=30 "$cap" "${command[@]}" || code=$?

@@ -315,6 +315,9 @@ def test_context_study_usage_errors(tmp_path):
     assert result.returncode == 2 and "usage: pipelines/context_study.sh" in result.stderr
     result, _ = _run("context_study.sh", tmp_path / "a", env={"LONGNET_STUDY_SCALE": "huge"})
     assert result.returncode == 2 and "LONGNET_STUDY_SCALE" in result.stderr
+    result, _ = _run("context_study.sh", tmp_path / "a", env={"LONGNET_STUDY_LONG_BUDGET_S": "2h"})
+    assert result.returncode == 2 and "LONGNET_STUDY_LONG_BUDGET_S" in result.stderr
+    assert "'2h'" in result.stderr
     result, _ = _run("context_study.sh", tmp_path / "a", env={"LONGNET_STUDY_TINY": "yes"})
     assert result.returncode == 2 and "LONGNET_STUDY_TINY must be 0 or 1" in result.stderr
     assert not (tmp_path / "a").exists()
@@ -389,16 +392,35 @@ def test_context_study_long_scale_probes_each_kept_checkpoint_and_continues(tmp_
     assert (reports / "study.md").read_text() == first.stdout
 
     probed = {p: p.stat().st_mtime_ns for p in (workdir / "probes").glob("*.json")}
-    more, _ = _run("context_study.sh", env={**env, "LONGNET_STUDY_STEPS": "6"}, cwd=tmp_path)
+    # A later run toward far more steps than its budget covers: each model trains its share of
+    # the budget, stops with a checkpoint (saved on SIGTERM; no other checkpoint this run), and
+    # only that one is probed.
+    budget = 60
+    more, seconds = _run("context_study.sh", cwd=tmp_path, env={
+        **env, "LONGNET_STUDY_STEPS": "100000", "LONGNET_STUDY_LONG_BUDGET_S": str(budget),
+        "LONGNET_STUDY_TRAIN_ARGS": "--set checkpoint.every=100000"})  # fmt: skip
     assert more.returncode == 0, more.stderr[-3000:]
-    for recipe in ("longnet_8k", "dense_2k"):
-        assert _kept(workdir / recipe) == [2, 4, 6]
+    assert seconds < 3 * budget  # uncapped, 100,000 steps would run for hours
+    log = max((workdir / "logs").glob("*.log")).read_text()
+    assert log.count("stopped at its time cap") == 2
+    study = json.loads((workdir / "study.json").read_text())
+    for recipe, row in zip(("longnet_8k", "dense_2k"), study["runs"], strict=True):
+        kept = _kept(workdir / recipe)
+        assert kept[:2] == [2, 4] and len(kept) == 3 and kept[2] > 4, kept
         records = (workdir / recipe / "metrics.jsonl").read_text().splitlines()
         steps = [r["step"] for r in map(json.loads, records) if "loss" in r]
-        assert steps == [1, 2, 3, 4, 5, 6]  # resumed at step 4: no step trained twice
+        assert steps == list(range(1, kept[2] + 1))  # resumed at step 4: no step trained twice
+        assert row["name"] == recipe and row["step"] == kept[2] and row["target_steps"] == 100000
+        assert f"`{recipe}` stopped at step {kept[2]:,} of 100,000" in more.stdout
     assert {p: p.stat().st_mtime_ns for p in probed} == probed  # not probed again
-    study = json.loads((workdir / "study.json").read_text())
-    assert [p["step"] for p in study["curve"]["points"]] == [2, 4, 6, 2, 4, 6]
+    assert [p["step"] for p in study["curve"]["points"]] == [
+        2,
+        4,
+        _kept(workdir / "dense_2k")[2],
+        2,
+        4,
+        _kept(workdir / "longnet_8k")[2],
+    ]
 
 
 def test_context_study_gpu_scale_sized_capped_and_reported(tmp_path):

@@ -190,9 +190,13 @@ def generate(
     keep_freed_memory()
     model = _load_model(checkpoint, recipe, device)
     if options.compile:
-        from longnet_cli.train.compiled import compile_for_decoding
+        from longnet_cli.train.compiled import compile_for_decoding, eager_instead
 
-        compile_for_decoding(model)
+        warning = eager_instead(device, "--compile")
+        if warning is None:
+            compile_for_decoding(model)
+        else:
+            note(warning)
     precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

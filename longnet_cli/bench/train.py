@@ -32,6 +32,8 @@ class TrainBenchResult:
     flops_per_token: float
     matmul_peak_gflops: dict[str, float]
     peak_rss_bytes: int
+    compiled: bool = False  # train.compile, where torch.compile runs here
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -81,10 +83,15 @@ def bench_train(recipe: Recipe, vocab_size: int, steps: int = 4) -> TrainBenchRe
     )
     torch.manual_seed(cfg.seed)
     model = recipe.model.build(vocab_size)
+    warnings = []
     if cfg.compile:  # compiled in the warm-up step, which is not timed
-        from longnet_cli.train.compiled import compile_blocks
+        from longnet_cli.train.compiled import compile_blocks, eager_instead
 
-        compile_blocks(model)
+        warning = eager_instead(accelerator.device, "train.compile")
+        if warning is None:
+            compile_blocks(model)
+        else:
+            warnings.append(warning)
     loss_module, optimizer = accelerator.prepare(
         LanguageModelLoss(model, cfg.loss_chunk), build_optimizer(model, cfg)
     )
@@ -122,6 +129,8 @@ def bench_train(recipe: Recipe, vocab_size: int, steps: int = 4) -> TrainBenchRe
         flops_per_token=training_flops_per_token(model, cfg.seq_len),
         matmul_peak_gflops=peaks,
         peak_rss_bytes=peak_rss_bytes(),
+        compiled=cfg.compile and not warnings,
+        warnings=warnings,
     )
 
 
@@ -188,21 +197,27 @@ class CompareResult:
 
 
 def compared_settings(
-    peaks: dict[str, float], every: bool = False
+    peaks: dict[str, float], every: bool = False, no_compile: str | None = None
 ) -> tuple[list[tuple[str, bool]], list[str]]:
     """The settings of ``COMPARED`` to train on a device with these matmul peaks (GFLOP/s), and
     a line for each skipped one: bf16 where its peak is below fp32's (no bf16 hardware: an
     AVX2-only CPU measured 0.9 GFLOP/s against 147, a step 35x slower than fp32's, so 100
-    steps would take hours to show it), unless ``every``."""
-    if every or peaks["bf16"] >= peaks["fp32"]:
-        return list(COMPARED), []
-    why = (
+    steps would take hours to show it), unless ``every``; the compiled ones where compiling
+    cannot run here (``no_compile``: the reason, from ``compiled.compile_unavailable``)."""
+    slow_bf16 = not every and peaks["bf16"] < peaks["fp32"]
+    bf16_why = (
         f"skipped: this device's bf16 matmul peak ({peaks['bf16']:,.1f} GFLOP/s) is below fp32's "
         f"({peaks['fp32']:,.1f}), so bf16 autocast can only be slower (--all-settings runs it)"
     )
-    kept = [(precision, compiled) for precision, compiled in COMPARED if precision != "bf16"]
-    skipped = [f"{precision} {'compiled' if compiled else 'eager'}: {why}"
-               for precision, compiled in COMPARED if precision == "bf16"]  # fmt: skip
+    kept, skipped = [], []
+    for precision, compiled in COMPARED:
+        name = f"{precision} {'compiled' if compiled else 'eager'}"
+        if compiled and no_compile is not None:
+            skipped.append(f"{name}: skipped: torch.compile cannot run here ({no_compile})")
+        elif precision == "bf16" and slow_bf16:
+            skipped.append(f"{name}: {bf16_why}")
+        else:
+            kept.append((precision, compiled))
     return kept, skipped
 
 
@@ -221,7 +236,7 @@ def bench_compare(
     """
     from longnet_cli.model.flops import training_flops_per_token
     from longnet_cli.runtime import autocast_context, keep_freed_memory, measure_peak_flops
-    from longnet_cli.train.compiled import compile_blocks
+    from longnet_cli.train.compiled import compile_blocks, compile_unavailable
     from longnet_cli.train.loss import LanguageModelLoss
     from longnet_cli.train.schedule import Schedule, build_optimizer
 
@@ -235,7 +250,7 @@ def bench_compare(
     fp32 = measure_peak_flops(device, torch.float32).flops_per_s / 1e9
     bf16 = measure_peak_flops(device, torch.bfloat16, half_on_cpu=True).flops_per_s / 1e9
     peaks = {"fp32": fp32, "bf16": bf16}
-    compared, skipped = compared_settings(peaks, every)
+    compared, skipped = compared_settings(peaks, every, compile_unavailable(device))
     runs = []
     for precision, compiled in compared:
         torch.manual_seed(cfg.seed)  # the same initial weights in every setting

@@ -213,6 +213,8 @@ def bench_train_command(recipe, overrides, vocab_size, steps, compare, every, as
             _show_comparison(recipe, compared, vocab_size)
         return
     result = bench_train(loaded, vocab_size, steps=steps)
+    for warning in result.warnings:
+        click.echo(warning, err=True)
     report = result.to_dict()
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -220,7 +222,8 @@ def bench_train_command(recipe, overrides, vocab_size, steps, compare, every, as
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_peak_gflops.items())
     click.echo(
         f"{recipe}: {result.parameters / 1e6:.2f}M parameters, seq_len {result.seq_len}, "
-        f"{result.precision}, {result.device}, {result.threads} threads, vocab {vocab_size}\n"
+        f"{result.precision}{' compiled' if result.compiled else ''}, {result.device}, "
+        f"{result.threads} threads, vocab {vocab_size}\n"
         f"step {result.seconds_per_step:.2f} s: {result.tokens_per_s:,.0f} tokens/s, "
         f"{result.flops_per_token / 1e6:.1f} MFLOP/token -> {result.model_gflops:.1f} GFLOP/s\n"
         f"matmul peak (GFLOP/s): {peaks}\n"

@@ -335,9 +335,13 @@ def evaluate(
             note(f"eval: {run.name}: backend {backend} ({model.config.backend} does not run here)")
             use_backend(model, backend)
         if options.compile:
-            from longnet_cli.train.compiled import compile_blocks
+            from longnet_cli.train.compiled import compile_blocks, eager_instead
 
-            compile_blocks(model)
+            warning = eager_instead(device, "--compile")
+            if warning is None:
+                compile_blocks(model)
+            elif warning not in warnings:
+                warnings.append(warning.removeprefix("warning: "))
         scorer = Scorer(model, contexts, boundaries, token_bytes, options.chunk_size, precision)
         results.append(_score_run(run, scorer, corpus, selection.doc_ids, options, len(runs) > 1))
         del scorer, model

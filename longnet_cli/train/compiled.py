@@ -21,6 +21,43 @@ import torch
 from torch import nn
 
 
+def compile_unavailable(device: torch.device | str) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` on this machine, or None when it can.
+
+    Inductor needs a C++ compiler for a CPU (``g++``, or ``$CXX``) and triton for CUDA. Asked
+    before compiling, so that ``train.compile: true`` (or ``--compile``) on a machine without
+    them runs eager with a warning instead of failing at the first step. Where torch's own
+    probe is missing (another torch version), None: compiling is tried as asked.
+    """
+    kind = torch.device(device).type
+    if kind == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+        except ImportError:
+            return None
+        try:
+            get_cpp_compiler()
+        except Exception:  # torch's InvalidCxxCompiler: none of its candidates runs
+            return "no C++ compiler runs here (inductor's CPU backend needs g++, or $CXX)"
+        return None
+    if kind == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:
+            return None
+        return None if has_triton() else "triton is not installed (inductor's CUDA backend)"
+    return None
+
+
+def eager_instead(device: torch.device | str, asked: str) -> str | None:
+    """The warning to print when ``asked`` (``train.compile``, ``--compile``) cannot compile on
+    ``device`` here (``compile_unavailable``), or None when compiling can go ahead."""
+    reason = compile_unavailable(device)
+    if reason is None:
+        return None
+    return f"warning: {asked}: torch.compile cannot run here ({reason}); running eager"
+
+
 def compile_blocks(model: nn.Module) -> nn.Module:
     """Compile every block of ``model`` (a ``LongNetTransformer``) in place; returns it.
 

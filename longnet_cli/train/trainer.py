@@ -182,7 +182,7 @@ def _train(
     loss_module, optimizer = _prepare(accelerator, model, recipe.train, layout)
     if existing is not None:
         restore_training_state(accelerator, existing, optimizer, model, layout.sharded)
-    compile_s = _compiled(recipe.train, model, loss_module, vocab_size, accelerator.device)
+    compile_s = _compiled(accelerator, recipe.train, model, loss_module, vocab_size)
     start = point.step
     scheme = window_scheme(existing.state if existing is not None else None, corpus)
     evaluation = Evaluation.plan(recipe, corpus, scheme)
@@ -357,13 +357,19 @@ def _prepare(accelerator, model, train: TrainConfig, layout: Layout):
     return accelerator.prepare(loss_module, build_optimizer(model, train))
 
 
-def _compiled(train: TrainConfig, model, loss_module, vocab_size: int, device) -> float | None:
+def _compiled(accelerator, train: TrainConfig, model, loss_module, vocab_size: int) -> float | None:
     """``train.compile``: the blocks compiled and warmed up on one window's shape before the
-    first step (``compiled.warm_up``); the seconds it took, or None when not compiling."""
+    first step (``compiled.warm_up``); the seconds it took, or None when not compiling (not
+    asked, or not possible here: then a warning, and the run trains eager)."""
     if not train.compile:
         return None
-    from longnet_cli.train.compiled import compile_blocks, warm_up
+    from longnet_cli.train.compiled import compile_blocks, eager_instead, warm_up
 
+    device = accelerator.device
+    warning = eager_instead(device, "train.compile")
+    if warning is not None:
+        say_once(accelerator, warning)
+        return None
     compile_blocks(model)
     shape = (train.micro_batch_size, train.seq_len + 1)
     return warm_up(loss_module, shape, vocab_size, device)

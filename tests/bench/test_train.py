@@ -76,3 +76,13 @@ def test_bf16_is_skipped_where_its_matmul_peak_is_below_fp32s():
     assert "--all-settings" in skipped[0]
     assert compared_settings({"fp32": 147.1, "bf16": 0.87}, every=True) == (list(COMPARED), [])
     assert compared_settings({"fp32": 201.0, "bf16": 911.0}) == (list(COMPARED), [])
+
+
+def test_compiled_settings_are_skipped_where_torch_compile_cannot_run():
+    why = "no C++ compiler runs here"
+    kept, skipped = compared_settings({"fp32": 201.0, "bf16": 911.0}, no_compile=why)
+    assert kept == [("fp32", False), ("bf16", False)]
+    assert [line.split(":")[0] for line in skipped] == ["fp32 compiled", "bf16 compiled"]
+    assert all(why in line for line in skipped)
+    kept, skipped = compared_settings({"fp32": 147.1, "bf16": 0.87}, no_compile=why)
+    assert kept == [("fp32", False)] and len(skipped) == 3

@@ -121,3 +121,45 @@ def test_generate_compile_gives_the_eager_tokens(reference_run, capsys):
         assert exit_code(*args, "--max-new-tokens", "8", "--json", "-", "--quiet", *flags) == 0
         tokens.append(json.loads(capsys.readouterr().out)["tokens"])
     assert tokens[1] == tokens[0]
+
+
+@pytest.fixture
+def no_compiler(tmp_path):
+    """Inductor's C++ compiler set to one that does not exist (what ``CXX=/missing/g++`` does
+    at import, or a machine without g++): torch.compile cannot run on a CPU."""
+    import torch._inductor.config as inductor
+
+    with inductor.patch({"cpp.cxx": (None, str(tmp_path / "missing-g++"))}):
+        yield
+
+
+def test_compile_unavailable_says_why_only_without_a_compiler(request):
+    from longnet_cli.train.compiled import compile_unavailable, eager_instead
+
+    assert compile_unavailable("cpu") is None  # g++ is on these machines
+    assert eager_instead("cpu", "train.compile") is None
+    request.getfixturevalue("no_compiler")
+    assert "C++ compiler" in compile_unavailable("cpu")
+    assert eager_instead("cpu", "--compile").startswith("warning: --compile: torch.compile")
+
+
+def test_train_compile_without_a_compiler_trains_eager_with_a_warning(
+    corpus, tmp_path, capsys, no_compiler
+):
+    """A recipe with train.compile: true on a machine without a C++ compiler trains (eager,
+    one warning line) instead of failing at its first step; eval and generate --compile too."""
+    recipe = write_train_recipe(tmp_path, corpus, train__steps=2, checkpoint__every=2)
+    run, on = tmp_path / "run", ("--set", "train.compile=true")
+    assert exit_code("train", str(recipe), "--out", str(run), "--quiet", *on) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: train.compile: torch.compile cannot run here") == 1
+    assert "C++ compiler" in err
+    records = metrics_of(run)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert all("compile_s" not in r for r in records)  # nothing was compiled
+    args = ("eval", str(run), "--data", str(corpus), "--split", "all", "--docs", "1", "--compile")
+    assert exit_code(*args, "--json", "-") == 0
+    assert "torch.compile cannot run here" in capsys.readouterr().err
+    args = ("generate", str(run), "--prompt", "def main(", "--max-new-tokens", "2", "--compile")
+    assert exit_code(*args, "--temperature", "0") == 0
+    assert "torch.compile cannot run here" in capsys.readouterr().err

@@ -577,7 +577,9 @@ def markdown(study: dict[str, Any]) -> str:
             "",
             "Copy probe: loss on the second copy of a d-token span over the loss on "
             "the first (1.00: no gain from having read it d tokens earlier; `*`: 2d is "
-            "beyond the model's reach, so the copies are not in one block).",
+            "beyond the model's reach, so the copies are not in one block; `†`: 2d is past "
+            "the model's training length, so the second copy is read where it never trained "
+            "and the ratio also carries that cost).",
             "",
             "| model | " + " | ".join(f"d = {format_length(d)}" for d in study["distances"]) + " |",
             "|---|" + "---|" * len(study["distances"]),
@@ -590,8 +592,7 @@ def markdown(study: dict[str, Any]) -> str:
                 if figure is None:
                     cells.append("-")
                 else:
-                    mark = "" if figure["within_reach"] else "*"
-                    cells.append(_number(figure["ratio"], 3) + mark)
+                    cells.append(_number(figure["ratio"], 3) + _probe_mark(row, distance))
             lines.append("| " + " | ".join(cells) + " |")
     if study["claims"]:
         lines += [
@@ -620,6 +621,15 @@ def markdown(study: dict[str, Any]) -> str:
     if study.get("curve"):
         lines += ["", *curve_markdown(study["curve"])]
     return "\n".join(lines)
+
+
+def _probe_mark(row: dict[str, Any], distance: int) -> str:
+    """The copy-probe cell's marker: ``*`` when the two copies are not in one block of the
+    model's reach, ``†`` when the second copy lies past its training length (2d > seq_len)."""
+    figure = next(p for p in row["probe"] if p["distance"] == distance)
+    if not figure["within_reach"]:
+        return "*"
+    return "†" if row["seq_len"] and 2 * distance > row["seq_len"] else ""
 
 
 def _corpus_line(corpus: dict[str, Any] | None, rows: list[dict[str, Any]]) -> str:

@@ -42,9 +42,9 @@
 #                  default 7200, tokenizing to report): each model trains for an equal share of
 #                  the time left after probing (stopped by SIGTERM with a checkpoint; a model
 #                  that finishes early leaves its time to the next), and the report says where
-#                  each stopped. All 6,000 steps take about 2 hours per model at the 7.2K
-#                  tokens/s longnet_8k trains at on a 2-core CPU without fast bf16, so the
-#                  budget takes two or three runs. Shows the curve of copy ratio against
+#                  each stopped. All 6,000 steps took 1.9 h for longnet_8k (7.2K tokens/s)
+#                  and 1.2 h for dense_2k (11.6K) on a 2-core CPU without fast bf16, so the
+#                  budget takes two runs (docs/context_study.md has their results). Shows the curve of copy ratio against
 #                  training tokens (study.md's table and study_curve.png) up to and past the
 #                  ~45M-token onset the fit predicts, toward the budget where LongNet's copy
 #                  ratio at d = 2K falls below 0.7, and the claims where the runs stand. Its
@@ -160,8 +160,8 @@ study_main() {
     GPU_RESERVE_S=60 # of the gpu scale's budget: the evaluations and the report
     GPU_STARTUP_S=${LONGNET_STUDY_GPU_STARTUP_S:-15} # per training process: start, CUDA, first step
     LONG_BUDGET_S=${LONGNET_STUDY_LONG_BUDGET_S:-7200}
-    LONG_RESERVE_S=300 # of the long scale's budget: the final evaluation and the report
-    LONG_PROBE_S=600   # per model: probing the checkpoints this run kept
+    LONG_RESERVE_S=420 # of the long scale's budget: the final evaluation and report (293 s)
+    LONG_PROBE_S=900   # per model: probing its 12 kept checkpoints (dense_2k: 63 s each)
     LONG_MIN_CAP_S=60  # a model's training, however late it starts
     local name
     for name in LONGNET_STUDY_GPU_BUDGET_S LONGNET_STUDY_LONG_BUDGET_S; do

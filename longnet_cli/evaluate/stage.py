@@ -340,8 +340,8 @@ def evaluate(
             warning = eager_instead(device, "--compile")
             if warning is None:
                 compile_blocks(model)
-            elif warning not in warnings:
-                warnings.append(warning.removeprefix("warning: "))
+            elif (line := warning.removeprefix("warning: ")) not in warnings:
+                warnings.append(line)  # once for all runs
         scorer = Scorer(model, contexts, boundaries, token_bytes, options.chunk_size, precision)
         results.append(_score_run(run, scorer, corpus, selection.doc_ids, options, len(runs) > 1))
         del scorer, model
